@@ -1,0 +1,41 @@
+# The two commands of the README, and their parts. Everything is idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: demo test test-fast up down status images venv clean-venv
+
+## demo: set up everything (Docker, local cluster, images, desktop stack) and run `cloudify firefox`
+demo: venv
+	$(PY) -m localenv up --demo
+	$(VENV)/bin/cloudify firefox
+
+## test: set up everything, then run the whole test suite (fast and end-to-end)
+test: venv
+	$(PY) -m localenv up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: only the tests that need no cluster, Docker or display
+test-fast: venv
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+up: venv
+	$(PY) -m localenv up
+down: venv
+	$(PY) -m localenv down
+status: venv
+	$(PY) -m localenv status
+images: venv
+	$(PY) -m localenv images
+
+## venv: the project's virtualenv with its dependencies (pip caches wheels under ~/.cache/pip)
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,134 @@
+"""The application catalog and the contract between cloudify and the images.
+
+The app images (`images/app`) and the viewer image (`images/viewer`) are configured only through
+the environment variables and mounted files named here; cloudify and the tests build their pods
+and containers from these names, so a change here is a change of the contract on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kod import __version__
+
+IMAGE_REPO = "kod"
+IMAGE_TAG = __version__
+
+
+def image_ref(name: str) -> str:
+    """The local image reference of one of the project's images: 'kod/firefox:0.1.0'."""
+    return f"{IMAGE_REPO}/{name}:{IMAGE_TAG}"
+
+
+# --- Ports inside the app container (defaults; all overridable through the environment) ---
+VNC_PORT = 5900
+NOVNC_PORT = 6080
+SSH_PORT = 2222
+#: Port in the app container that the viewer's `ssh -R` forwards to the desktop's PulseAudio;
+#: the app container exports PULSE_SERVER=tcp:localhost:<AUDIO_PORT>.
+AUDIO_PORT = 4713
+
+#: Non-root user of the app image; its home holds the app's settings and documents.
+APP_USER = "kod"
+APP_UID = 1000
+APP_HOME = "/home/kod"
+
+# --- App container environment (images/app/entrypoint) ---
+ENV_VNC_PASSWORD = "KOD_VNC_PASSWORD"              #: one-time VNC password (or the file below)
+ENV_VNC_PASSWORD_FILE = "KOD_VNC_PASSWORD_FILE"    #: file holding it (from a Secret)
+ENV_ENCRYPT = "KOD_ENCRYPT"                        #: "1": VNC and noVNC listen on localhost only
+ENV_GEOMETRY = "KOD_GEOMETRY"                      #: e.g. "1280x800"
+ENV_DEPTH = "KOD_DEPTH"                            #: 16, 24 or 32
+ENV_VNC_PORT = "KOD_VNC_PORT"
+ENV_NOVNC_PORT = "KOD_NOVNC_PORT"
+ENV_SSH_PORT = "KOD_SSH_PORT"
+ENV_AUDIO_PORT = "KOD_AUDIO_PORT"
+ENV_CONNECT_TIMEOUT = "KOD_CONNECT_TIMEOUT"        #: seconds to wait for a first viewer; 0 = forever
+ENV_AUTHORIZED_KEYS_FILE = "KOD_AUTHORIZED_KEYS_FILE"  #: the session's public key (from a Secret)
+ENV_HOST_KEY_FILE = "KOD_SSH_HOST_KEY_FILE"        #: the session's sshd host key (from a Secret)
+ENV_APP_ARGS = "KOD_APP_ARGS"                      #: extra arguments for the app (shell words)
+
+#: Where cloudify mounts the session Secret in the app container.
+APP_SECRET_DIR = "/run/secrets/kod"
+
+# --- Viewer container environment (images/viewer/entrypoint) ---
+ENV_TARGET_HOST = "KOD_TARGET_HOST"                #: address of the app (node IP, service, localhost)
+ENV_TARGET_VNC_PORT = "KOD_TARGET_VNC_PORT"        #: port of VNC at that address (unencrypted mode)
+ENV_TARGET_SSH_PORT = "KOD_TARGET_SSH_PORT"        #: port of sshd at that address
+ENV_QUALITY = "KOD_QUALITY"                        #: JPEG quality 0-9
+ENV_COMPRESSION = "KOD_COMPRESSION"                #: zlib compression 0-9 (original: 0-6)
+ENV_PULSE_SOCKET = "KOD_PULSE_SOCKET"              #: path, in the viewer, of the desktop's pulse socket
+ENV_SSH_KEY_FILE = "KOD_SSH_KEY_FILE"              #: the session's private key
+ENV_KNOWN_HOSTS_FILE = "KOD_KNOWN_HOSTS_FILE"      #: pins the app's host key
+ENV_VIEWER_ARGS = "KOD_VIEWER_ARGS"                #: extra vncviewer arguments
+#: Where cloudify mounts the viewer's session Secret.
+VIEWER_SECRET_DIR = "/run/secrets/kod"
+
+
+@dataclass(frozen=True)
+class App:
+    """One application cloudify can run."""
+
+    name: str
+    #: Image name under IMAGE_REPO.
+    image: str
+    #: What the app's window title contains (tests find the window by it).
+    window_title: str
+    #: Commands that run the app when it is installed locally (the fallback), in order of preference.
+    local_commands: tuple[str, ...]
+    #: Paths under APP_HOME that hold settings and documents; a PVC is mounted there with -v.
+    persist_paths: tuple[str, ...]
+    #: Extended resources the pod must request (e.g. {"nvidia.com/gpu": "1"}).
+    extended_resources: dict[str, str] = field(default_factory=dict)
+    #: Default requests/limits for the app container.
+    requests: dict[str, str] = field(default_factory=lambda: {"cpu": "500m", "memory": "512Mi"})
+    limits: dict[str, str] = field(default_factory=lambda: {"memory": "4Gi"})
+    description: str = ""
+
+    @property
+    def image_ref(self) -> str:
+        return image_ref(self.image)
+
+
+APPS: dict[str, App] = {
+    a.name: a
+    for a in (
+        App(
+            name="firefox",
+            image="firefox",
+            window_title="Mozilla Firefox",
+            local_commands=("firefox-esr", "firefox"),
+            persist_paths=(".mozilla", "Downloads"),
+            description="Firefox ESR web browser",
+        ),
+        App(
+            name="libreoffice",
+            image="libreoffice",
+            window_title="LibreOffice",
+            local_commands=("libreoffice",),
+            persist_paths=(".config/libreoffice", "Documents"),
+            description="LibreOffice office suite",
+        ),
+        App(
+            name="blender",
+            image="blender",
+            window_title="Blender",
+            local_commands=("blender",),
+            persist_paths=(".config/blender", "Documents"),
+            limits={"memory": "6Gi"},
+            description="Blender 3D suite (software rendering)",
+        ),
+        App(
+            name="cuda-blender",
+            image="cuda-blender",
+            window_title="Blender",
+            local_commands=("blender",),
+            persist_paths=(".config/blender", "Documents"),
+            extended_resources={"nvidia.com/gpu": "1"},
+            limits={"memory": "6Gi"},
+            description="Blender on an NVIDIA GPU node (CUDA)",
+        ),
+    )
+}
+
+VIEWER_IMAGE = image_ref("viewer")
