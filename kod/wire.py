@@ -9,7 +9,7 @@ The API (the same on interlink and on every sidecar; interlink routes to sidecar
     POST   /v1/pods                 PodCreateRequest      -> 201 PodStatus (200 if the uid exists)
     GET    /v1/pods                                       -> PodStatusList
     GET    /v1/pods/{namespace}/{name}                    -> PodStatus
-    DELETE /v1/pods/{namespace}/{name}?uid=&gracePeriodSeconds=  -> PodStatus (final)
+    DELETE /v1/pods/{namespace}/{name}?<DeleteOptions>    -> PodStatus (final)
     GET    /v1/pods/{namespace}/{name}/containers/{container}/logs?<LogOptions>
                                                           -> text/plain, streamed when follow
     GET    /v1/watch                                      -> application/x-ndjson of WatchEvent
@@ -382,6 +382,21 @@ class LogOptions(Envelope):
     sinceTime: datetime | None = None
 
 
+class DeleteOptions(Envelope):
+    """Query parameters of DELETE /v1/pods/{namespace}/{name}."""
+
+    uid: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Delete only this incarnation of the name; a pod with another uid answers 404.",
+    )
+    gracePeriodSeconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds between SIGTERM and SIGKILL; 0 kills at once; unset uses the pod's own.",
+    )
+
+
 class Taint(KubeModel):
     key: str
     value: str | None = None
@@ -420,6 +435,7 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     PodStatusList,
     WatchEvent,
     LogOptions,
+    DeleteOptions,
     NodeInfo,
     ErrorBody,
 )
