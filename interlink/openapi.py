@@ -1,0 +1,248 @@
+"""The OpenAPI 3.1 document of the InterLink API, generated from the wire models of `kod.wire`.
+
+    python -m interlink.openapi            # print the document
+    python -m interlink.openapi --write    # regenerate the committed interlink/openapi.json
+    python -m interlink.openapi --check    # exit 1 when the committed file is stale
+
+The schemas come from `kod.wire.SCHEMA_MODELS` (pydantic's JSON Schema, which OpenAPI 3.1 uses
+as is); the paths are the table below, the same on interlink and on every sidecar. A unit test
+fails when the committed file differs from what this module generates, and another when the
+service's routes and this table disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from kod import __version__, wire
+
+#: Where the committed document lives (shipped as package data).
+SPEC_PATH = Path(__file__).with_name("openapi.json")
+REF = "#/components/schemas/{model}"
+
+#: Error answers every authenticated operation may give, besides its own.
+_COMMON_ERRORS: dict[str, str] = {
+    "401": "Missing or wrong bearer token.",
+    "503": "A sidecar (or, on a sidecar, its container engine) cannot be reached now; retry.",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the API: enough to write its OpenAPI entry."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    #: Success answers: status -> (description, schema model or None, media type).
+    responses: dict[str, tuple[str, type[BaseModel] | None, str]]
+    #: Extra error answers: status -> description.
+    errors: dict[str, str] = field(default_factory=dict)
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    path_params: tuple[str, ...] = ()
+    authenticated: bool = True
+
+
+JSON = "application/json"
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get",
+        "/v1/ping",
+        "ping",
+        "What the node offers: capacity, taints, labels, and the health of each sidecar.",
+        {"200": ("At least one sidecar answers.", wire.NodeInfo, JSON)},
+    ),
+    Operation(
+        "post",
+        "/v1/pods",
+        "createPod",
+        "Run a pod. Idempotent by uid: creating a pod whose uid exists returns its status.",
+        {
+            "201": ("The pod was created.", wire.PodStatus, JSON),
+            "200": ("A pod with this uid already exists; its status.", wire.PodStatus, JSON),
+        },
+        errors={
+            "400": "Malformed JSON, a body that fails validation, or no sidecar accepts the pod.",
+            "403": "The desktop's policy refuses the pod (privileged, host paths, ...).",
+            "409": "A pod with this namespace and name but another uid exists.",
+        },
+        body=wire.PodCreateRequest,
+    ),
+    Operation(
+        "get",
+        "/v1/pods",
+        "listPods",
+        "The latest status of every pod.",
+        {"200": ("Every pod known.", wire.PodStatusList, JSON)},
+    ),
+    Operation(
+        "get",
+        "/v1/pods/{namespace}/{name}",
+        "getPod",
+        "The current status of one pod.",
+        {"200": ("The pod's status.", wire.PodStatus, JSON)},
+        errors={"404": "No such pod."},
+        path_params=("namespace", "name"),
+    ),
+    Operation(
+        "delete",
+        "/v1/pods/{namespace}/{name}",
+        "deletePod",
+        "Stop a pod's containers (SIGTERM, then SIGKILL after the grace period) and remove them.",
+        {"200": ("The pod's final status.", wire.PodStatus, JSON)},
+        errors={"400": "Bad query parameters.", "404": "No such pod (or not with this uid)."},
+        query=wire.DeleteOptions,
+        path_params=("namespace", "name"),
+    ),
+    Operation(
+        "get",
+        "/v1/pods/{namespace}/{name}/containers/{container}/logs",
+        "podLogs",
+        "A container's log as text, streamed while the container runs when follow=true.",
+        {"200": ("The log (chunked when following).", None, "text/plain")},
+        errors={"400": "Bad query parameters.", "404": "No such pod or container."},
+        query=wire.LogOptions,
+        path_params=("namespace", "name", "container"),
+    ),
+    Operation(
+        "get",
+        "/v1/watch",
+        "watch",
+        "Pushed status: one WatchEvent per line. A SYNC with every pod first, then STATUS and "
+        f"DELETED events as they happen, and a HEARTBEAT every {wire.WATCH_HEARTBEAT_SECONDS:g} s "
+        "of silence. Reconnect (and get a fresh SYNC) when the stream ends or stays silent for "
+        "three heartbeat intervals.",
+        {"200": ("Newline-delimited JSON, one WatchEvent per line.", wire.WatchEvent, wire.NDJSON)},
+    ),
+    Operation(
+        "get",
+        "/openapi.json",
+        "openapi",
+        "This document.",
+        {"200": ("The OpenAPI 3.1 document.", None, JSON)},
+        authenticated=False,
+    ),
+)
+
+
+def _schemas() -> dict[str, Any]:
+    _, top = models_json_schema([(m, "validation") for m in wire.SCHEMA_MODELS], ref_template=REF)
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    props = schemas[model.__name__].get("properties", {})
+    params = []
+    for name, info in model.model_fields.items():
+        schema = dict(props[name])
+        description = schema.pop("description", None) or info.description
+        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+    params: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params
+    ]
+    if op.query is not None:
+        params += _query_parameters(op.query, schemas)
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        out["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.body)}}}
+    responses: dict[str, Any] = {}
+    for status, (description, model, media) in op.responses.items():
+        content: dict[str, Any] = {media: {"schema": _ref(model)} if model else {}}
+        if media == "text/plain":
+            content[media] = {"schema": {"type": "string"}}
+        responses[status] = {"description": description, "content": content}
+    errors = {**_COMMON_ERRORS, **op.errors} if op.authenticated else dict(op.errors)
+    for status in sorted(errors):
+        responses[status] = {
+            "description": errors[status],
+            "content": {JSON: {"schema": _ref(wire.ErrorBody)}},
+        }
+    out["responses"] = responses
+    if not op.authenticated:
+        out["security"] = []
+    return out
+
+
+def build_spec() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document, deterministic (same input, same bytes)."""
+    schemas = _schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "InterLink API (KubernetesOnDesktop)",
+            "version": __version__,
+            "description": (wire.__doc__ or "").strip(),
+        },
+        "servers": [{"url": "http://127.0.0.1:3000", "description": "interlink's default address"}],
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The token from interlink's token file (or the sidecar's).",
+                }
+            },
+        },
+    }
+
+
+def render(spec: dict[str, Any]) -> str:
+    """The committed text form: two-space indent, a final newline."""
+    return json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print, write or check the generated document."""
+    parser = argparse.ArgumentParser(
+        prog="python -m interlink.openapi",
+        description="Generate the InterLink API's OpenAPI 3.1 document from the kod.wire models.",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help=f"write it to {SPEC_PATH} (commit the result)")
+    group.add_argument("--check", action="store_true", help="exit 1 if the committed file is out of date")
+    args = parser.parse_args(argv)
+    text = render(build_spec())
+    if args.write:
+        SPEC_PATH.write_text(text)
+        print(f"wrote {SPEC_PATH}", file=sys.stderr)
+    elif args.check:
+        current = SPEC_PATH.read_text() if SPEC_PATH.exists() else ""
+        if current != text:
+            print(f"{SPEC_PATH} is out of date: run `python -m interlink.openapi --write`", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
