@@ -1,0 +1,132 @@
+"""The command line of the local environment manager.
+
+    python -m localenv up [--demo]       # everything, idempotently; a second run starts nothing
+    python -m localenv status [--json]   # what runs, the node, the paths
+    python -m localenv images            # build the project's images (localenv.images)
+    python -m localenv down [--wipe] [--docker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from types import ModuleType
+
+from kod import errors
+from localenv import cluster, settings as settings_mod
+from localenv.progress import Progress
+from localenv.settings import LocalEnvSettings
+
+
+def _optional(module: str) -> ModuleType | None:
+    """Another component's module (localenv.images, localenv.desktop_stack), when it exists yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+def cmd_up(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    cluster.up(s, progress)
+    if args.demo:
+        for module in ("localenv.images", "localenv.desktop_stack"):
+            if _optional(module) is None:
+                raise errors.Unavailable(f"{module} does not exist yet: `up --demo` cannot finish",
+                                         hint="run plain `python -m localenv up`")
+        images = _optional("localenv.images")
+        stack = _optional("localenv.desktop_stack")
+        assert images is not None and stack is not None
+        images.build_all(progress=progress)
+        stack.up(progress=progress)
+    return 0
+
+
+def cmd_images(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    images = _optional("localenv.images")
+    if images is None:
+        raise errors.Unavailable("localenv.images does not exist yet: there are no project images to build")
+    images.build_all(progress=progress)
+    return 0
+
+
+def cmd_down(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    if args.demo:
+        stack = _optional("localenv.desktop_stack")
+        if stack is not None:
+            stack.down(progress=progress)
+    cluster.down(s, progress, wipe_state=args.wipe, stop_docker=args.docker)
+    return 0
+
+
+def _print_status(st: dict) -> None:
+    print(f"cluster: {'UP' if st['up'] else 'NOT UP'}  (Kubernetes {st['kubernetes_version']}, node {st['node_name']})")
+    d = st["docker"]
+    print(f"  docker engine        {'running' if d['running'] else 'NOT running'}"
+          + (" (started by localenv)" if d["started_by_localenv"] else ""))
+    for name, info in st["daemons"].items():
+        print(f"  {name:<22} {'running, pid ' + str(info['pid']) if info['running'] else 'stopped'}")
+    print(f"  API server /readyz   {'ok' if st['apiserver_ready'] else 'not ready'}  ({st['apiserver_url']})")
+    node = st["node"]
+    print(f"  node                 " + (f"{'Ready' if node['ready'] else 'NotReady'}, {node['internal_ip']}, "
+                                        f"pod CIDR {node['pod_cidr']}" if node else "not registered"))
+    p = st["paths"]
+    print(f"kubeconfig: {p['admin_kubeconfig']}\nkubectl:    {p['kubectl']}\nlogs:       {p['logs_dir']}")
+
+
+def cmd_status(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    st = cluster.status(s)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+    return 0 if st["up"] else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m localenv",
+        description="Set up this machine for KubernetesOnDesktop: Debian packages, the Docker engine, "
+        "the debian:bookworm-slim base image, and a real one-machine Kubernetes cluster (built from "
+        "the Go module proxy). Every command is idempotent. Settings: KOD_LOCALENV_* variables or "
+        "~/.config/kod/localenv.toml.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("up", help="install, build and start what is missing (a second run starts nothing)")
+    p.add_argument("--demo", action="store_true",
+                   help="also build the project's images and start the desktop stack (for `make demo`)")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop the cluster's daemons (by PID)")
+    p.add_argument("--wipe", action="store_true",
+                   help="also delete the cluster's state (etcd data, certificates, volumes, containers) and "
+                   "what it left at fixed paths (iptables rules, the pod bridge, /var/lib/kubelet, /var/lib/cni)")
+    p.add_argument("--docker", action="store_true", help="also stop dockerd, if localenv started it")
+    p.add_argument("--demo", action="store_true", help="also stop the desktop stack")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="what runs; exit code 0 when the cluster is up, 3 when not")
+    p.add_argument("--json", action="store_true", help="machine-readable, with every path and port")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("images", help="build the project's images (localenv.images)")
+    p.set_defaults(func=cmd_images)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    progress = Progress(quiet=args.quiet)
+    try:
+        s = settings_mod.load()
+        code = args.func(s, args, progress)
+    except errors.KodError as exc:
+        print(f"\nerror: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"what to do: {exc.hint}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,58 @@
+"""kube-apiserver: RBAC and Node authorization, NodeRestriction, no anonymous requests, TLS
+everywhere; service-account tokens signed with the cluster's key; it verifies kubelets' serving
+certificates against the cluster CA and presents its own client certificate to them (a virtual
+kubelet that serves the kubelet API can verify that certificate against the same CA)."""
+
+from __future__ import annotations
+
+from localenv import procs
+from localenv.k8s import probes
+from localenv.k8s.context import Context
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def daemon(ctx: Context) -> procs.Daemon:
+    p, s = ctx.paths, ctx.settings
+    pki = p.pki_dir
+    argv = (
+        ctx.k8s_binary("kube-apiserver"),
+        f"--advertise-address={ctx.node_ip}",
+        "--bind-address=0.0.0.0",
+        f"--secure-port={s.ports.apiserver}",
+        f"--etcd-servers=https://127.0.0.1:{s.ports.etcd_client}",
+        f"--etcd-cafile={pki / 'etcd-ca.crt'}",
+        f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
+        f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
+        f"--client-ca-file={p.ca_cert}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--kubelet-certificate-authority={p.ca_cert}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        # Node names (kod-worker, a virtual node's name) do not resolve: reach kubelets by address.
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--anonymous-auth=false",
+        "--allow-privileged=true",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={s.service_cidr}",
+        f"--service-node-port-range={s.node_port_range}",
+        "--profiling=false",
+        "--v=1",
+    )
+    return procs.Daemon(
+        name="kube-apiserver",
+        argv=argv,
+        run_dir=p.run_dir,
+        logs_dir=p.logs_dir,
+        inputs=(p.ca_cert, pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
+        ready=lambda: probes.ok(
+            f"{ctx.apiserver_url}/readyz", ca=p.ca_cert,
+            cert=pki / "admin-client.crt", key=pki / "admin-client.key",
+        ),
+        ready_timeout=ctx.settings.ready_timeout,
+    )

@@ -1,0 +1,49 @@
+"""kube-controller-manager: node CIDR allocation, service-account tokens and the root CA in every
+namespace, the CSR signer (the cluster CA: kubelet-serving CSRs of a virtual kubelet are signed by
+it, so the API server verifies them), and the default controllers (garbage collector,
+TTL-after-finished, ...). One instance, so no leader election (restarts are immediate)."""
+
+from __future__ import annotations
+
+from localenv import procs
+from localenv.k8s import probes
+from localenv.k8s.context import Context
+
+
+def daemon(ctx: Context) -> procs.Daemon:
+    p, s = ctx.paths, ctx.settings
+    pki = p.pki_dir
+    kubeconfig = ctx.kubeconfig("controller-manager")
+    argv = (
+        ctx.k8s_binary("kube-controller-manager"),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={s.ports.controller_manager}",
+        f"--tls-cert-file={pki / 'controller-manager-serving.crt'}",
+        f"--tls-private-key-file={pki / 'controller-manager-serving.key'}",
+        f"--client-ca-file={p.ca_cert}",
+        f"--cluster-signing-cert-file={p.ca_cert}",
+        f"--cluster-signing-key-file={p.ca_key}",
+        f"--root-ca-file={p.ca_cert}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={s.cluster_cidr}",
+        f"--node-cidr-mask-size={s.node_cidr_mask}",
+        f"--service-cluster-ip-range={s.service_cidr}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    )
+    return procs.Daemon(
+        name="kube-controller-manager",
+        argv=argv,
+        run_dir=p.run_dir,
+        logs_dir=p.logs_dir,
+        inputs=(p.ca_cert, p.kubeconfig_dir / "controller-manager.kubeconfig",
+                pki / "controller-manager-serving.crt", pki / "sa.key"),
+        ready=lambda: probes.ok(f"https://127.0.0.1:{s.ports.controller_manager}/healthz", ca=p.ca_cert),
+        ready_timeout=ctx.settings.ready_timeout,
+    )
