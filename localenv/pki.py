@@ -1,8 +1,9 @@
 """Certificates of the local cluster, made with the `openssl` command (Debian's openssl 3).
 
-Two CAs live in the PKI directory: `ca` (the cluster CA: API server, kubelets, clients, the
-controller-manager's CSR signer) and `etcd-ca` (etcd only, so that a certificate issued for a
-kubelet or a user never opens etcd). Keys are ECDSA P-256, files are 0600, the directory 0700.
+Three CAs live in the PKI directory: `ca` (the cluster CA: API server, kubelets, clients, the
+controller-manager's CSR signer), `etcd-ca` (etcd only, so that a certificate issued for a
+kubelet or a user never opens etcd) and `front-proxy-ca` (the API server's aggregation layer:
+requests it forwards carry the user in headers, trusted only from its front-proxy client). Keys are ECDSA P-256, files are 0600, the directory 0700.
 
 Other components issue their own certificates from the cluster CA:
 
@@ -39,6 +40,7 @@ CERT_DAYS = 730
 RENEW_BEFORE = 30
 CLUSTER_CA = "ca"
 ETCD_CA = "etcd-ca"
+FRONT_PROXY_CA = "front-proxy-ca"
 
 
 @dataclass(frozen=True)

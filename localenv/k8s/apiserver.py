@@ -6,7 +6,7 @@ kubelet that serves the kubelet API can verify that certificate against the same
 from __future__ import annotations
 
 from localenv import procs
-from localenv.k8s import probes
+from localenv.k8s import certs, probes
 from localenv.k8s.context import Context
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -32,6 +32,15 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         # Node names (kod-worker, a virtual node's name) do not resolve: reach kubelets by address.
         "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        # The aggregation layer (and the requestheader CA that the controller-manager and the
+        # scheduler read from the extension-apiserver-authentication ConfigMap).
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--requestheader-allowed-names={certs.FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         "--anonymous-auth=false",
@@ -49,10 +58,13 @@ def daemon(ctx: Context) -> procs.Daemon:
         argv=argv,
         run_dir=p.run_dir,
         logs_dir=p.logs_dir,
-        inputs=(p.ca_cert, pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
+        inputs=(p.ca_cert, pki / "front-proxy-client.crt", pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
         ready=lambda: probes.ok(
             f"{ctx.apiserver_url}/readyz", ca=p.ca_cert,
             cert=pki / "admin-client.crt", key=pki / "admin-client.key",
         ),
         ready_timeout=ctx.settings.ready_timeout,
+        # Its graceful shutdown waits for long-running requests; all its state is in etcd, so a
+        # quick SIGKILL costs nothing and keeps restarts short.
+        stop_timeout=5.0,
     )

@@ -20,6 +20,7 @@ from localenv.k8s.context import Context
 ADMIN_USER = "kod-admin"
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 PROVISIONER_USER = "kod:storage-provisioner"
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -53,6 +54,7 @@ def ensure_all(ctx: Context) -> list[str]:
     d = ctx.paths.pki_dir
     pki.ensure_ca(d, pki.CLUSTER_CA, "kod-cluster-ca")
     pki.ensure_ca(d, pki.ETCD_CA, "kod-etcd-ca")
+    pki.ensure_ca(d, pki.FRONT_PROXY_CA, "kod-front-proxy-ca")
     pki.ensure_service_account_key(d)
 
     both: tuple[pki.Usage, ...] = ("server", "client")
@@ -61,6 +63,7 @@ def ensure_all(ctx: Context) -> list[str]:
     pki.issue(d, "apiserver-etcd-client", common_name="kube-apiserver-etcd-client", ca=pki.ETCD_CA)
     pki.issue(d, "apiserver", common_name="kube-apiserver", sans=apiserver_names(ctx), usages=("server",))
     pki.issue(d, "apiserver-kubelet-client", common_name=APISERVER_KUBELET_CLIENT)
+    pki.issue(d, "front-proxy-client", common_name=FRONT_PROXY_CLIENT, ca=pki.FRONT_PROXY_CA)
     pki.issue(d, "controller-manager-serving", common_name="kube-controller-manager", sans=LOOPBACK,
               usages=("server",))
     pki.issue(d, "scheduler-serving", common_name="kube-scheduler", sans=LOOPBACK, usages=("server",))

@@ -32,7 +32,6 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--peer-key-file={pki / 'etcd-peer.key'}",
         "--peer-client-cert-auth=true",
         f"--peer-trusted-ca-file={pki / 'etcd-ca.crt'}",
-        "--snapshot-count=10000",
         "--log-level=warn",
     )
     return procs.Daemon(
