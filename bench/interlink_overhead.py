@@ -95,14 +95,16 @@ async def run(pods: int, calls: int) -> dict[str, object]:
         rss_idle = rss_mib(proc.pid)
 
         # Latency: create through interlink vs directly, alternating to share the machine's noise.
-        through, straight = [], []
+        through: list[float] = []
+        straight: list[float] = []
         for i in range(calls):
             for api, out, prefix in ((via, through, "v"), (direct, straight, "d")):
                 body = PodCreateRequest.model_validate(pod_body(f"{prefix}-{i}", f"{prefix}-uid-{i}"))
                 t0 = time.perf_counter()
                 await api.request("POST", "/v1/pods", body=body, model=PodStatus)
                 out.append((time.perf_counter() - t0) * 1000)
-        get_through, get_straight = [], []
+        get_through: list[float] = []
+        get_straight: list[float] = []
         for i in range(calls):
             for api, out in ((via, get_through), (direct, get_straight)):
                 t0 = time.perf_counter()
@@ -142,7 +144,6 @@ async def run(pods: int, calls: int) -> dict[str, object]:
         await asyncio.sleep(10)
         idle_requests = len([s for s in fake.seen if s.path != "/v1/watch"]) - before
         rss_after = rss_mib(proc.pid)
-        await lines.aclose()
         await via.close()
         await direct.close()
     finally:

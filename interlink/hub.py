@@ -37,7 +37,7 @@ class Subscription:
             return None
         return await self._queue.get()
 
-    def _offer(self, line: bytes) -> bool:
+    def _offer(self, line: bytes | None) -> bool:
         try:
             self._queue.put_nowait(line)
             return True

@@ -119,7 +119,7 @@ async def test_a_sidecar_restart_is_repaired_by_its_resync(aiohttp_client: Any, 
     a.add_pod("default", "new", "u-new")
     await a.start()
 
-    events = {}
+    events: dict[str, str] = {}
     while len(events) < 2:
         event = await watch.next()
         assert event.pod is not None
