@@ -1,0 +1,223 @@
+"""The kubelet HTTPS API over real TLS: only callers the cluster authenticates (a client certificate
+from its CA, or a token TokenReview accepts) and authorizes (SubjectAccessReview) read logs; the
+query becomes typed LogOptions; bad input is 400, unknown pods 404, exec 501 - never 500."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kod import errors
+from tests.unit.vk_fakes import TOKEN, FakeInterLink
+from vk_bridge.certs import ServingCert, cert_fits, make_csr, make_key, server_ssl_context
+from vk_bridge.kube import Connection, KubeClient
+from vk_bridge.kubelet_api import Authenticator, create_app, parse_log_options, start_server, subresource_for, user_from_peercert
+from vk_bridge.provider import InterLinkProvider
+from tests.unit.test_vk_provider import create_request
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+class Pki:
+    """A throwaway CA with server and client certificates."""
+
+    def __init__(self, tmp: Path, name: str = "test-ca") -> None:
+        self.dir = tmp
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name)).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.ca_pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue(self, stem: str, cn: str, org: str | None = None, *, server: bool = False, days: int = 30) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(self.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(days=days))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if server:
+            sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        crt, key_file = self.dir / f"{stem}.crt", self.dir / f"{stem}.key"
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return crt, key_file
+
+
+class FakeAuthApi:
+    """TokenReview and SubjectAccessReview like the API server answers them."""
+
+    def __init__(self) -> None:
+        self.tokens = {"good-token": {"username": "alice", "groups": ["devs"]}, "weak-token": {"username": "bob", "groups": []}}
+        self.allowed = {("alice", "proxy"), ("kube-apiserver-kubelet-client", "proxy"), ("alice", "metrics")}
+        self.reviews: list[dict[str, Any]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
+        self.app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self.access_review)
+
+    async def token_review(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        user = self.tokens.get(body["spec"]["token"])
+        return web.json_response({**body, "status": {"authenticated": bool(user), **({"user": user} if user else {})}}, status=201)
+
+    async def access_review(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.reviews.append(body["spec"])
+        ra = body["spec"]["resourceAttributes"]
+        ok = (body["spec"]["user"], ra["subresource"]) in self.allowed and ra["resource"] == "nodes" and ra["name"] == "vnode"
+        return web.json_response({**body, "status": {"allowed": ok}}, status=201)
+
+
+class Setup:
+    def __init__(self, url: str, pki: Pki, auth_api: FakeAuthApi, interlink: FakeInterLink) -> None:
+        self.url, self.pki, self.auth_api, self.interlink = url, pki, auth_api, interlink
+
+    def client_ssl(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.pki.ca_pem)
+        if cert:
+            ctx.load_cert_chain(*cert)
+        return ctx
+
+    async def get(self, path: str, *, cert: tuple[Path, Path] | None = None, token: str | None = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as s, s.get(self.url + path, ssl=self.client_ssl(cert), headers=headers) as r:
+            return r.status, await r.text()
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, aiohttp_server: Callable[..., Any]) -> AsyncIterator[Setup]:
+    pki = Pki(tmp_path)
+    auth_api, interlink = FakeAuthApi(), FakeInterLink()
+    api_server: TestServer = await aiohttp_server(auth_api.app)
+    il_server: TestServer = await aiohttp_server(interlink.app)
+    kube = KubeClient(Connection(host=str(api_server.make_url("")).rstrip("/"), ssl_context=None, authorization=lambda: None), backoff=())
+    provider = InterLinkProvider(str(il_server.make_url("")), TOKEN, backoff=())
+    await provider.create_pod(create_request(uid="u1", name="p1"))
+    crt, key = pki.issue("serving", "system:node:vnode", "system:nodes", server=True)
+    app = create_app(provider=provider, kube=kube, auth=Authenticator(kube, "vnode", cache_seconds=60))
+    runner, port = await start_server(app, "127.0.0.1", 0, server_ssl_context(ServingCert(crt, key), pki.ca_pem))
+    yield Setup(f"https://127.0.0.1:{port}", pki, auth_api, interlink)
+    await runner.cleanup()
+    await provider.close()
+    await kube.close()
+
+
+async def test_the_api_servers_client_certificate_reads_logs(setup: Setup) -> None:
+    cert = setup.pki.issue("apiserver", "kube-apiserver-kubelet-client", "kubeadm:cluster-admins")
+    status, body = await setup.get("/containerLogs/ns/p1/c?tailLines=1", cert=cert)
+    assert (status, body) == (200, "hello from c\n")
+    review = setup.auth_api.reviews[-1]
+    assert review["user"] == "kube-apiserver-kubelet-client" and review["groups"] == ["kubeadm:cluster-admins"]
+    assert review["resourceAttributes"] == {"verb": "get", "resource": "nodes", "subresource": "proxy", "name": "vnode", "version": "v1"}
+
+
+async def test_a_token_the_cluster_accepts_reads_logs_and_follow_streams(setup: Setup) -> None:
+    status, body = await setup.get("/containerLogs/ns/p1/c?follow=true", token="good-token")
+    assert status == 200 and body.splitlines() == ["hello from c", "follow 0", "follow 1", "follow 2"]
+
+
+@pytest.mark.parametrize(
+    ("token", "path", "status"),
+    [
+        (None, "/containerLogs/ns/p1/c", 401),
+        ("forged-token", "/containerLogs/ns/p1/c", 401),
+        ("weak-token", "/containerLogs/ns/p1/c", 403),
+        ("good-token", "/containerLogs/ns/nope/c", 404),
+        ("good-token", "/containerLogs/ns/p1/nope", 404),
+        ("good-token", "/containerLogs/ns/p1/c?tailLines=abc", 400),
+        ("good-token", "/containerLogs/ns/p1/c?follow=maybe", 400),
+        ("good-token", "/containerLogs/ns/p1/c?sinceSeconds=5&sinceTime=2026-01-01T00:00:00Z", 400),
+        ("good-token", "/containerLogs/ns/p1/c?tailLines=-1", 400),
+        ("good-token", "/exec/ns/p1/c?command=sh", 501),
+        ("good-token", "/portForward/ns/p1", 501),
+        ("good-token", "/nothing/here", 404),
+    ],
+)
+async def test_bad_requests_get_clear_answers_never_500(setup: Setup, token: str | None, path: str, status: int) -> None:
+    got, body = await setup.get(path, token=token)
+    assert got == status, body
+    assert body  # always a message
+
+
+async def test_a_certificate_from_another_ca_is_refused(setup: Setup, tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = Pki(tmp_path / "other", name="evil-ca")
+    cert = other.issue("evil", "kube-apiserver-kubelet-client")
+    with pytest.raises(aiohttp.ClientError):
+        await setup.get("/containerLogs/ns/p1/c", cert=cert)
+
+
+async def test_metrics_count_api_requests(setup: Setup) -> None:
+    status, body = await setup.get("/metrics", token="good-token")
+    assert status == 200 and 'kod_vk_api_requests_total{verb="POST",resource="subjectaccessreviews"}' in body
+
+
+def test_log_options_parse_like_the_kubelet() -> None:
+    opts = parse_log_options({"follow": "true", "tailLines": "10", "limitBytes": "100", "timestamps": "1",
+                              "sinceTime": "2026-01-02T03:04:05Z", "previous": "false", "container": "ignored"})
+    assert (opts.follow, opts.tailLines, opts.limitBytes, opts.timestamps, opts.previous) == (True, 10, 100, True, False)
+    assert opts.sinceTime == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with pytest.raises(errors.InvalidInput, match="stream"):
+        parse_log_options({"stream": "Stderr"})
+
+
+@pytest.mark.parametrize(
+    ("path", "sub"),
+    [("/containerLogs/a/b/c", "proxy"), ("/metrics", "metrics"), ("/metrics/cadvisor", "metrics"), ("/logs/x", "log"),
+     ("/stats/summary", "stats"), ("/exec/a/b/c", "proxy")],
+)
+def test_paths_map_to_node_subresources_like_the_kubelet(path: str, sub: str) -> None:
+    assert subresource_for(path) == sub
+
+
+def test_peer_certificate_subject_becomes_user_and_groups() -> None:
+    peer = {"subject": ((("organizationName", "system:masters"),), (("organizationName", "ops"),), (("commonName", "carol"),))}
+    user = user_from_peercert(peer)
+    assert user is not None and user.name == "carol" and user.groups == ("system:masters", "ops")
+    assert user_from_peercert(None) is None
+
+
+def test_serving_csr_is_what_the_kubelet_serving_signer_accepts(tmp_path: Path) -> None:
+    key = make_key()
+    csr = x509.load_pem_x509_csr(make_csr(key, "vnode", ["vm", "vnode"], ["192.0.2.2", "127.0.0.1"]))
+    assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:vnode"
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["vm", "vnode"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["192.0.2.2", "127.0.0.1"]
+
+
+def test_a_stored_certificate_is_reused_only_when_it_fits(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    crt, key = pki.issue("serving", "system:node:vnode", "system:nodes", server=True)
+    assert cert_fits(crt, key, ["localhost"], ["127.0.0.1"])
+    assert not cert_fits(crt, key, ["localhost", "other-host"], ["127.0.0.1"])  # a SAN is missing
+    assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], now=datetime.now(UTC) + timedelta(days=25))  # expires soon
+    assert not cert_fits(tmp_path / "missing.crt", key, [], [])

@@ -1,0 +1,195 @@
+"""The pod sync loop against a real (fake) InterLink server and a recording API server: adoption
+without restarts, orphan removal, idempotent starts, refusal, graceful deletion, retries of pods
+whose Secret appears late, and status written from pushed events only."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from kod import wire
+from tests.unit.vk_fakes import TOKEN, FakeInterLink, FakeKubeApi
+from vk_bridge.events import EventRecorder
+from vk_bridge.kube import Connection, KubeClient
+from vk_bridge.pods import PodController, WorkQueue
+from vk_bridge.provider import InterLinkProvider
+from vk_bridge.references import KubeReferences
+from vk_bridge.resolve import NodeFacts, Resolver
+from vk_bridge.settings import PodSettings
+from vk_bridge.watch import WatchEvent
+
+
+def api_pod(name: str, uid: str, *, privileged: bool = False, env: list[dict[str, Any]] | None = None,
+            deleting: int | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "c", "image": "busybox", "env": env or []}
+    if privileged:
+        container["securityContext"] = {"privileged": True}
+    meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": uid}
+    if deleting is not None:
+        meta.update(deletionTimestamp="2026-01-01T00:00:00Z", deletionGracePeriodSeconds=deleting)
+    return {"metadata": meta, "spec": {"nodeName": "vnode", "containers": [container]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+
+
+class Harness:
+    def __init__(self, interlink: FakeInterLink, api: FakeKubeApi, controller: PodController) -> None:
+        self.interlink, self.api, self.controller = interlink, api, controller
+
+    def sync(self, *pods: dict[str, Any]) -> None:
+        for p in pods:
+            self.api.add_pod(p)
+        self.controller.on_api_event(WatchEvent("SYNC", objects=tuple(pods)))
+
+    def event(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind != "DELETED":
+            self.api.add_pod(pod)
+        self.controller.on_api_event(WatchEvent(kind, object=pod))  # type: ignore[arg-type]
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        return self.api.pods[("ns", name)].get("status") or {}
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def harness(aiohttp_server: Callable[..., Any]) -> AsyncIterator[Harness]:
+    interlink, api = FakeInterLink(heartbeat=1.0), FakeKubeApi()
+    il_server: TestServer = await aiohttp_server(interlink.app)
+    api_server: TestServer = await aiohttp_server(api.app)
+    kube = KubeClient(Connection(host=str(api_server.make_url("")).rstrip("/"), ssl_context=None, authorization=lambda: None),
+                      backoff=(0.01,))
+    provider = InterLinkProvider(str(il_server.make_url("")), TOKEN, backoff=(0.01, 0.01))
+    resolver = Resolver(KubeReferences(kube), NodeFacts(name="vnode", host_ips=("10.0.0.5",)))
+    controller = PodController(
+        kube, provider, resolver, EventRecorder(kube, "vnode"), node_name="vnode", host_ips=("10.0.0.5",),
+        settings=PodSettings(workers=4, retry_backoff=(0.05,)),
+    )
+    tasks = [asyncio.create_task(controller.run_remote_watch()), asyncio.create_task(controller.run_workers())]
+    yield Harness(interlink, api, controller)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await provider.close()
+    await kube.close()
+
+
+def request_for(pod: dict[str, Any]) -> wire.PodCreateRequest:
+    return wire.PodCreateRequest(pod=wire.Pod.model_validate(pod))
+
+
+async def test_on_start_running_pods_are_adopted_and_orphans_removed(harness: Harness) -> None:
+    kept = api_pod("kept", "u-kept")
+    harness.interlink.adopt(request_for(kept))
+    harness.interlink.adopt(request_for(api_pod("orphan", "u-orphan")))
+    await until(lambda: harness.controller.remote_synced.is_set())
+    assert not harness.interlink.deletes  # nothing happens before the API side is listed
+    harness.sync(kept)
+    await until(lambda: harness.status_of("kept").get("phase") == "Running")
+    await until(lambda: harness.interlink.deletes == [("u-orphan", 0)])
+    assert harness.interlink.creates == 0  # the running pod was not started again
+    assert set(harness.interlink.pods) == {"u-kept"}
+
+
+async def test_a_new_pod_is_started_once_and_its_status_written(harness: Harness) -> None:
+    harness.sync()
+    p = api_pod("web", "u1")
+    harness.event("ADDED", p)
+    harness.event("MODIFIED", p)
+    await until(lambda: harness.status_of("web").get("phase") == "Running")
+    assert harness.interlink.creates == 1
+    st = harness.status_of("web")
+    assert st["podIP"] == "172.17.0.42" and st["hostIP"] == "10.0.0.5"
+    assert harness.interlink.request_ids[0]  # a request id travels with the create
+    # A pushed change is written back, with no polling involved.
+    harness.interlink.finish("u1", 3)
+    await until(lambda: harness.status_of("web").get("phase") == "Failed")
+    assert harness.status_of("web")["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+
+
+async def test_status_is_not_rewritten_when_nothing_changed(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: harness.status_of("web").get("phase") == "Running")
+    await until(lambda: len(harness.controller.queue) == 0)
+    patches = len(harness.api.patches)
+    for _ in range(3):
+        harness.controller.queue.add("u1")
+    await asyncio.sleep(0.2)
+    assert len(harness.api.patches) == patches
+
+
+async def test_a_refused_pod_fails_with_the_reason_and_an_event(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("evil", "u-evil", privileged=True))
+    await until(lambda: harness.status_of("evil").get("phase") == "Failed")
+    st = harness.status_of("evil")
+    assert st["reason"] == "Forbidden" and "privileged" in st["message"]
+    assert not harness.interlink.pods
+    await until(lambda: any(e["reason"] == "Forbidden" for e in harness.api.events))
+
+
+async def test_deletion_honours_the_grace_period_then_removes_the_object(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: "u1" in harness.interlink.pods)
+    harness.event("MODIFIED", api_pod("web", "u1", deleting=7))
+    await until(lambda: ("ns", "web") not in harness.api.pods)
+    assert harness.interlink.deletes == [("u1", 7)]
+    path, body = harness.api.deletes[0]
+    assert path == "/api/v1/namespaces/ns/pods/web"
+    assert body["gracePeriodSeconds"] == 0 and body["preconditions"] == {"uid": "u1"}
+
+
+async def test_a_force_deleted_pod_is_removed_from_interlink(harness: Harness) -> None:
+    harness.sync()
+    p = api_pod("web", "u1")
+    harness.event("ADDED", p)
+    await until(lambda: "u1" in harness.interlink.pods)
+    harness.event("DELETED", p)
+    await until(lambda: harness.interlink.deletes == [("u1", 0)])
+
+
+async def test_a_pod_waits_for_its_secret_and_starts_when_it_appears(harness: Harness) -> None:
+    harness.sync()
+    env = [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "late", "key": "pw"}}}]
+    harness.event("ADDED", api_pod("late", "u-late", env=env))
+    await until(lambda: (harness.status_of("late").get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {}).get("reason")
+                == "CreateContainerConfigError")
+    assert 'secret "late" not found' in harness.status_of("late")["containerStatuses"][0]["state"]["waiting"]["message"]
+    harness.api.secrets[("ns", "late")] = {"data": {"pw": base64.b64encode(b"hunter2").decode()}}
+    await until(lambda: harness.status_of("late").get("phase") == "Running", timeout=5)
+    [env_var] = harness.interlink.requests["u-late"].containers[0].env
+    assert (env_var.name, env_var.value) == ("PW", "hunter2")
+
+
+async def test_interlink_restart_resyncs_without_duplicates(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: harness.status_of("web").get("phase") == "Running")
+    harness.interlink.break_watches()
+    await asyncio.sleep(0.3)
+    harness.interlink.finish("u1", 0)
+    await until(lambda: harness.status_of("web").get("phase") == "Succeeded")
+    assert harness.interlink.creates == 1
+
+
+async def test_work_queue_never_runs_a_key_twice_at_once() -> None:
+    q = WorkQueue()
+    q.add("a")
+    q.add("a")
+    key = await q.get()
+    q.add("a")  # changed while being processed: runs again afterwards, not concurrently
+    assert q._queue.qsize() == 0
+    q.done(key)
+    assert await asyncio.wait_for(q.get(), 1) == "a"

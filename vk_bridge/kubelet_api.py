@@ -1,0 +1,286 @@
+"""The kubelet HTTPS API that the API server calls: `kubectl logs` (and `/metrics`).
+
+    GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&limitBytes&timestamps
+                                                     &sinceSeconds&sinceTime&previous
+        -> 200 text/plain (streamed when follow); 400 bad query; 404 unknown pod/container
+    GET /metrics        -> 200 text/plain: vk_bridge's API request counters (Prometheus format)
+    GET /healthz        -> 200 "ok"
+    /exec, /attach, /portForward, /run -> 501 (not supported on the desktop node)
+
+Only callers the cluster authenticates get in, as with the kubelet's webhook mode: a client
+certificate signed by the cluster's client CA (the API server's own `--kubelet-client-certificate`)
+or a bearer token the TokenReview API accepts; then a SubjectAccessReview must allow the verb on
+`nodes/<subresource>` of this node (containerLogs -> nodes/proxy, metrics -> nodes/metrics,
+healthz -> nodes/healthz or nodes/proxy). Answers to TokenReview and SubjectAccessReview are cached
+for `auth_cache_seconds`, denials are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from kod import errors, wire
+from kod.http import error_middleware, request_id_middleware
+from kod.log import get_logger
+from vk_bridge.kube import KubeClient
+from vk_bridge.provider import Provider
+
+log = get_logger(__name__)
+
+PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+KUBE: web.AppKey[KubeClient] = web.AppKey("kube")
+
+_BOOL = {"true": True, "1": True, "false": False, "0": False}
+_INT_FIELDS = ("tailLines", "limitBytes", "sinceSeconds")
+_BOOL_FIELDS = ("follow", "previous", "timestamps")
+UNSUPPORTED = ("exec", "attach", "portForward", "run", "cri", "checkpoint", "debug")
+
+
+def parse_log_options(query: Mapping[str, str]) -> wire.LogOptions:
+    """The query string of /containerLogs as typed options. Unknown parameters are ignored, as the
+    kubelet does; malformed values are InvalidInput."""
+    data: dict[str, Any] = {}
+    for key in _BOOL_FIELDS:
+        if key in query:
+            value = query[key].lower()
+            if value not in _BOOL:
+                raise errors.InvalidInput(f"{key} must be true or false, not {query[key]!r}")
+            data[key] = _BOOL[value]
+    for key in _INT_FIELDS:
+        if key in query and query[key] != "":
+            try:
+                data[key] = int(query[key])
+            except ValueError as exc:
+                raise errors.InvalidInput(f"{key} must be an integer, not {query[key]!r}") from exc
+    if query.get("sinceTime"):
+        try:
+            data["sinceTime"] = datetime.fromisoformat(query["sinceTime"].replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise errors.InvalidInput(f"sinceTime must be an RFC 3339 time, not {query['sinceTime']!r}") from exc
+    if data.get("sinceSeconds") is not None and data.get("sinceTime") is not None:
+        raise errors.InvalidInput("at most one of sinceTime or sinceSeconds may be specified")
+    stream = query.get("stream")
+    if stream not in (None, "", "All"):
+        raise errors.InvalidInput(f"stream={stream} is not supported: this node returns stdout and stderr together")
+    try:
+        return wire.LogOptions.model_validate(data)
+    except ValidationError as exc:
+        from kod.http import validation_message
+
+        raise errors.InvalidInput(validation_message(exc)) from exc
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def subresource_for(path: str) -> str:
+    """The kubelet's mapping from a request path to the nodes/<subresource> it authorizes."""
+    first = path.strip("/").split("/", 1)[0]
+    return {"metrics": "metrics", "stats": "stats", "logs": "log", "healthz": "healthz"}.get(first, "proxy")
+
+
+def verb_for(method: str) -> str:
+    return {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "get")
+
+
+class Authenticator:
+    """Authentication (client cert or TokenReview) and authorization (SubjectAccessReview)."""
+
+    def __init__(self, kube: KubeClient, node_name: str, *, cache_seconds: float = 60.0) -> None:
+        self.kube = kube
+        self.node_name = node_name
+        self.cache_seconds = cache_seconds
+        self._tokens: dict[str, tuple[float, UserInfo]] = {}
+        self._allowed: dict[tuple[Any, ...], float] = {}
+
+    async def user_from_token(self, token: str) -> UserInfo:
+        now = time.monotonic()
+        cached = self._tokens.get(token)
+        if cached and cached[0] > now:
+            return cached[1]
+        review = await self.kube.create(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+        )
+        status = (review or {}).get("status") or {}
+        if not status.get("authenticated"):
+            raise errors.Unauthorized("the bearer token was not accepted by the cluster")
+        user = status.get("user") or {}
+        info = UserInfo(
+            name=user.get("username", ""), groups=tuple(user.get("groups") or ()), uid=user.get("uid", ""),
+            extra=user.get("extra") or {},
+        )
+        if len(self._tokens) > 1000:
+            self._tokens.clear()
+        self._tokens[token] = (now + self.cache_seconds, info)
+        return info
+
+    async def authorize(self, user: UserInfo, verb: str, subresource: str) -> bool:
+        key = (user.name, user.groups, user.uid, verb, subresource)
+        now = time.monotonic()
+        if self._allowed.get(key, 0) > now:
+            return True
+        spec: dict[str, Any] = {
+            "user": user.name,
+            "groups": list(user.groups),
+            "resourceAttributes": {
+                "verb": verb, "resource": "nodes", "subresource": subresource, "name": self.node_name, "version": "v1",
+            },
+        }
+        if user.uid:
+            spec["uid"] = user.uid
+        if user.extra:
+            spec["extra"] = dict(user.extra)
+        review = await self.kube.create(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
+        )
+        allowed = bool(((review or {}).get("status") or {}).get("allowed"))
+        if allowed:
+            if len(self._allowed) > 1000:
+                self._allowed.clear()
+            self._allowed[key] = now + self.cache_seconds
+        return allowed
+
+
+def user_from_peercert(peercert: Mapping[str, Any] | None) -> UserInfo | None:
+    """The Kubernetes user of a verified client certificate: CN is the name, O the groups."""
+    if not peercert:
+        return None
+    name, groups = "", []
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                name = value
+            elif key == "organizationName":
+                groups.append(value)
+    return UserInfo(name=name, groups=tuple(groups)) if name else None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    user = None
+    if request.transport is not None:
+        user = user_from_peercert(request.transport.get_extra_info("peercert"))
+    if user is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthorized("authenticate with a client certificate from the cluster's CA or a bearer token")
+        user = await auth.user_from_token(token.strip())
+    verb, sub = verb_for(request.method), subresource_for(request.path)
+    allowed = await auth.authorize(user, verb, sub)
+    if not allowed and sub == "healthz":
+        allowed = await auth.authorize(user, verb, "proxy")
+    if not allowed:
+        raise errors.Forbidden(
+            f"user {user.name!r} is not allowed to {verb} nodes/{sub} of node {auth.node_name!r}"
+        )
+    return await handler(request)
+
+
+async def container_logs(request: web.Request) -> web.StreamResponse:
+    """GET /containerLogs/{namespace}/{pod}/{container}: the container's log, streamed with follow."""
+    provider = request.app[PROVIDER]
+    ns, pod, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
+    options = parse_log_options(request.query)
+    status = await provider.get_pod_status(ns, pod)
+    names = {c.name for c in status.containerStatuses} | {c.name for c in status.initContainerStatuses}
+    if names and container not in names:
+        raise errors.NotFound(f"container {container} is not valid for pod {pod}")
+    chunks = provider.logs(ns, pod, container, options).__aiter__()
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    response.enable_chunked_encoding()
+    try:
+        if options.follow:
+            # Headers go out at once so that `kubectl logs -f` of a quiet container connects.
+            await response.prepare(request)
+        async for chunk in chunks:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(chunk)
+        if not response.prepared:
+            await response.prepare(request)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except errors.KodError:
+        if not response.prepared:
+            raise
+        log.warning("log stream ended early", namespace=ns, pod=pod, container=container)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await response.write_eof()
+    return response
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: counters of the Kubernetes API requests vk_bridge made."""
+    lines = [
+        "# HELP kod_vk_api_requests_total Requests vk_bridge sent to the Kubernetes API.",
+        "# TYPE kod_vk_api_requests_total counter",
+    ]
+    for key, count in sorted(request.app[KUBE].stats.items()):
+        verb, _, resource = key.partition(" ")
+        lines.append(f'kod_vk_api_requests_total{{verb="{verb}",resource="{resource}"}} {count}')
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def not_supported(request: web.Request) -> web.Response:
+    what = request.path.strip("/").split("/", 1)[0]
+    message = (
+        f"{what} is not supported on the desktop's virtual node: its containers run in the desktop's "
+        "Docker engine; use `kubectl logs`, or `docker exec` on the desktop"
+    )
+    # A Kubernetes Status body: the API server's stream proxies (exec, attach, port-forward) show
+    # its message to kubectl users; other bodies become "unknown error".
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": "NotImplemented", "code": 501}
+    return web.json_response(body, status=501)
+
+
+def create_app(*, provider: Provider, kube: KubeClient, auth: Authenticator) -> web.Application:
+    """The kubelet API application (TLS is added by the server that runs it)."""
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
+    app[PROVIDER] = provider
+    app[KUBE] = kube
+    app[AUTH] = auth
+    app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    for name in UNSUPPORTED:
+        app.router.add_route("*", f"/{name}", not_supported)
+        app.router.add_route("*", f"/{name}/{{tail:.*}}", not_supported)
+    return app
+
+
+async def start_server(app: web.Application, host: str, port: int, ssl_context: Any) -> tuple[web.AppRunner, int]:
+    """Serve `app` over TLS; returns the runner (clean it up) and the bound port (for port 0)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None)
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, bound

@@ -1,0 +1,233 @@
+"""`kod-vk`: run the virtual kubelet (the desktop as a node of the cluster).
+
+`main` parses flags, loads the settings once and runs `serve`, which wires the parts together and
+runs each long-running loop as its own task: the Lease, the node status, the API's pod watch,
+InterLink's status stream, the pod workers and the Services cache. SIGTERM/SIGINT set the stop
+event; the tasks are cancelled with a timeout, the node is marked NotReady, and the servers and
+clients are closed in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import sys
+from pathlib import Path
+
+from kod import __version__, errors
+from kod.log import configure, get_logger
+from kod.settings import load_settings
+from vk_bridge.certs import ServingCert, client_ca_pem, obtain_serving_cert, server_ssl_context
+from vk_bridge.events import EventRecorder
+from vk_bridge.kube import KubeClient, load_connection
+from vk_bridge.kubelet_api import Authenticator, create_app, start_server
+from vk_bridge.lease import LeaseRenewer
+from vk_bridge.node import NodeController, detect_address
+from vk_bridge.pods import PodController
+from vk_bridge.provider import InterLinkProvider, Provider
+from vk_bridge.references import KubeReferences
+from vk_bridge.resolve import NodeFacts, Resolver
+from vk_bridge.settings import DEFAULT_CONFIG, ENV_PREFIX, VkSettings
+from vk_bridge.watch import ObjectCache
+
+log = get_logger(__name__)
+
+
+def read_token(path: Path | None) -> str | None:
+    """The InterLink bearer token from its file (which should be 0600)."""
+    if path is None:
+        return None
+    path = path.expanduser()
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise errors.InvalidInput(f"cannot read the InterLink token file {path}: {exc.strerror}") from exc
+    if path.stat().st_mode & 0o077:
+        log.warning("the InterLink token file is readable by others; chmod 600 it", path=str(path))
+    if not token:
+        raise errors.InvalidInput(f"the InterLink token file {path} is empty")
+    return token
+
+
+class VirtualKubelet:
+    """The running parts, for tests that want to look inside (`serve` builds one)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.node: NodeController | None = None
+        self.pods: PodController | None = None
+        self.kube: KubeClient | None = None
+        self.kubelet_port: int | None = None
+
+
+async def serve(
+    settings: VkSettings,
+    *,
+    token: str | None,
+    stop: asyncio.Event,
+    provider: Provider | None = None,
+    state: VirtualKubelet | None = None,
+) -> None:
+    """Run until `stop` is set (or a task fails)."""
+    state = state or VirtualKubelet()
+    conn = load_connection(settings.kube.kubeconfig, settings.kube.context)
+    kube = KubeClient(conn, backoff=settings.kube.backoff, timeout=settings.kube.request_timeout_seconds)
+    state.kube = kube
+    provider = provider or InterLinkProvider(
+        settings.interlink.url, token, timeout=settings.interlink.timeout_seconds, backoff=settings.interlink.backoff
+    )
+    runner = None
+    tasks: list[asyncio.Task[None]] = []
+    node: NodeController | None = None
+    pods: PodController | None = None
+    events = EventRecorder(kube, settings.node.name)
+    try:
+        version = (await kube.get("/version") or {}).get("gitVersion", "v0.0.0")
+        address = settings.node.address or detect_address(conn.host)
+        dns = [settings.node.hostname, settings.node.name]
+        ips = sorted({address, "127.0.0.1"})
+        api = settings.kubelet_api
+        if api.cert_file and api.key_file:
+            cert = ServingCert(api.cert_file.expanduser(), api.key_file.expanduser())
+        else:
+            cert = await obtain_serving_cert(
+                kube, node_name=settings.node.name, dns_names=dns, ips=ips, cert_dir=api.cert_dir,
+                timeout=api.csr_timeout_seconds,
+            )
+        ssl_ctx = server_ssl_context(cert, await client_ca_pem(kube, api.client_ca_file))
+        auth = Authenticator(kube, settings.node.name, cache_seconds=api.auth_cache_seconds)
+        runner, port = await start_server(create_app(provider=provider, kube=kube, auth=auth), api.host, api.port, ssl_ctx)
+        state.kubelet_port = port
+        log.info("kubelet API listening", host=api.host, port=port)
+
+        node = NodeController(
+            kube, provider, settings.node, address=address, kubelet_port=port, kubelet_version=f"{version}+kod.{__version__}"
+        )
+        state.node = node
+        await node.register()
+        lease = LeaseRenewer(
+            kube, settings.node.name, duration_seconds=settings.node.lease_duration_seconds,
+            renew_seconds=settings.node.lease_renew_seconds,
+        )
+        lease.node_uid = node.uid
+
+        services = ObjectCache()
+        resolver = Resolver(
+            KubeReferences(kube, services),
+            NodeFacts(name=settings.node.name, host_ips=node.host_ips, allocatable=node.allocatable),
+            enable_service_links_default=settings.pods.enable_service_links,
+        )
+        pods = PodController(
+            kube, provider, resolver, events, node_name=settings.node.name, host_ips=node.host_ips,
+            settings=settings.pods, watch_timeout_seconds=settings.kube.watch_timeout_seconds,
+        )
+        state.pods = pods
+        loops = {
+            "lease": lease.run(),
+            "node-status": node.run(),
+            "services": services.run(kube, "/api/v1/services", timeout_seconds=settings.kube.watch_timeout_seconds),
+            "pod-watch": pods.run_api_watch(),
+            "interlink-watch": pods.run_remote_watch(),
+            "pod-workers": pods.run_workers(),
+        }
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        ready = asyncio.create_task(_announce_ready(lease, pods, state), name="ready")
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                raise errors.Internal(f"{task.get_name()} stopped: {task.exception()!r}") from task.exception()
+    finally:
+        await _shutdown(tasks, settings.shutdown_timeout_seconds)
+        if node is not None and node.registered.is_set():
+            await node.mark_not_ready("kod-vk stopped")
+        if pods is not None:
+            await pods.drain(timeout=2.0)
+        await events.drain()
+        if runner is not None:
+            await runner.cleanup()
+        await provider.close()
+        await kube.close()
+        log.info("stopped")
+
+
+async def _announce_ready(lease: LeaseRenewer, pods: PodController, state: VirtualKubelet) -> None:
+    await lease.ready.wait()
+    await pods.ready.wait()
+    state.started.set()
+    log.info("virtual kubelet ready", pods=len(pods.pods))
+
+
+async def _shutdown(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            log.warning("task did not stop in time", task=task.get_name())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kod-vk",
+        description="The desktop's virtual kubelet: registers this machine as a node of a Kubernetes "
+        "cluster and runs the pods bound to it through InterLink (in the local Docker engine).",
+        epilog=f"Settings: defaults < the config file (TOML) < {ENV_PREFIX}* environment variables "
+        f"(e.g. {ENV_PREFIX}NODE__NAME, {ENV_PREFIX}INTERLINK__URL, {ENV_PREFIX}INTERLINK__TOKEN_FILE) < flags. "
+        "See docs/virtual-node.md.",
+    )
+    parser.add_argument("--config", default=os.environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG),
+                        help=f"settings file (TOML); default {DEFAULT_CONFIG} (or ${ENV_PREFIX}CONFIG)")
+    parser.add_argument("--node-name", help="node name (default desktop-<hostname>)")
+    parser.add_argument("--interlink-url", help="InterLink URL, http://host:port or unix:///path (default http://127.0.0.1:3000)")
+    parser.add_argument("--interlink-token-file", type=Path, help="file holding InterLink's bearer token")
+    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    parser.add_argument("--kubelet-port", type=int, help="port of the kubelet HTTPS API (default 10260; 0 = any free port)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    parser.add_argument("--version", action="version", version=f"kod-vk {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `kod-vk`."""
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, object] = {
+        "node": {k: v for k, v in {"name": args.node_name}.items() if v is not None},
+        "interlink": {k: v for k, v in {"url": args.interlink_url, "token_file": args.interlink_token_file}.items() if v is not None},
+        "kube": {k: v for k, v in {"kubeconfig": args.kubeconfig}.items() if v is not None},
+        "kubelet_api": {k: v for k, v in {"port": args.kubelet_port}.items() if v is not None},
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(VkSettings, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
+    except errors.KodError as exc:
+        print(f"kod-vk: {exc}", file=sys.stderr)
+        return 2
+    if not settings.node.user:
+        settings.node.user = os.environ.get("USER") or getpass.getuser()
+    configure(level=settings.log_level, component="kod-vk")
+    try:
+        token = read_token(settings.interlink.token_file)
+        return asyncio.run(_run(settings, token))
+    except errors.KodError as exc:
+        log.error("kod-vk failed", error=str(exc))
+        print(f"kod-vk: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(settings: VkSettings, token: str | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, token=token, stop=stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

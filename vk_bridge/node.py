@@ -1,0 +1,337 @@
+"""The Node object: registration and status.
+
+`node_object` builds the Node as data; `NodeController` registers it (creating it, or reconciling
+labels and the taint of an existing one without touching taints others put there), then keeps its
+status current: Ready follows the provider's ping, capacity comes from the ping or the settings,
+and the status is re-posted when it changes or every `status_interval_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import platform
+import socket
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from kod import errors, labels, wire
+from kod.log import get_logger
+from vk_bridge import quantity
+from vk_bridge.kube import KubeClient
+from vk_bridge.provider import Provider
+from vk_bridge.settings import NodeSettings
+from vk_bridge.status import k8s_time
+
+log = get_logger(__name__)
+
+#: The kubelet's default pod capacity; a desktop can run more small pods, see settings.
+DEFAULT_MAX_PODS = "110"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def host_capacity() -> dict[str, str]:
+    """CPU and memory of this machine, when the provider does not say."""
+    cap = {"cpu": str(os.cpu_count() or 1), "pods": DEFAULT_MAX_PODS}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    cap["memory"] = quantity.format_bytes(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    return cap
+
+
+def detect_address(api_host: str) -> str:
+    """The local address of the route towards the API server; when that is loopback (the API
+    server is on this machine), the address of the default route, so that the node address is
+    the machine's own, as a kubelet would report it. Nothing is sent: UDP connect only routes."""
+    host = urlparse(api_host).hostname or "127.0.0.1"
+    candidates = [host, "10.255.255.255", "192.0.2.1"]
+    fallback = "127.0.0.1"
+    for target in candidates:
+        try:
+            family = socket.AF_INET6 if ":" in target else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((target, 9))
+                addr = str(s.getsockname()[0])
+        except OSError:
+            continue
+        if not ipaddress.ip_address(addr).is_loopback:
+            return addr
+        fallback = addr
+    return fallback
+
+
+def node_info(kubelet_version: str, runtime_version: str) -> dict[str, str]:
+    """status.nodeInfo as `kubectl get nodes -o wide` shows it."""
+    os_image = "Linux"
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    os_image = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    machine_id = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                machine_id = f.read().strip()
+                break
+        except OSError:
+            continue
+    return {
+        "architecture": _ARCH.get(platform.machine(), platform.machine()),
+        "operatingSystem": "linux",
+        "osImage": os_image,
+        "kernelVersion": platform.release(),
+        "kubeletVersion": kubelet_version,
+        "kubeProxyVersion": "",
+        "containerRuntimeVersion": runtime_version,
+        "machineID": machine_id,
+        "systemUUID": machine_id,
+        "bootID": "",
+    }
+
+
+def node_labels(settings: NodeSettings, arch: str) -> dict[str, str]:
+    """The node's labels: what virtual kubelets and this project's selectors look for."""
+    out = {
+        labels.NODE_TYPE: labels.VIRTUAL_KUBELET,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch,
+        "kubernetes.io/hostname": settings.name,
+        "kubernetes.io/role": "agent",
+        "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+    }
+    if settings.user:
+        out[labels.DESKTOP_OF] = settings.user
+    out.update(settings.labels)
+    return out
+
+
+def node_taint() -> dict[str, str]:
+    return {"key": labels.VIRTUAL_NODE_TAINT_KEY, "value": "true", "effect": labels.VIRTUAL_NODE_TAINT_EFFECT}
+
+
+def merged_capacity(info: wire.NodeInfo | None, overrides: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(capacity, allocatable): the host's, then the provider's, then the settings'."""
+    capacity = host_capacity()
+    allocatable: dict[str, str] = {}
+    if info is not None:
+        capacity.update(info.capacity)
+        allocatable.update(info.allocatable)
+    capacity.update(overrides)
+    merged_alloc = dict(capacity)
+    merged_alloc.update({k: v for k, v in allocatable.items() if k not in overrides})
+    return capacity, merged_alloc
+
+
+def conditions(ready: bool, message: str, previous: Sequence[Mapping[str, Any]], now: datetime | None = None) -> list[dict[str, Any]]:
+    """The node's conditions; lastTransitionTime moves only when a status changes."""
+    now_s = k8s_time(now or datetime.now(UTC))
+    prev = {c.get("type"): c for c in previous}
+    wanted = [
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady", message),
+    ]
+    out = []
+    for ctype, status, reason, msg in wanted:
+        old = prev.get(ctype) or {}
+        transition = old.get("lastTransitionTime") if old.get("status") == status else now_s
+        out.append({
+            "type": ctype, "status": status, "reason": reason, "message": msg,
+            "lastHeartbeatTime": now_s, "lastTransitionTime": transition or now_s,
+        })
+    return out
+
+
+class NodeController:
+    """Registers the node and keeps its status current. `registered` is set once the Node exists;
+    `ready` once its status says Ready."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        provider: Provider,
+        settings: NodeSettings,
+        *,
+        address: str,
+        kubelet_port: int,
+        kubelet_version: str,
+    ) -> None:
+        self.kube = kube
+        self.provider = provider
+        self.settings = settings
+        self.address = address
+        self.kubelet_port = kubelet_port
+        self.kubelet_version = kubelet_version
+        self.path = f"/api/v1/nodes/{settings.name}"
+        self.uid: str | None = None
+        self.registered = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.info: wire.NodeInfo | None = None
+        self.provider_ok = False
+        self.provider_message = "waiting for the first ping of InterLink"
+        self._last_posted: tuple[Any, ...] | None = None
+        self._conditions: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    @property
+    def host_ips(self) -> tuple[str, ...]:
+        return (self.address,)
+
+    @property
+    def allocatable(self) -> dict[str, str]:
+        return merged_capacity(self.info, self.settings.capacity)[1]
+
+    def _object(self) -> dict[str, Any]:
+        info = node_info(self.kubelet_version, self._runtime_version())
+        spec: dict[str, Any] = {"taints": [node_taint()] if self.settings.taint else []}
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.settings.name,
+                "labels": node_labels(self.settings, info["architecture"]),
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kod.io/managed-by": "kod-vk"},
+            },
+            "spec": spec,
+        }
+
+    def _runtime_version(self) -> str:
+        version = self.info.version if self.info and self.info.version else "unknown"
+        return f"kod-interlink://{version}"
+
+    def _status(self) -> dict[str, Any]:
+        capacity, allocatable = merged_capacity(self.info, self.settings.capacity)
+        info = node_info(self.kubelet_version, self._runtime_version())
+        self._conditions = conditions(self.provider_ok, self.provider_message, self._conditions)
+        return {
+            "capacity": capacity,
+            "allocatable": allocatable,
+            "conditions": self._conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": self.address},
+                {"type": "Hostname", "address": self.settings.hostname},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
+            "nodeInfo": info,
+        }
+
+    async def register(self) -> dict[str, Any]:
+        """Create the Node, or bring an existing one's labels and taint up to date."""
+        await self.ping_once()
+        wanted = self._object()
+        node = await self.kube.get_or_none(self.path)
+        if node is None:
+            try:
+                node = await self.kube.create("/api/v1/nodes", wanted)
+                log.info("node registered", node=self.settings.name)
+            except errors.Conflict:
+                node = await self.kube.get(self.path)
+        if node is not None and node.get("metadata", {}).get("resourceVersion"):
+            node = await self._reconcile(node, wanted)
+        self.uid = node["metadata"]["uid"]
+        self._conditions = list((node.get("status") or {}).get("conditions") or [])
+        await self.post_status(force=True)
+        self.registered.set()
+        registered: dict[str, Any] = node
+        return registered
+
+    async def _reconcile(self, node: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+        meta = node.get("metadata") or {}
+        have_labels = meta.get("labels") or {}
+        patch: dict[str, Any] = {"metadata": {}}
+        label_patch = {k: v for k, v in wanted["metadata"]["labels"].items() if have_labels.get(k) != v}
+        if label_patch:
+            patch["metadata"]["labels"] = label_patch
+        taints = list((node.get("spec") or {}).get("taints") or [])
+        if self.settings.taint and not any(t.get("key") == labels.VIRTUAL_NODE_TAINT_KEY for t in taints):
+            # A merge patch replaces the list: guard it with the resourceVersion we read.
+            patch["spec"] = {"taints": taints + [node_taint()]}
+            patch["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+        if patch.get("spec") or label_patch:
+            try:
+                node = await self.kube.patch(self.path, patch)
+            except errors.Conflict:
+                return await self._reconcile(await self.kube.get(self.path), wanted)
+        return node
+
+    async def ping_once(self) -> None:
+        """Ask the provider for health and capacity; Ready follows the answer."""
+        try:
+            self.info = await self.provider.ping()
+            unhealthy = [s for s in self.info.sidecars if not s.ok]
+            ok = not unhealthy
+            message = (
+                "kubelet is posting ready status"
+                if ok
+                else "sidecar not healthy: " + "; ".join(f"{s.name}: {s.message or 'down'}" for s in unhealthy)
+            )
+        except errors.KodError as exc:
+            ok, message = False, f"InterLink at {getattr(self.provider, 'url', '?')} does not answer: {exc}"
+        if (ok, message) != (self.provider_ok, self.provider_message):
+            log.info("provider health changed", ok=ok, message=message)
+            self.provider_ok, self.provider_message = ok, message
+            self._changed.set()
+
+    async def post_status(self, *, force: bool = False) -> None:
+        """PATCH nodes/<name>/status when something changed (or when forced)."""
+        status = self._status()
+        key = (
+            tuple(sorted(status["capacity"].items())),
+            tuple(sorted(status["allocatable"].items())),
+            self.provider_ok,
+            self.provider_message,
+            self.address,
+            self.kubelet_port,
+        )
+        if not force and key == self._last_posted:
+            return
+        await self.kube.patch(self.path + "/status", {"status": status})
+        self._last_posted = key
+        if self.provider_ok:
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    async def run(self) -> None:
+        """Ping the provider every `ping_interval_seconds`; post status on change, and at least
+        every `status_interval_seconds`."""
+        loop = asyncio.get_running_loop()
+        last_full = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.settings.ping_interval_seconds)
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            try:
+                await self.ping_once()
+                force = loop.time() - last_full >= self.settings.status_interval_seconds
+                await self.post_status(force=force)
+                if force:
+                    last_full = loop.time()
+            except errors.KodError as exc:
+                log.warning("node status update failed", error=str(exc))
+
+    def poke(self) -> None:
+        """Ask for a ping and status update now (e.g. the provider's watch reconnected)."""
+        self._changed.set()
+
+    async def mark_not_ready(self, message: str) -> None:
+        """On shutdown: say so at once instead of letting the Lease expire."""
+        self.provider_ok, self.provider_message = False, message
+        try:
+            await self.kube.patch(self.path + "/status", {"status": {"conditions": conditions(False, message, self._conditions)}})
+        except errors.KodError as exc:
+            log.warning("could not mark the node NotReady", error=str(exc))

@@ -1,0 +1,382 @@
+"""The pod sync loop: the pods bound to this node, in the API and in InterLink, made to agree.
+
+Two streams feed one work queue of pod uids:
+
+- the API's pods with `spec.nodeName=<node>` (`list_and_watch`): what should run;
+- InterLink's pushed status (`Provider.watch`): what runs. Nothing polls per pod.
+
+Workers reconcile one uid at a time (a uid is never worked on by two workers at once), level-
+triggered, from the latest copy of both sides: start a pod InterLink does not have, write the
+status InterLink reports back to `pods/status`, terminate a pod that is being deleted (InterLink
+delete with the grace period, then the pod object with gracePeriodSeconds=0 and a uid
+precondition), and delete from InterLink what has no pod object any more. Nothing destructive
+happens before both sides have been listed once: on start that adopts running pods (create is
+idempotent by uid, so a running pod is never started twice) and removes orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from kod import errors, wire
+from kod.log import get_logger, new_request_id, pod_context, request_id_var
+from vk_bridge import status as st
+from vk_bridge.events import EventRecorder
+from vk_bridge.kube import KubeClient
+from vk_bridge.provider import Provider
+from vk_bridge.resolve import Resolver, UnresolvedReference
+from vk_bridge.settings import PodSettings
+from vk_bridge.watch import WatchEvent, list_and_watch
+
+log = get_logger(__name__)
+
+#: Grace period when the pod object is already gone (force-deleted): stop at once.
+ORPHAN_GRACE_SECONDS = 0
+
+
+class WorkQueue:
+    """client-go's work queue semantics: a key queued many times is processed once; a key that
+    changes while being processed is processed again afterwards, never concurrently."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+
+    def add(self, key: str) -> None:
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.add, key)
+
+    async def get(self) -> str:
+        key = await self._queue.get()
+        self._processing.add(key)
+        self._dirty.discard(key)
+        return key
+
+    def done(self, key: str) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.put_nowait(key)
+
+    def __len__(self) -> int:
+        return len(self._dirty)
+
+
+def _uid(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def _newer_rv(a: str | None, b: str | None) -> bool:
+    """True when resourceVersion `a` is newer than `b` (they are etcd revisions in practice)."""
+    if not b:
+        return True
+    if not a:
+        return False
+    if a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return a != b
+
+
+class PodController:
+    """Keeps the pods of one node running in the provider and their status in the API."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        provider: Provider,
+        resolver: Resolver,
+        events: EventRecorder,
+        *,
+        node_name: str,
+        host_ips: tuple[str, ...],
+        settings: PodSettings,
+        watch_timeout_seconds: int = 300,
+    ) -> None:
+        self.kube = kube
+        self.provider = provider
+        self.resolver = resolver
+        self.events = events
+        self.node_name = node_name
+        self.host_ips = host_ips
+        self.settings = settings
+        self.watch_timeout_seconds = watch_timeout_seconds
+        #: The API's pods on this node, by uid (read-only copies).
+        self.pods: dict[str, Mapping[str, Any]] = {}
+        #: InterLink's pods, by uid.
+        self.remote: dict[str, wire.PodStatus] = {}
+        self.api_synced = asyncio.Event()
+        self.remote_synced = asyncio.Event()
+        self.remote_connected = asyncio.Event()
+        #: Set once both sides were listed and every known pod was queued once.
+        self.ready = asyncio.Event()
+        self.queue = WorkQueue()
+        self._terminating: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+        self._reported: set[str] = set()
+        #: Pods whose object this controller removed; their DELETED event may still be on its way.
+        self._removed: set[str] = set()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    async def run_api_watch(self) -> None:
+        """Follow the API's pods on this node, forever."""
+        async for event in list_and_watch(
+            self.kube,
+            "/api/v1/pods",
+            params={"fieldSelector": f"spec.nodeName={self.node_name}"},
+            timeout_seconds=self.watch_timeout_seconds,
+        ):
+            self.on_api_event(event)
+
+    def on_api_event(self, event: WatchEvent) -> None:
+        if event.type == "SYNC":
+            fresh = {_uid(p): p for p in event.objects}
+            gone = set(self.pods) - set(fresh)
+            self.pods = fresh
+            self._removed &= set(fresh)
+            for uid in set(fresh) | gone:
+                self.queue.add(uid)
+            if not self.api_synced.is_set():
+                self.api_synced.set()
+                self._maybe_ready()
+            return
+        pod = event.object or {}
+        uid = _uid(pod)
+        if not uid:
+            return
+        if event.type == "DELETED":
+            self.pods.pop(uid, None)
+            self._removed.discard(uid)
+        else:
+            old = self.pods.get(uid)
+            old_rv = ((old or {}).get("metadata") or {}).get("resourceVersion")
+            if _newer_rv((pod.get("metadata") or {}).get("resourceVersion"), old_rv):
+                self.pods[uid] = pod
+        self.queue.add(uid)
+
+    def on_remote_event(self, event: wire.WatchEvent) -> None:
+        """The provider's notify callback: only updates maps and enqueues (it must not block)."""
+        if event.type == "SYNC":
+            fresh = {p.uid: p for p in event.pods or []}
+            for uid, old in self.remote.items():
+                if uid in fresh and old.version > fresh[uid].version:
+                    fresh[uid] = old
+            changed = set(fresh) | set(self.remote)
+            self.remote = fresh
+            for uid in changed:
+                self.queue.add(uid)
+            if not self.remote_synced.is_set():
+                self.remote_synced.set()
+                self._maybe_ready()
+        elif event.type == "STATUS" and event.pod is not None:
+            self._remember(event.pod)
+            self.queue.add(event.pod.uid)
+        elif event.type == "DELETED" and event.pod is not None:
+            known = self.remote.get(event.pod.uid)
+            if known is None or known.version <= event.pod.version:
+                self.remote.pop(event.pod.uid, None)
+            self.queue.add(event.pod.uid)
+
+    def _remember(self, status: wire.PodStatus) -> None:
+        old = self.remote.get(status.uid)
+        if old is None or status.version >= old.version:
+            self.remote[status.uid] = status
+
+    def _maybe_ready(self) -> None:
+        if self.api_synced.is_set() and self.remote_synced.is_set():
+            for uid in set(self.pods) | set(self.remote):
+                self.queue.add(uid)
+            self.ready.set()
+            log.info("pods synced", api=len(self.pods), interlink=len(self.remote))
+
+    async def run_remote_watch(self) -> None:
+        await self.provider.watch(self.on_remote_event, connected=self.remote_connected)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def run_workers(self) -> None:
+        """Run `settings.workers` workers until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.settings.workers):
+                tg.create_task(self._worker(), name=f"pod-worker-{i}")
+
+    async def _worker(self) -> None:
+        while True:
+            uid = await self.queue.get()
+            try:
+                await self.reconcile(uid)
+            except asyncio.CancelledError:
+                raise
+            except errors.KodError as exc:
+                self._retry_later(uid, exc)
+            except Exception:
+                log.exception("pod reconcile crashed", pod_uid=uid)
+                self._retry_later(uid, None)
+            finally:
+                self.queue.done(uid)
+
+    def _retry_later(self, uid: str, exc: BaseException | None) -> None:
+        n = self._failures.get(uid, 0)
+        self._failures[uid] = n + 1
+        delays = self.settings.retry_backoff
+        delay = delays[min(n, len(delays) - 1)]
+        log.warning("pod sync failed, will retry", pod_uid=uid, attempt=n + 1, delay=delay, error=str(exc) if exc else None)
+        self.queue.add_after(uid, delay)
+
+    async def reconcile(self, uid: str) -> None:
+        """Make InterLink and the API agree about one pod."""
+        if not self.ready.is_set():
+            return  # _maybe_ready queues everything once both sides are known
+        pod = self.pods.get(uid)
+        remote = self.remote.get(uid)
+        if pod is None:
+            if remote is not None:
+                self._terminate(uid, remote.namespace, remote.name, None, ORPHAN_GRACE_SECONDS)
+            self._failures.pop(uid, None)
+            self._reported.discard(uid)
+            return
+        meta = pod.get("metadata") or {}
+        with structlog.contextvars.bound_contextvars(**pod_context(meta.get("namespace", ""), meta.get("name", ""), uid)):
+            if uid in self._removed:
+                return
+            if meta.get("deletionTimestamp"):
+                grace = meta.get("deletionGracePeriodSeconds")
+                if grace is None:
+                    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+                self._terminate(uid, meta["namespace"], meta["name"], pod, int(grace))
+                return
+            if remote is None:
+                if (pod.get("status") or {}).get("phase") in st.TERMINAL_PHASES:
+                    return  # finished and gone from the runtime: nothing to run again
+                await self._start(pod)
+                return
+            await self._write_status(pod, remote)
+            self._failures.pop(uid, None)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def _start(self, pod: Mapping[str, Any]) -> None:
+        uid = _uid(pod)
+        token = request_id_var.set(new_request_id())
+        try:
+            try:
+                request = await self.resolver.pod_create_request(pod)
+            except UnresolvedReference as exc:
+                await self._patch_status(pod, st.waiting_status(pod, reason=exc.reason, message=exc.message, host_ips=self.host_ips))
+                if self._failures.get(uid, 0) == 0:
+                    self.events.record(pod, type_="Warning", reason=exc.event_reason, message=exc.message)
+                raise
+            except errors.InvalidInput as exc:
+                await self._fail(pod, "InvalidPod", str(exc))
+                return
+            try:
+                log.info("starting pod")
+                status = await self.provider.create_pod(request)
+            except errors.Forbidden as exc:
+                await self._fail(pod, "Forbidden", exc.message)
+                return
+            except errors.InvalidInput as exc:
+                await self._fail(pod, "InvalidPod", exc.message)
+                return
+            self._remember(status)
+            await self._write_status(pod, self.remote.get(uid, status))
+            self._failures.pop(uid, None)
+        finally:
+            request_id_var.reset(token)
+
+    async def _fail(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        """A pod that will never run here: Failed with a reason, and a Warning event."""
+        log.warning("pod refused", reason=reason, message=message)
+        await self._patch_status(pod, st.failed_status(pod, reason=reason, message=message, host_ips=self.host_ips))
+        if _uid(pod) not in self._reported:
+            self._reported.add(_uid(pod))
+            self.events.record(pod, type_="Warning", reason=reason, message=message)
+
+    # -- status -------------------------------------------------------------------------------
+
+    async def _write_status(self, pod: Mapping[str, Any], remote: wire.PodStatus) -> None:
+        if remote.phase == "Failed" and remote.reason and _uid(pod) not in self._reported:
+            self._reported.add(_uid(pod))
+            self.events.record(pod, type_="Warning", reason=remote.reason, message=remote.message or remote.reason)
+        await self._patch_status(pod, st.desired_status(pod, remote, host_ips=self.host_ips))
+
+    async def _patch_status(self, pod: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+        patch = st.status_patch(pod, desired)
+        if patch is None:
+            return
+        meta = pod.get("metadata") or {}
+        try:
+            updated = await self.kube.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", patch)
+        except errors.NotFound:
+            return
+        except (errors.Conflict, errors.InvalidInput) as exc:
+            # Another incarnation of the name (uid precondition) or a transition the API refuses.
+            log.warning("pod status not written", error=str(exc))
+            return
+        uid = _uid(pod)
+        if _uid(updated) == uid and uid in self.pods:
+            old_rv = (self.pods[uid].get("metadata") or {}).get("resourceVersion")
+            if _newer_rv(updated["metadata"].get("resourceVersion"), old_rv):
+                self.pods[uid] = updated
+
+    # -- terminating --------------------------------------------------------------------------
+
+    def _terminate(self, uid: str, namespace: str, name: str, pod: Mapping[str, Any] | None, grace: int) -> None:
+        """Stop the pod in InterLink in the background (it takes up to the grace period) and
+        then remove its object; once per uid."""
+        if uid in self._terminating:
+            return
+        task = asyncio.get_running_loop().create_task(self._termination(uid, namespace, name, pod, grace))
+        self._terminating[uid] = task
+
+    async def _termination(self, uid: str, namespace: str, name: str, pod: Mapping[str, Any] | None, grace: int) -> None:
+        token = request_id_var.set(new_request_id())
+        try:
+            with structlog.contextvars.bound_contextvars(**pod_context(namespace, name, uid)):
+                attempt = 0
+                while True:
+                    try:
+                        log.info("stopping pod", grace_period_seconds=grace, object_gone=pod is None)
+                        await self.provider.delete_pod(namespace, name, uid, grace_period_seconds=grace)
+                        break
+                    except errors.Unavailable as exc:
+                        delay = self.settings.retry_backoff[min(attempt, len(self.settings.retry_backoff) - 1)]
+                        attempt += 1
+                        log.warning("stopping pod failed, retrying", attempt=attempt, delay=delay, error=str(exc))
+                        await asyncio.sleep(delay)
+                    except errors.KodError as exc:
+                        log.error("InterLink refused to stop the pod", error=str(exc))
+                        break
+                if pod is not None:
+                    await self._remove_object(namespace, name, uid)
+                    self._removed.add(uid)
+                current = self.remote.get(uid)
+                if current is not None:
+                    self.remote.pop(uid, None)
+        finally:
+            self._terminating.pop(uid, None)
+            request_id_var.reset(token)
+            self.queue.add(uid)
+
+    async def _remove_object(self, namespace: str, name: str, uid: str) -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+        try:
+            await self.kube.delete(f"/api/v1/namespaces/{namespace}/pods/{name}", body)
+            log.info("pod object removed")
+        except (errors.NotFound, errors.Conflict):
+            pass  # already gone, or the name now belongs to another incarnation
+
+    async def drain(self, timeout: float) -> None:
+        """Let running terminations finish (a little) at shutdown."""
+        if self._terminating:
+            await asyncio.wait(list(self._terminating.values()), timeout=timeout)
