@@ -1,0 +1,43 @@
+"""`cloudify apps`: the apps cloudify can run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kod import apps
+
+from cloudify.context import Context
+
+
+def add_parser(sub: Any, name: str, *, parents: list[argparse.ArgumentParser], aliases: list[str]) -> None:
+    p = sub.add_parser(name, aliases=aliases, parents=parents, help="list the apps cloudify can run",
+                       description="List the apps cloudify can run, with their images and what -v keeps.")
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    p.set_defaults(handler=handle)
+
+
+def rows(ctx: Context) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": app.name,
+            "description": app.description,
+            "image": ctx.settings.image(app.image),
+            "persists": [f"~/{p}" for p in app.persist_paths],
+            "needs": sorted(app.extended_resources),
+        }
+        for app in apps.APPS.values()
+    ]
+
+
+def handle(args: argparse.Namespace, ctx: Context) -> int:
+    data = rows(ctx)
+    if args.json:
+        print(json.dumps(data, indent=2), file=ctx.out)
+        return 0
+    print(f"{'APP':<14}{'IMAGE':<28}{'KEPT WITH -v':<34}DESCRIPTION", file=ctx.out)
+    for row in data:
+        needs = f" (needs {', '.join(row['needs'])})" if row["needs"] else ""
+        print(f"{row['name']:<14}{row['image']:<28}{' '.join(row['persists']):<34}{row['description']}{needs}", file=ctx.out)
+    return 0

@@ -1,0 +1,424 @@
+"""One session, from `cloudify firefox` to the last object deleted.
+
+    prepare      desktop checks; keys (in parallel); the cluster measured (2 s threshold: else
+                 the app runs locally when installed); nodes, image and virtual node checked;
+                 how the viewer reaches the app decided; the session recorded locally; then the
+                 Job, Secret, Service (PVC) created and the viewer started at once: it retries
+                 while the app starts
+    app running  the app pod's phase, from the session's watch (honours -t)
+    viewer       the viewer pod's phase / container / process (honours -t)
+    first frame  the app pod's log: a viewer connected and the app's window is shown
+    end          the viewer ends (window closed, or the app ended: "End of stream"), or the app
+                 ends, or Ctrl-C / SIGTERM / `cloudify stop`
+    cleanup      everything deleted, waited for until the session's pods are gone
+
+Nothing is created before every check passed; from the first object on, the local record (and
+the Job's ownership of the rest, and its deadline) make sure nothing outlives the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kod import apps, errors
+from kod.log import get_logger
+
+from cloudify import credentials, desktop, fallback, preflight
+from cloudify import names as n
+from cloudify.cluster import ClusterSide, wait_gone
+from cloudify.context import Context
+from cloudify.kube import Kube
+from cloudify.manifests import SessionPlan, Target
+from cloudify.options import SessionOptions
+from cloudify.podwatch import SessionPods, wait_for
+from cloudify.portforward import PodForwarder
+from cloudify.progress import Timeline
+from cloudify.state import HeldRecord, SessionRecord
+from cloudify.viewers.base import Viewer
+
+log = get_logger(__name__)
+
+#: Seconds the viewer gets to notice that the app ended before it is stopped.
+VIEWER_AFTER_APP_SECONDS = 5.0
+#: Seconds cleanup waits for the session's pods to be gone.
+CLEANUP_WAIT_SECONDS = 20.0
+#: Log lines of the app entrypoint (images/base/entrypoint.py) that mark the first frame.
+VIEWER_CONNECTED_MARK = "Connections: accepted"
+APP_WINDOW_MARK = "kod: app window shown"
+#: Exit code of the app entrypoint when no viewer connected within the connect timeout.
+APP_NO_VIEWER = 124
+
+
+@dataclass(frozen=True)
+class DesktopIO:
+    """The desktop's screen and speakers, as this session's viewer will use them."""
+
+    display: desktop.Display | None
+    xauthority: bytes | None
+    pulse: Path | None
+
+    @property
+    def pulse_dir(self) -> str | None:
+        return str(self.pulse.parent) if self.pulse else None
+
+    @property
+    def pulse_name(self) -> str:
+        return self.pulse.name if self.pulse else "native"
+
+
+class SessionRunner:
+    def __init__(self, ctx: Context, options: SessionOptions, timeline: Timeline) -> None:
+        self.ctx, self.opts, self.tl = ctx, options, timeline
+        self.settings = ctx.settings
+        self.names = n.SessionNames(
+            session=n.new_session_id(), app=options.app, user=ctx.user, namespace=self.settings.namespace
+        )
+        self.kube: Kube | None = None
+        self.cluster: ClusterSide | None = None
+        self.pods: SessionPods | None = None
+        self.viewer: Viewer | None = None
+        self.forwarders: list[PodForwarder] = []
+        self.record: HeldRecord | None = None
+        self.docker: Any = None
+        self._log_task: asyncio.Task[None] | None = None
+        self.first_frame = asyncio.Event()
+
+    # ------------------------------------------------------------------ the whole session
+
+    async def run(self) -> int:
+        """Run the session; its exit code. Raises the vocabulary's errors for what went wrong,
+        after cleaning up."""
+        try:
+            return await self._run()
+        finally:
+            await asyncio.shield(self._cleanup())
+
+    async def _run(self) -> int:
+        opts, settings = self.opts, self.settings
+        io = self._desktop_io()
+        local = fallback.local_command(opts.app, settings) if settings.fallback else None
+        creds_task = asyncio.create_task(credentials.generate(self.names.session))
+        docker_task = asyncio.create_task(asyncio.to_thread(self._docker_ready)) if opts.run_mode == "docker" else None
+        try:
+            pre = await self._measure(local)
+            if pre is None:
+                creds_task.cancel()
+                return await self._run_locally(local)
+            preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image))
+            if docker_task is not None:
+                await docker_task
+            reach_task = asyncio.create_task(self._decide_reach(pre))
+            creds = await creds_task
+            address = await reach_task
+        except BaseException:
+            creds_task.cancel()
+            if docker_task is not None:
+                docker_task.cancel()
+            raise
+        plan = SessionPlan(
+            names=self.names, options=opts, settings=settings, credentials=creds,
+            now=datetime.now(UTC), desktop_host=self.ctx.hostname,
+        )
+        assert self.kube is not None
+        self._hold_record()
+        self.cluster = ClusterSide(
+            self.kube, plan, node_port=address is not None,
+            xauthority=io.xauthority if opts.run_mode == "pod" else None,
+        )
+        self.pods = SessionPods(self.kube, self.names.namespace, self.names.session)
+        await self.cluster.create()
+        self.pods.start()
+        self._log_task = asyncio.create_task(self._follow_app_log())
+        target = await self._target(address)
+        self.viewer = self._make_viewer(plan, pre, io)
+        await self.viewer.start(target)
+        where = f"via NodePort {target.host}" if address else "via the API server's port-forward"
+        self.tl.mark("prepare", f"session {self.names.session}: {opts.app.name}, viewer {opts.run_mode}, {where}")
+        await self._wait_started()
+        return await self._wait_end()
+
+    # ------------------------------------------------------------------ prepare
+
+    def _desktop_io(self) -> DesktopIO:
+        """Check the desktop side before anything else (no network, nothing created)."""
+        opts, settings, host = self.opts, self.settings, self.ctx.host
+        if opts.run_mode == "native":
+            from cloudify.viewers.native import NativeViewer
+
+            NativeViewer.check_tools(settings.ssh, settings.vncviewer, opts.protocol)
+            pulse = desktop.pulse_socket(settings, host, dedicated_only=False)
+            if pulse is None:
+                self.tl.say("  ! no PulseAudio socket found: the session will have no sound")
+            return DesktopIO(display=None, xauthority=None, pulse=pulse)
+        display = desktop.parse_display(settings.display or host.display)
+        if not display.socket.exists():
+            raise errors.InvalidInput(
+                f"display {display.name}: no X socket at {display.socket}", hint="is the X server running?"
+            )
+        cookie = desktop.wild_cookie(desktop.xauthority_path(settings, host), display)
+        pulse = desktop.pulse_socket(settings, host, dedicated_only=True)
+        if pulse is None:
+            self.tl.say(
+                "  ! no kod PulseAudio socket (the desktop stack makes one): the session will have no sound"
+            )
+        return DesktopIO(display=display, xauthority=cookie, pulse=pulse)
+
+    def _docker_ready(self) -> None:
+        from cloudify.viewers.docker import docker_client
+
+        self.docker = docker_client(self.settings.docker_url or self.ctx.host.docker_host)
+        image = self.settings.image("viewer")
+        import docker.errors
+
+        try:
+            self.docker.images.get(image)
+        except docker.errors.ImageNotFound as exc:
+            raise errors.NotFound(
+                f"the viewer image {image} is not in the local Docker engine",
+                hint="build it with `python -m localenv images`",
+            ) from exc
+
+    async def _measure(self, local: list[str] | None) -> preflight.Preflight | None:
+        """Time the cluster's answer. None: run locally instead (it is away or slow, and the app
+        is installed here)."""
+        threshold = self.settings.slow_threshold
+        try:
+            self.kube = self.ctx.connect(timeout=max(self.opts.timeout, threshold))
+            latency, nodes = await preflight.measure(self.kube, timeout=threshold if local else self.opts.timeout)
+        except errors.Unavailable as exc:
+            if local:
+                self._fallback_reason = f"the cluster did not answer within {threshold:g} s ({exc.message})"
+                return None
+            raise errors.Unavailable(
+                f"cannot reach the cluster, and {self.opts.app.name} is not installed here to run locally: {exc.message}",
+                hint=exc.hint or "check the cluster (`python -m localenv status` for the local one)",
+            ) from exc
+        if latency > threshold:
+            if local:
+                self._fallback_reason = f"the cluster answered in {latency:.2f} s, over the {threshold:g} s threshold"
+                return None
+            self.tl.say(f"  ! the cluster is slow (answered in {latency:.2f} s); going on since "
+                        f"{self.opts.app.name} is not installed here")
+        return preflight.Preflight(latency=latency, nodes=nodes)
+
+    async def _run_locally(self, argv: list[str] | None) -> int:
+        assert argv is not None
+        self.tl.say(f"cloudify: running {self.opts.app.name} locally ({' '.join(argv)}): {self._fallback_reason}")
+        return await fallback.run_locally(argv, self.ctx.host.environ)
+
+    async def _decide_reach(self, pre: preflight.Preflight) -> str | None:
+        """The node address for a NodePort, or None for the API server's port-forward."""
+        reach = self.settings.reach
+        if reach == "port-forward":
+            return None
+        from_container = self.opts.run_mode != "native"
+        address = await preflight.pick_node_address(pre.app_nodes, from_container=from_container)
+        if address is None and reach == "nodeport":
+            raise errors.Unavailable(
+                "reach = nodeport, but no node address answers from this desktop",
+                hint="set reach = \"auto\" (or \"port-forward\") in the config file",
+            )
+        return address
+
+    def _hold_record(self) -> None:
+        opts = self.opts
+        self.record = self.ctx.registry.hold(SessionRecord(
+            session=self.names.session, app=opts.app.name, user=self.names.user, namespace=self.names.namespace,
+            run_mode=opts.run_mode, protocol=opts.protocol, secure=opts.secure, persist=opts.persist,
+            started=n.rfc3339(datetime.now(UTC)), pid=os.getpid(), context=self.settings.context,
+        ))
+
+    def _remember(self, *, container: str | None = None, path: str | None = None) -> None:
+        if self.record is None:
+            return
+        if container:
+            self.record.record.containers.append(container)
+        if path:
+            self.record.record.paths.append(path)
+        self.record.save()
+
+    async def _target(self, address: str | None) -> Target:
+        assert self.cluster is not None and self.kube is not None
+        opts = self.opts
+        if address is not None:
+            ports = self.cluster.node_ports()
+            return Target(host=address, ssh_port=ports["ssh"], vnc_port=ports.get("vnc"), novnc_port=ports.get("novnc"))
+        bind = self._forward_address()
+        wanted = {"ssh": apps.SSH_PORT}
+        if opts.exposes_vnc:
+            wanted["vnc"] = apps.VNC_PORT
+        if opts.exposes_novnc:
+            wanted["novnc"] = apps.NOVNC_PORT
+        local: dict[str, int] = {}
+        for name, port in wanted.items():
+            fwd = PodForwarder(self.kube, self.names.namespace, port, bind=bind)
+            local[name] = await fwd.start()
+            self.forwarders.append(fwd)
+        return Target(host=bind, ssh_port=local["ssh"], vnc_port=local.get("vnc"), novnc_port=local.get("novnc"))
+
+    def _forward_address(self) -> str:
+        if self.settings.forward_address:
+            return self.settings.forward_address
+        if self.opts.run_mode == "native":
+            return "127.0.0.1"
+        from cloudify.viewers.docker import docker_client, docker_gateway
+
+        client = self.docker or docker_client(self.settings.docker_url or self.ctx.host.docker_host)
+        gateway = docker_gateway(client)
+        if not gateway:
+            raise errors.Unavailable(
+                "the viewer cannot reach node addresses, and Docker's bridge address is unknown for a port-forward",
+                hint="set forward_address in the config file to an address of this host that containers reach",
+            )
+        return gateway
+
+    def _make_viewer(self, plan: SessionPlan, pre: preflight.Preflight, io: DesktopIO) -> Viewer:
+        assert self.kube is not None and self.pods is not None and self.cluster is not None
+        mode = self.opts.run_mode
+        if mode == "pod":
+            from cloudify.viewers.pod import PodViewer
+
+            assert pre.virtual_node is not None and io.display is not None and self.cluster.owner is not None
+            return PodViewer(
+                self.kube, plan, self.pods, owner=self.cluster.owner, node=pre.virtual_node.name,
+                display=io.display.local_name, pulse_dir=io.pulse_dir, pulse_socket_name=io.pulse_name,
+                with_xauthority=io.xauthority is not None,
+            )
+        if mode == "docker":
+            from cloudify.viewers.docker import DockerViewer
+
+            assert io.display is not None
+            return DockerViewer(
+                self.docker, plan, display=io.display.local_name, pulse_dir=io.pulse_dir,
+                pulse_socket_name=io.pulse_name, xauthority=io.xauthority,
+                on_container=lambda name: self._remember(container=name),
+            )
+        from cloudify.viewers.native import NativeViewer
+
+        host = self.ctx.host
+        return NativeViewer(
+            plan, ssh=self.settings.ssh, vncviewer=self.settings.vncviewer, browser=self.settings.browser,
+            pulse_socket=io.pulse, runtime_dir=host.xdg_runtime_dir, display=self.settings.display or host.display,
+            timeout=self.opts.timeout, env=host.environ, on_path=lambda p: self._remember(path=p),
+            print_line=lambda line: print(line, file=self.ctx.out, flush=True),
+        )
+
+    # ------------------------------------------------------------------ start-up and end
+
+    async def _wait_started(self) -> None:
+        assert self.pods is not None and self.viewer is not None
+        timeout = self.opts.timeout
+        app = self.pods.app
+
+        async def app_running() -> None:
+            await wait_for(app, app.running, timeout=timeout, what="the app pod running")
+            for fwd in self.forwarders:
+                fwd.set_pod(app.name or "")
+            self.tl.mark("app pod running", f"on node {app.node}")
+
+        async def viewer_running() -> None:
+            where = await self.viewer.wait_running(timeout)  # type: ignore[union-attr]
+            self.tl.mark("viewer running", where)
+
+        async def first_frame() -> None:
+            await self.first_frame.wait()
+            self.tl.mark("first frame", "the app is on your screen")
+
+        # The first frame needs both others: no timeout of its own; an image that does not log
+        # the marks just leaves the phase out.
+        frame = asyncio.create_task(first_frame())
+        try:
+            await asyncio.gather(app_running(), viewer_running())
+        except BaseException:
+            frame.cancel()
+            raise
+        self._frame_task = frame
+        how = "close its window" if self.opts.protocol == "vnc" else "quit the app"
+        self.tl.say(f"{self.opts.app.name} is running: {how} to end the session (or press Ctrl-C)")
+
+    async def _wait_end(self) -> int:
+        assert self.pods is not None and self.viewer is not None
+        viewer_done = asyncio.ensure_future(self.viewer.wait_done())
+        app_done = asyncio.ensure_future(self.pods.app.finished.wait())
+        try:
+            await asyncio.wait({viewer_done, app_done}, return_when=asyncio.FIRST_COMPLETED)
+            if not viewer_done.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(viewer_done), VIEWER_AFTER_APP_SECONDS)
+                except TimeoutError:
+                    pass
+        finally:
+            app_done.cancel()
+            if not viewer_done.done():
+                viewer_done.cancel()
+        app_code = self.pods.app.exit_code()
+        if app_code == APP_NO_VIEWER:
+            raise errors.Unavailable(
+                f"the app gave up: no viewer connected within {self.opts.timeout:g} s",
+                hint="raise -t, or look at the viewer's log",
+            )
+        if viewer_done.done() and not viewer_done.cancelled():
+            code = viewer_done.result()
+            if code != 0:
+                self.tl.say(f"the viewer ended with exit code {code}")
+            return code
+        if app_code not in (None, 0):
+            self.tl.say(f"{self.opts.app.name} ended with exit code {app_code}")
+            return app_code
+        return 0
+
+    async def _follow_app_log(self) -> None:
+        """Follow the app pod's log for the first-frame marks (see the module docstring)."""
+        assert self.pods is not None and self.kube is not None
+        with contextlib.suppress(Exception):
+            await self.pods.app.running.wait()
+            name = self.pods.app.name
+            path = f"/api/v1/namespaces/{self.names.namespace}/pods/{name}/log"
+            connected = window = False
+            async for line in self.kube.stream_lines(path, follow="true", container="app"):
+                connected = connected or VIEWER_CONNECTED_MARK in line
+                window = window or line.startswith(APP_WINDOW_MARK)
+                if connected and window:
+                    self.first_frame.set()
+                    return
+
+    # ------------------------------------------------------------------ cleanup
+
+    async def _cleanup(self) -> None:
+        """Remove everything the session made; each step tolerates the others failing."""
+        for task in (self._log_task, getattr(self, "_frame_task", None)):
+            if task is not None:
+                task.cancel()
+        clean = True
+        if self.viewer is not None:
+            try:
+                await self.viewer.stop()
+            except Exception as exc:  # noqa: BLE001 - report, and go on cleaning
+                clean = False
+                self.tl.say(f"  ! could not remove the viewer: {exc}")
+        for fwd in self.forwarders:
+            await fwd.close()
+        if self.pods is not None:
+            await self.pods.close()
+        if self.cluster is not None and self.kube is not None:
+            try:
+                await self.cluster.delete()
+                if not await wait_gone(self.kube, self.names.namespace, self.names.session, timeout=CLEANUP_WAIT_SECONDS):
+                    clean = False
+                    self.tl.say(f"  ! the session's pods were still there after {CLEANUP_WAIT_SECONDS:g} s")
+            except Exception as exc:  # noqa: BLE001
+                clean = False
+                self.tl.say(f"  ! could not delete the session's objects: {exc}")
+        if self.kube is not None:
+            await self.kube.close()
+        if self.record is not None:
+            # A session that could not be cleaned keeps its record: `cloudify gc` finishes it.
+            self.record.release(remove=clean)
+            if not clean:
+                self.tl.say(f"  run `cloudify gc` to remove what is left of session {self.names.session}")

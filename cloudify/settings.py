@@ -1,0 +1,199 @@
+"""cloudify's settings: defaults for every flag, and what the flags do not cover.
+
+Loaded once in `main` with `kod.settings.load_settings`: defaults < `~/.config/kod/cloudify.toml`
+< `KOD_CLOUDIFY_*` environment variables < command-line flags. Facts about the desktop that the
+environment carries anyway ($DISPLAY, $XAUTHORITY, $KUBECONFIG, $XDG_RUNTIME_DIR) are read in
+`main` too (`HostEnv`) and passed down; nothing below `main` reads `os.environ`.
+
+Example `~/.config/kod/cloudify.toml`:
+
+    quality = 7
+    secure = true
+    namespace = "kod"
+    user_node = "my-laptop"      # this desktop is also a cluster node: never run apps there
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from kod import apps, errors
+from kod.settings import config_home, load_settings
+
+ENV_PREFIX = "KOD_CLOUDIFY_"
+#: The original's threshold: a cluster slower than this to answer is "slow" (thesis, 4.5).
+SLOW_CLUSTER_SECONDS = 2.0
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_QUALITY = 5
+DEFAULT_COMPRESSION = 2
+#: Where the local environment (`python -m localenv up`) writes the cluster's kubeconfig.
+LOCALENV_KUBECONFIG = "~/.local/share/kod/cluster/admin.kubeconfig"
+
+RunMode = Literal["pod", "docker", "native"]
+Protocol = Literal["vnc", "novnc"]
+Reach = Literal["auto", "nodeport", "port-forward"]
+
+
+class CloudifySettings(BaseModel):
+    """Every default cloudify uses. Field names are the TOML keys; the environment variable is
+    `KOD_CLOUDIFY_<NAME>` (e.g. `KOD_CLOUDIFY_QUALITY=7`)."""
+
+    # --- The session's options (each has a command-line flag that overrides it) ---
+    run_mode: RunMode = Field(default="pod", description="Where the viewer runs: pod (a pod on your virtual node), docker, native.")
+    protocol: Protocol = Field(default="vnc", description="vnc (a VNC viewer) or novnc (your browser).")
+    secure: bool = Field(default=False, description="Carry VNC inside SSH; nothing unencrypted leaves the app pod.")
+    timeout: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for each start-up phase.")
+    quality: int = Field(default=DEFAULT_QUALITY, ge=0, le=9, description="JPEG quality of the picture, 0-9.")
+    compression: int = Field(default=DEFAULT_COMPRESSION, ge=0, le=9, description="zlib compression level, 0-9.")
+    persist: bool = Field(default=False, description="Keep the app's settings and documents in a volume per user and app.")
+
+    # --- The cluster ---
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the local cluster's.")
+    context: str | None = Field(default=None, description="Kubeconfig context; default the current one.")
+    namespace: str = Field(default="kod", description="Namespace of the sessions; created when missing.")
+    user: str | None = Field(default=None, description="Your user name in the cluster (labels, volume names, your virtual node); default your login name.")
+    user_node: str | None = Field(default=None, description="Name of the cluster node that is this desktop, if any: apps never run there.")
+    reach: Reach = Field(default="auto", description="How the viewer reaches the app: a NodePort, the API server's port-forward, or auto (NodePort when a node address answers).")
+    slow_threshold: float = Field(default=SLOW_CLUSTER_SECONDS, gt=0, description="A cluster that takes longer to answer is too slow: run the app locally when it is installed.")
+    fallback: bool = Field(default=True, description="Run the app locally when the cluster is unreachable or slow and the app is installed.")
+    image_repo: str = Field(default=apps.IMAGE_REPO, description="Repository of the app and viewer images.")
+    image_tag: str = Field(default=apps.IMAGE_TAG, description="Tag of the app and viewer images.")
+    image_pull_policy: Literal["Never", "IfNotPresent", "Always"] = "IfNotPresent"
+    check_images: bool = Field(default=True, description="Refuse to start when no node that may run the app has its image (turn off when nodes pull from a registry).")
+    persist_size: str = Field(default="1Gi", description="Size of a new persistent volume.")
+    storage_class: str | None = Field(default=None, description="StorageClass of new persistent volumes; default the cluster's default class.")
+    max_session_seconds: int = Field(default=12 * 3600, ge=60, description="The cluster ends a session after this long, even when nobody is there to clean up.")
+    geometry: str = Field(default="1280x800", description="Size of the app's virtual screen.")
+    depth: Literal[16, 24, 32] = 24
+
+    # --- The desktop ---
+    display: str | None = Field(default=None, description="X display of the viewer; default $DISPLAY.")
+    xauthority: str | None = Field(default=None, description="X authority file; default $XAUTHORITY or ~/.Xauthority.")
+    pulse_socket: str | None = Field(default=None, description="PulseAudio socket the app's sound goes to; default the kod socket when present, else your session's.")
+    docker_url: str | None = Field(default=None, description="Docker engine for -r docker; default the local one (DOCKER_HOST or /var/run/docker.sock).")
+    vncviewer: str = Field(default="vncviewer", description="VNC viewer for -r native.")
+    ssh: str = Field(default="ssh", description="ssh client for -r native.")
+    browser: str | None = Field(default=None, description="Command that opens the noVNC URL; default xdg-open when installed.")
+    state_dir: str | None = Field(default=None, description="Where running sessions are recorded; default $XDG_STATE_HOME/kod/sessions.")
+    forward_address: str | None = Field(default=None, description="Address the port-forward listens on; default 127.0.0.1 for -r native, this host's address on Docker's bridge otherwise.")
+    local_commands: dict[str, list[str]] = Field(default_factory=dict, description='How to run an app installed locally (the fallback), e.g. {firefox = ["flatpak", "run", "org.mozilla.firefox"]}; default the usual command names.')
+
+    @field_validator("geometry")
+    @classmethod
+    def _geometry(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9]\d{2,4}x[1-9]\d{2,4}", value):
+            raise ValueError("must be WIDTHxHEIGHT, e.g. 1280x800")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_VALUE.fullmatch(value):
+            raise ValueError("must be a valid label value: letters, digits, '-', '_', '.', at most 63")
+        return value
+
+    def image(self, name: str) -> str:
+        """The reference of one of the project's images under the configured repo and tag."""
+        return f"{self.image_repo}/{name}:{self.image_tag}"
+
+
+LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True)
+class HostEnv:
+    """What cloudify takes from the desktop's environment, read once in `main`."""
+
+    home: Path
+    login: str
+    display: str | None = None
+    xauthority: str | None = None
+    kubeconfig: str | None = None
+    xdg_runtime_dir: str | None = None
+    xdg_state_home: str | None = None
+    docker_host: str | None = None
+    #: The whole environment of the desktop session: what local viewers and browsers inherit.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> HostEnv:
+        """Read the desktop facts from an environment mapping (os.environ in `main`)."""
+        home = Path(environ.get("HOME") or Path.home())
+        try:
+            login = getpass.getuser()
+        except (KeyError, OSError):
+            login = environ.get("USER") or "user"
+        return cls(
+            home=home,
+            login=login,
+            display=environ.get("DISPLAY") or None,
+            xauthority=environ.get("XAUTHORITY") or None,
+            kubeconfig=environ.get("KUBECONFIG") or None,
+            xdg_runtime_dir=environ.get("XDG_RUNTIME_DIR") or None,
+            xdg_state_home=environ.get("XDG_STATE_HOME") or None,
+            docker_host=environ.get("DOCKER_HOST") or None,
+            environ=dict(environ),
+        )
+
+
+def settings_path() -> Path:
+    """The config file: ~/.config/kod/cloudify.toml (or under $XDG_CONFIG_HOME)."""
+    return config_home() / "kod" / "cloudify.toml"
+
+
+def load(
+    *, path: Path | None = None, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> CloudifySettings:
+    """Defaults < the TOML file < KOD_CLOUDIFY_* < `overrides` (the flags the user gave)."""
+    return load_settings(
+        CloudifySettings,
+        path if path is not None else settings_path(),
+        env_prefix=ENV_PREFIX,
+        environ=environ,
+        overrides=overrides,
+    )
+
+
+def user_name(settings: CloudifySettings, host: HostEnv) -> str:
+    """The user's name as a label value: the setting, else the login name made label-safe."""
+    if settings.user:
+        return settings.user
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", host.login).strip("-._")[:63].strip("-._")
+    if not safe:
+        raise errors.InvalidInput(
+            f"cannot make a label value of the login name {host.login!r}",
+            hint=f"set `user = \"...\"` in {settings_path()} or {ENV_PREFIX}USER",
+        )
+    return safe
+
+
+def kubeconfig_path(settings: CloudifySettings, host: HostEnv) -> Path | None:
+    """The kubeconfig to use: the setting, $KUBECONFIG (first entry), ~/.kube/config, then the
+    local cluster's; None when none exists."""
+    candidates: list[str] = []
+    if settings.kubeconfig:
+        return Path(settings.kubeconfig).expanduser()
+    if host.kubeconfig:
+        candidates.append(host.kubeconfig.split(os.pathsep)[0])
+    candidates += [str(host.home / ".kube" / "config"), LOCALENV_KUBECONFIG.replace("~", str(host.home), 1)]
+    for cand in candidates:
+        p = Path(cand).expanduser()
+        if p.is_file():
+            return p
+    return None
+
+
+def state_dir(settings: CloudifySettings, host: HostEnv) -> Path:
+    """Directory of the records of this desktop's running sessions."""
+    if settings.state_dir:
+        return Path(settings.state_dir).expanduser()
+    base = Path(host.xdg_state_home) if host.xdg_state_home else host.home / ".local" / "state"
+    return base / "kod" / "sessions"

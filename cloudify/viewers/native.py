@@ -1,0 +1,310 @@
+"""Native run mode: the desktop's own ssh, vncviewer and browser.
+
+- ssh carries the sound back (`-R <audio port>:<PulseAudio socket>`) and, with -s, VNC or noVNC
+  out (`-L`), authenticated by the session key and pinned to the session's host key.
+- VNC: vncviewer, once the server answers (a viewer that cannot connect would show an error
+  dialog instead of retrying); the password goes in its environment (VNC_PASSWORD), not on its
+  command line.
+- noVNC: the URL carries the password in its fragment (never sent to any server); it is printed,
+  and opened with xdg-open (or the configured browser) when there is one. The session then ends
+  when the app ends, or on Ctrl-C.
+
+Every process started here dies with cloudify (PR_SET_PDEATHSIG), even after a kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shlex
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from kod import apps, errors
+from kod.log import get_logger
+
+from cloudify.manifests import SessionPlan, Target
+
+log = get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+#: Seconds between two attempts to reach the app while it starts.
+RETRY_SECONDS = 0.25
+SSH_CONNECT_TIMEOUT = 5
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when cloudify dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def vnc_answers(connect: Callable[[], object], *, timeout: float = 2.0) -> bool:
+    """Whether a VNC server answers (sends its 'RFB xxx.yyy' greeting) at the target."""
+    try:
+        reader, writer = await asyncio.wait_for(connect(), timeout)  # type: ignore[arg-type]
+    except (OSError, TimeoutError):
+        return False
+    try:
+        greeting = await asyncio.wait_for(reader.readexactly(12), timeout)
+        return greeting.startswith(b"RFB ")
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+
+
+async def http_answers(host: str, port: int, *, timeout: float = 2.0) -> bool:
+    """Whether noVNC's web server answers at host:port."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"HEAD /vnc.html HTTP/1.0\r\nHost: kod\r\n\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return b" 200 " in line
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+class NativeViewer:
+    kind = "native"
+
+    def __init__(
+        self,
+        plan: SessionPlan,
+        *,
+        ssh: str,
+        vncviewer: str,
+        browser: str | None,
+        pulse_socket: Path | None,
+        runtime_dir: str | None,
+        display: str | None,
+        timeout: float,
+        env: Mapping[str, str],
+        on_path: Callable[[str], None] | None = None,
+        print_line: Callable[[str], None] = print,
+    ) -> None:
+        self.plan, self.timeout = plan, timeout
+        self.ssh_tool, self.vncviewer_tool, self.browser = ssh, vncviewer, browser
+        self.pulse_socket, self.runtime_dir, self.display = pulse_socket, runtime_dir, display
+        #: The desktop session's environment (from `main`): what the viewer and browser need.
+        self.env = dict(env)
+        if display:
+            self.env["DISPLAY"] = display
+        self._on_path, self._print = on_path, print_line
+        self._dir: Path | None = None
+        self._ssh: asyncio.subprocess.Process | None = None
+        self._viewer: asyncio.subprocess.Process | None = None
+        self._ssh_task: asyncio.Task[None] | None = None
+        self._ssh_failed = asyncio.Event()
+        self._stopping = False
+        self.url: str | None = None
+
+    # --- checks, before anything is created ---
+
+    @staticmethod
+    def check_tools(ssh: str, vncviewer: str, protocol: str) -> None:
+        """Unavailable, naming the package, when a tool this mode needs is missing."""
+        if not shutil.which(ssh):
+            raise errors.Unavailable(f"{ssh} is not installed", hint="apt-get install openssh-client, or use -r docker")
+        if protocol == "vnc" and not shutil.which(vncviewer):
+            raise errors.Unavailable(
+                f"{vncviewer} is not installed", hint="apt-get install tigervnc-viewer, or use -r docker / -p novnc"
+            )
+
+    # --- the interface ---
+
+    async def start(self, target: Target) -> None:
+        self._prepare_files()
+        opts = self.plan.options
+        forwards: list[str] = []
+        if self.pulse_socket:
+            forwards += ["-R", f"{apps.AUDIO_PORT}:{self.pulse_socket}"]
+        self._local: tuple[str, int] | str
+        if opts.secure and opts.protocol == "vnc":
+            assert self._dir is not None
+            sock = str(self._dir / "vnc.sock")
+            forwards += ["-L", f"{sock}:localhost:{apps.VNC_PORT}"]
+            self._local = sock
+        elif opts.secure:
+            port = free_port()
+            forwards += ["-L", f"127.0.0.1:{port}:localhost:{apps.NOVNC_PORT}"]
+            self._local = ("127.0.0.1", port)
+        elif opts.protocol == "vnc":
+            assert target.vnc_port is not None
+            self._local = (target.host, target.vnc_port)
+        else:
+            assert target.novnc_port is not None
+            self._local = (target.host, target.novnc_port)
+        if forwards:
+            self._ssh_task = asyncio.create_task(self._keep_ssh(target, forwards))
+        self._viewer_task = asyncio.create_task(self._launch_viewer())
+
+    async def wait_running(self, timeout: float) -> str:
+        """Returns once the viewer (vncviewer, or the browser's URL) is up."""
+        waiter = asyncio.ensure_future(self._viewer_task)
+        failed = asyncio.ensure_future(self._ssh_failed.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, failed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        if waiter in done:
+            waiter.result()
+            if self.url:
+                return "in your browser"
+            return "as a local vncviewer"
+        waiter.cancel()
+        if self._ssh_failed.is_set():
+            raise errors.Unavailable(f"ssh to the app failed: {self._ssh_error}")
+        raise errors.Unavailable(f"the app's {'noVNC' if self.url is None and self.plan.options.protocol == 'novnc' else 'VNC'} server did not answer within {timeout:g} s")
+
+    async def wait_done(self) -> int:
+        if self._viewer is None:
+            # noVNC in a browser: nothing of ours to wait for; the session ends with the app.
+            await asyncio.Event().wait()
+        assert self._viewer is not None
+        return await self._viewer.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for proc in (self._viewer, self._ssh):
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for proc in (self._viewer, self._ssh):
+            if proc is not None:
+                try:
+                    await asyncio.wait_for(proc.wait(), 3)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+        for task in (self._ssh_task, getattr(self, "_viewer_task", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # --- the parts ---
+
+    def _prepare_files(self) -> None:
+        creds = self.plan.credentials
+        self._dir = Path(tempfile.mkdtemp(prefix=f"kod-{self.plan.names.session}-", dir=self.runtime_dir))
+        if self._on_path:
+            self._on_path(str(self._dir))
+        for name, text in (("id_ed25519", creds.client.private), ("known_hosts", creds.known_hosts())):
+            fd = os.open(self._dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+
+    def ssh_argv(self, target: Target, forwards: list[str]) -> list[str]:
+        assert self._dir is not None
+        return [
+            self.ssh_tool, "-N", "-T",
+            "-i", str(self._dir / "id_ed25519"),
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self._dir / 'known_hosts'}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ExitOnForwardFailure=yes",
+            "-o", "StreamLocalBindUnlink=yes",
+            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
+            "-o", "ServerAliveInterval=10",
+            "-o", "LogLevel=ERROR",
+            "-F", "/dev/null",
+            "-p", str(target.ssh_port),
+            *forwards,
+            f"{apps.APP_USER}@{target.host}",
+        ]
+
+    async def _keep_ssh(self, target: Target, forwards: list[str]) -> None:
+        """Run ssh; while the app starts its sshd is not there yet, so retry until it holds or
+        the timeout passes. A tunnel that breaks later is not restarted: the session is over."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        self._ssh_error = ""
+        while not self._stopping:
+            self._ssh = await asyncio.create_subprocess_exec(
+                *self.ssh_argv(target, forwards),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
+            assert self._ssh.stderr is not None
+            started = asyncio.get_running_loop().time()
+            err = await self._ssh.stderr.read()
+            await self._ssh.wait()
+            if self._stopping:
+                return
+            self._ssh_error = err.decode(errors="replace").strip() or f"exit code {self._ssh.returncode}"
+            if asyncio.get_running_loop().time() - started > SSH_CONNECT_TIMEOUT * 2:
+                log.warning("ssh tunnel ended", error=self._ssh_error)
+                return  # it held, then ended: the app went away
+            if asyncio.get_running_loop().time() > deadline:
+                self._ssh_failed.set()
+                return
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _launch_viewer(self) -> None:
+        opts = self.plan.options
+        local = self._local
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            if isinstance(local, str):
+                up = await vnc_answers(lambda: asyncio.open_unix_connection(local))
+            elif opts.protocol == "vnc":
+                up = await vnc_answers(lambda: asyncio.open_connection(*local))
+            else:
+                up = await http_answers(*local)
+            if up:
+                break
+            if loop.time() > deadline:
+                raise errors.Unavailable(f"the app did not answer within {self.timeout:g} s")
+            await asyncio.sleep(RETRY_SECONDS)
+        if opts.protocol == "vnc":
+            await self._start_vncviewer(local)
+        else:
+            assert not isinstance(local, str)
+            self._open_browser(*local)
+
+    async def _start_vncviewer(self, local: tuple[str, int] | str) -> None:
+        opts = self.plan.options
+        server = local if isinstance(local, str) else f"{local[0]}::{local[1]}"
+        env = {**self.env, "VNC_PASSWORD": self.plan.credentials.vnc_password}
+        self._viewer = await asyncio.create_subprocess_exec(
+            self.vncviewer_tool,
+            "-QualityLevel", str(opts.quality), "-CompressLevel", str(opts.compression), "-AutoSelect=0",
+            "-Shared=0", server,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            env=env, preexec_fn=die_with_parent,
+        )
+
+    def _open_browser(self, host: str, port: int) -> None:
+        password = self.plan.credentials.vnc_password
+        # Everything after '#' stays in the browser: the password never reaches a server log.
+        self.url = f"http://{host}:{port}/vnc.html#autoconnect=1&resize=remote&password={password}"
+        self._print(f"noVNC: open {self.url}")
+        opener = self.browser or shutil.which("xdg-open")
+        if opener:
+            asyncio.ensure_future(asyncio.create_subprocess_exec(
+                *shlex.split(opener), self.url, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=self.env,
+            ))
