@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -115,7 +116,17 @@ def find_go() -> Path:
     return go
 
 
+def go_binary_name(package: str) -> str:
+    """The file name `go build -o DIR/` gives a main package: its last path element, or the one
+    before it when that is a major version suffix (go.etcd.io/etcd/server/v3 -> "server")."""
+    parts = package.rstrip("/").split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
 def _run_build(build: Build, go: Path, step: Step | None, log: Path) -> None:
+    started = time.monotonic()
     tmp_out = build.out_dir.with_name(build.out_dir.name + ".partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
@@ -150,14 +161,16 @@ def _run_build(build: Build, go: Path, step: Step | None, log: Path) -> None:
             f"building {build.name} failed (exit {rc}); the end of {log}:\n{tail(log)}",
             hint="check the access to the Go module proxy (GOPROXY), then run `python -m localenv up` again",
         )
-    # Go names outputs after the package's last path element: etcd's server package is "v3".
     for binary, pkg in build.packages.items():
-        produced = tmp_out / pkg.rstrip("/").split("/")[-1]
+        produced = tmp_out / go_binary_name(pkg)
         if produced.name != binary and produced.exists():
             produced.replace(tmp_out / binary)
+        if not (tmp_out / binary).is_file():
+            raise errors.Internal(f"`go build` of {pkg} produced no {binary} in {tmp_out}")
     shutil.rmtree(build.out_dir, ignore_errors=True)
     tmp_out.replace(build.out_dir)
-    build.stamp.write_text(json.dumps({"key": build.key(), "built_at": time.time()}))
+    build.stamp.write_text(json.dumps({"key": build.key(), "built_at": time.time(),
+                                       "seconds": round(time.monotonic() - started, 1)}))
 
 
 def ensure(build: Build, logs_dir: Path, step: Step | None = None) -> str:
