@@ -1,0 +1,13 @@
+"""Typed application keys shared by the handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecars.docker.hub import Hub
+from sidecars.docker.runtime import Runtime
+from sidecars.docker.settings import DockerSidecarSettings
+
+SETTINGS = web.AppKey("settings", DockerSidecarSettings)
+RUNTIME = web.AppKey("runtime", Runtime)
+HUB = web.AppKey("hub", Hub)

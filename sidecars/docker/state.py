@@ -1,0 +1,179 @@
+"""What the sidecar knows about each pod, rebuilt from Docker at any time.
+
+A `PodState` holds the pod record, its infra container, and one `Slot` per container of the
+pod; each slot holds the Docker containers that ran it (`Run`s, one per attempt: a restart is a
+new container, as on a kubelet, so the previous one's exit status and logs stay available).
+Everything here is derived from `docker inspect`; nothing needs saving elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from kod import wire
+from sidecars.docker.record import PodRecord
+from sidecars.docker.volumes import Locations, PlannedVolume
+
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def parse_docker_time(value: str | None) -> datetime | None:
+    """Docker's RFC 3339 timestamps (nanoseconds; the zero time means 'never')."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Run:
+    """One Docker container: one attempt of a pod's container (or the infra container)."""
+
+    id: str
+    attempt: int
+    state: str  # Docker's State.Status: created, running, paused, restarting, removing, exited, dead
+    exit_code: int = 0
+    oom_killed: bool = False
+    error: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    image_id: str = ""
+    ip: str | None = None
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any], attempt: int = 0) -> Run:
+        st = data.get("State") or {}
+        ip = None
+        net = data.get("NetworkSettings") or {}
+        for settings in (net.get("Networks") or {}).values():
+            if settings and settings.get("IPAddress"):
+                ip = settings["IPAddress"]
+                break
+        return cls(
+            id=str(data["Id"]),
+            attempt=attempt,
+            state=str(st.get("Status") or "created"),
+            exit_code=int(st.get("ExitCode") or 0),
+            oom_killed=bool(st.get("OOMKilled")),
+            error=str(st.get("Error") or ""),
+            started_at=parse_docker_time(st.get("StartedAt")),
+            finished_at=parse_docker_time(st.get("FinishedAt")),
+            image_id=str(data.get("Image") or ""),
+            ip=ip or None,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "paused", "restarting")
+
+    @property
+    def start_failed(self) -> bool:
+        """Docker created it but could not start it (e.g. the executable does not exist)."""
+        return self.state == "created" and bool(self.error)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("exited", "dead", "removing") or self.start_failed
+
+    @property
+    def pending_start(self) -> bool:
+        return self.state == "created" and not self.error
+
+
+@dataclass
+class Slot:
+    """One container of the pod spec and its runs."""
+
+    name: str
+    role: Literal["init", "main"]
+    spec: wire.Container
+    #: An init container with restartPolicy Always (a "sidecar" that keeps running).
+    restartable: bool = False
+    runs: dict[int, Run] = field(default_factory=dict)
+    #: Why the next run could not be created (reason, message), e.g. ErrImageNeverPull.
+    waiting: tuple[str, str] | None = None
+
+    @property
+    def latest(self) -> Run | None:
+        return self.runs[max(self.runs)] if self.runs else None
+
+    @property
+    def previous(self) -> Run | None:
+        if len(self.runs) < 2:
+            return None
+        keys = sorted(self.runs)
+        return self.runs[keys[-2]]
+
+
+@dataclass
+class PodState:
+    """A pod the sidecar runs."""
+
+    record: PodRecord
+    created: datetime
+    planned: dict[str, PlannedVolume]
+    locations: Locations = field(default_factory=Locations)
+    infra_id: str | None = None
+    infra: Run | None = None
+    #: The infra container was renamed: a delete is under way (possibly by an earlier process).
+    deleting: bool = False
+    #: The private volumes hold their complete contents.
+    populated: bool = False
+    #: Volume contents from the create request, held in memory only until they are written.
+    contents: list[wire.ResolvedVolume] | None = None
+    slots: dict[str, Slot] = field(default_factory=dict)
+    last_ip: str | None = None
+    #: The last status computed, and its version.
+    status: wire.PodStatus | None = None
+    version: int = 0
+    # --- coordination (never persisted) ---
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dirty: bool = False
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    deletion: asyncio.Future[wire.PodStatus] | None = None
+    grace: int | None = None
+    #: Container ids whose inspect data is stale (an event arrived).
+    stale: set[str] = field(default_factory=set)
+
+    @property
+    def uid(self) -> str:
+        return self.record.pod.metadata.uid
+
+    @property
+    def namespace(self) -> str:
+        return self.record.pod.metadata.namespace
+
+    @property
+    def name(self) -> str:
+        return self.record.pod.metadata.name
+
+    @property
+    def spec(self) -> wire.PodSpec:
+        return self.record.pod.spec
+
+    @property
+    def set_up(self) -> bool:
+        """The infra container was started and the volumes written: containers may run."""
+        return self.infra is not None and self.infra.started_at is not None and self.populated
+
+    def slot_by_id(self, container_id: str) -> tuple[Slot, Run] | None:
+        for slot in self.slots.values():
+            for run in slot.runs.values():
+                if run.id == container_id:
+                    return slot, run
+        return None
+
+    @classmethod
+    def new(cls, record: PodRecord, created: datetime, planned: dict[str, PlannedVolume]) -> PodState:
+        pod = cls(record=record, created=created, planned=planned)
+        for c in record.pod.spec.initContainers:
+            pod.slots[c.name] = Slot(c.name, "init", c, restartable=c.restartPolicy == "Always")
+        for c in record.pod.spec.containers:
+            pod.slots[c.name] = Slot(c.name, "main", c)
+        return pod

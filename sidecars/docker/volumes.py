@@ -1,0 +1,311 @@
+"""Where each pod volume lives in Docker, how it is filled, and how containers mount it.
+
+The sidecar may itself run in a container, so nothing it writes to its own file system is
+visible to dockerd; every byte goes through the Engine API instead. Each pod gets at most two
+private Docker volumes, both mounted by its infra container (which holds them for the pod's life):
+
+    mem   a tmpfs volume: Secret, ConfigMap, projected and downwardAPI contents, and emptyDirs
+          with medium Memory. Secrets never touch a disk; the tmpfs lives only while the infra
+          container runs (it is stopped when the pod finishes and removed with the pod).
+    disk  a local volume: emptyDirs on disk.
+
+Each pod volume is a subdirectory of one of them (`<volume name>/`), written with one
+`PUT /containers/{infra}/archive` (a tar built here, with the modes and ownership the kubelet
+would give), and bind-mounted from the engine's host path into the containers that mount it.
+PersistentVolumeClaims are named volumes of their own (`naming.pvc_volume_name`), hostPath
+volumes are binds of allow-listed host paths, and allow-listed device paths become Docker device
+mappings.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kod import wire
+from sidecars.docker import naming
+from sidecars.docker.policy import is_device_volume, normalize_host_path
+from sidecars.docker.settings import PolicySettings
+from sidecars.docker.validation import content_kind
+
+Kind = Literal["mem", "disk", "pvc", "host", "device"]
+
+#: Directory modes of the kubelet: emptyDir 0777; Secret, projected and downwardAPI volumes are
+#: tmpfs mounts (1777); ConfigMap volumes are emptyDir-backed (0777).
+_ROOT_MODES = {"secret": 0o1777, "projected": 0o1777, "downwardAPI": 0o1777, "configMap": 0o777}
+_DIR_MODE = 0o755
+
+
+@dataclass(frozen=True)
+class PlannedVolume:
+    """One pod volume and where it lives."""
+
+    name: str
+    kind: Kind
+    #: Mode of the volume's root directory (mem and disk).
+    root_mode: int = 0o777
+    #: Always mounted read-only (Secret, ConfigMap, projected, downwardAPI), like the kubelet does.
+    read_only: bool = False
+    #: Holds files from the request (Secret, ConfigMap, projected, downwardAPI).
+    has_contents: bool = False
+    #: Writable by containers, so a subPath into it may meet a symlink planted by a container.
+    writable: bool = False
+    claim: str | None = None
+    host_path: str | None = None
+
+
+def plan(spec: wire.PodSpec, policy: PolicySettings) -> dict[str, PlannedVolume]:
+    """Where every volume of `spec` lives. Assumes the policy admitted the pod."""
+    out: dict[str, PlannedVolume] = {}
+    for v in spec.volumes:
+        kind = content_kind(v)
+        if kind is not None:
+            out[v.name] = PlannedVolume(v.name, "mem", root_mode=_ROOT_MODES[kind], read_only=True, has_contents=True)
+        elif v.emptyDir is not None:
+            area: Kind = "mem" if v.emptyDir.medium == "Memory" else "disk"
+            out[v.name] = PlannedVolume(v.name, area, root_mode=0o777, writable=True)
+        elif v.persistentVolumeClaim is not None:
+            out[v.name] = PlannedVolume(
+                v.name,
+                "pvc",
+                read_only=bool(v.persistentVolumeClaim.readOnly),
+                writable=True,
+                claim=v.persistentVolumeClaim.claimName,
+            )
+        elif v.hostPath is not None:
+            path = normalize_host_path(v.hostPath.path)
+            kind_h: Kind = "device" if is_device_volume(v, policy) else "host"
+            out[v.name] = PlannedVolume(v.name, kind_h, host_path=path)
+    return out
+
+
+def areas(planned: dict[str, PlannedVolume]) -> list[Literal["mem", "disk"]]:
+    """The private volumes the pod needs."""
+    kinds = {p.kind for p in planned.values()}
+    return [k for k in ("mem", "disk") if k in kinds]  # type: ignore[misc]
+
+
+def claims(planned: dict[str, PlannedVolume]) -> list[str]:
+    """The PVC claim names the pod mounts, each once."""
+    return sorted({p.claim for p in planned.values() if p.kind == "pvc" and p.claim})
+
+
+@dataclass
+class Locations:
+    """A pod's Docker volumes: (volume name, host path as the engine sees it)."""
+
+    mem: tuple[str, str] | None = None
+    disk: tuple[str, str] | None = None
+    #: claim -> (Docker volume name, host path)
+    pvcs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def area(self, kind: str) -> tuple[str, str] | None:
+        return self.mem if kind == "mem" else self.disk if kind == "disk" else None
+
+    def root(self, kind: str) -> str | None:
+        area = self.area(kind)
+        return area[1] if area else None
+
+
+def infra_path(pv: PlannedVolume, sub_path: str | None = None) -> str:
+    """Where the infra container sees volume `pv` (or a subPath of it)."""
+    if pv.kind == "pvc":
+        base = f"{naming.INFRA_PVC}/{pv.claim}"
+    elif pv.kind in ("mem", "disk"):
+        base = f"{naming.INFRA_ROOT}/{pv.kind}/{pv.name}"
+    else:
+        raise ValueError(f"volume {pv.name} is not mounted in the infra container")
+    return f"{base}/{sub_path}" if sub_path else base
+
+
+def infra_mounts(locations: Locations) -> list[dict[str, Any]]:
+    """The infra container's mounts: the private volumes and every PVC of the pod."""
+    out: list[dict[str, Any]] = []
+    for kind, target in (("mem", naming.INFRA_MEM), ("disk", naming.INFRA_DISK)):
+        area = locations.area(kind)
+        if area is not None:
+            out.append(_volume_mount(area[0], target, read_only=False))
+    for claim, (volume, _) in sorted(locations.pvcs.items()):
+        out.append(_volume_mount(volume, f"{naming.INFRA_PVC}/{claim}", read_only=False))
+    return out
+
+
+def _volume_mount(volume: str, target: str, *, read_only: bool) -> dict[str, Any]:
+    return {"Type": "volume", "Source": volume, "Target": target, "ReadOnly": read_only, "VolumeOptions": {"NoCopy": True}}
+
+
+def _bind(source: str, target: str, *, read_only: bool, propagation: str = "rslave") -> dict[str, Any]:
+    # The engine insists on rslave (or rshared) for binds from below its root (/var/lib/docker),
+    # which is where the pod volumes' directories are.
+    return {
+        "Type": "bind",
+        "Source": source,
+        "Target": target,
+        "ReadOnly": read_only,
+        "BindOptions": {"Propagation": propagation},
+    }
+
+
+@dataclass
+class ContainerMounts:
+    """What a container's create body needs for its volume mounts."""
+
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[dict[str, str]] = field(default_factory=list)
+    #: Allow-listed host paths and devices the container gets (warned about at run time).
+    host_access: list[str] = field(default_factory=list)
+
+
+def container_mounts(c: wire.Container, planned: dict[str, PlannedVolume], locations: Locations) -> ContainerMounts:
+    """Mounts and devices of container `c`. Raises LookupError when a volume's Docker volume
+    is not known (it was removed under the pod)."""
+    out = ContainerMounts()
+    for m in c.volumeMounts:
+        pv = planned[m.name]
+        sub = m.subPath.strip("/") if m.subPath else ""
+        read_only = bool(m.readOnly) or pv.read_only
+        if pv.kind in ("mem", "disk"):
+            root = locations.root(pv.kind)
+            if root is None:
+                raise LookupError(f"the pod's {pv.kind} volume is missing")
+            source = f"{root}/{pv.name}" + (f"/{sub}" if sub else "")
+            out.mounts.append(_bind(source, m.mountPath, read_only=read_only))
+        elif pv.kind == "pvc":
+            assert pv.claim is not None
+            if pv.claim not in locations.pvcs:
+                raise LookupError(f"the volume of claim {pv.claim} is missing")
+            volume, mountpoint = locations.pvcs[pv.claim]
+            if sub:
+                out.mounts.append(_bind(f"{mountpoint}/{sub}", m.mountPath, read_only=read_only))
+            else:
+                out.mounts.append(_volume_mount(volume, m.mountPath, read_only=read_only))
+        elif pv.kind == "host":
+            assert pv.host_path is not None
+            propagation = "rslave" if m.mountPropagation == "HostToContainer" else "rprivate"
+            out.mounts.append(_bind(pv.host_path, m.mountPath, read_only=read_only, propagation=propagation))
+            out.host_access.append(pv.host_path)
+        elif pv.kind == "device":
+            assert pv.host_path is not None
+            out.devices.append(
+                {"PathOnHost": pv.host_path, "PathInContainer": m.mountPath, "CgroupPermissions": "r" if read_only else "rwm"}
+            )
+            out.host_access.append(pv.host_path)
+    return out
+
+
+def writable_subpaths(c: wire.Container, planned: dict[str, PlannedVolume]) -> list[tuple[PlannedVolume, str]]:
+    """(volume, subPath) of every subPath mount of `c` into a volume containers can write, whose
+    path must be checked for symlinks before the bind is made."""
+    out = []
+    for m in c.volumeMounts:
+        pv = planned[m.name]
+        if m.subPath and pv.writable and pv.kind in ("mem", "disk", "pvc"):
+            out.append((pv, m.subPath.strip("/")))
+    return out
+
+
+# ------------------------------------------------------------------------------ contents
+
+
+class _Tar:
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.PAX_FORMAT)
+        self.now = time.time()
+        self.dirs: set[str] = set()
+
+    def dir(self, path: str, mode: int, gid: int = 0) -> None:
+        if path in self.dirs:
+            return
+        self.dirs.add(path)
+        info = tarfile.TarInfo(path + "/")
+        info.type = tarfile.DIRTYPE
+        info.mode = mode
+        info.gid = gid
+        info.mtime = self.now
+        self.tar.addfile(info)
+
+    def file(self, path: str, data: bytes, mode: int, gid: int = 0) -> None:
+        info = tarfile.TarInfo(path)
+        info.size = len(data)
+        info.mode = mode
+        info.gid = gid
+        info.mtime = self.now
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> bytes:
+        self.tar.close()
+        return self.buf.getvalue()
+
+
+def _parents(path: str) -> Iterable[str]:
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
+
+
+def population_tar(
+    spec: wire.PodSpec,
+    planned: dict[str, PlannedVolume],
+    contents: Iterable[wire.ResolvedVolume],
+    *,
+    new_claims: Iterable[str] = (),
+) -> bytes:
+    """The tar to extract at `naming.INFRA_ROOT` in the infra container: every mem and disk
+    volume's root and subPath directories, the files of the content volumes, the roots of newly
+    created PVC volumes (0777, as local provisioners make them), and last the marker that proves
+    the extraction completed."""
+    fs_group = spec.securityContext.fsGroup if spec.securityContext else None
+    gid = fs_group or 0
+    by_name = {rv.name: rv for rv in contents}
+    tar = _Tar()
+    for pv in planned.values():
+        if pv.kind not in ("mem", "disk"):
+            continue
+        root = f"{pv.kind}/{pv.name}"
+        # With an fsGroup the kubelet makes volumes group-owned, setgid and group-accessible.
+        root_mode = pv.root_mode | (0o2000 | (0o550 if pv.read_only else 0o770) if fs_group else 0)
+        tar.dir(root, root_mode, gid)
+        rv = by_name.get(pv.name)
+        if rv is None:
+            continue
+        for f in rv.files:
+            for parent in _parents(f.path):
+                tar.dir(f"{root}/{parent}", _DIR_MODE | (0o2550 if fs_group else 0), gid)
+            mode = f.mode if f.mode is not None else rv.defaultMode
+            if fs_group:
+                mode |= 0o440
+            tar.file(f"{root}/{f.path}", base64.b64decode(f.data), mode, gid)
+    for c in [*spec.initContainers, *spec.containers]:
+        for m in c.volumeMounts:
+            pv = planned.get(m.name)
+            if pv is None or pv.kind not in ("mem", "disk") or not m.subPath:
+                continue
+            sub = m.subPath.strip("/")
+            existing = by_name.get(pv.name)
+            if existing is not None and any(f.path == sub or f.path.startswith(sub + "/") for f in existing.files):
+                continue
+            mode = pv.root_mode | (0o2000 if fs_group else 0)
+            for parent in [*_parents(sub), sub]:
+                tar.dir(f"{pv.kind}/{pv.name}/{parent}", mode, gid)
+    for claim in new_claims:
+        tar.dir(f"pvc/{claim}", 0o777)
+    marker_area = "mem" if any(p.kind == "mem" for p in planned.values()) else "disk"
+    if any(p.kind in ("mem", "disk") for p in planned.values()):
+        tar.file(f"{marker_area}/{naming.POPULATED_MARKER}", b"", 0o600)
+    return tar.close()
+
+
+def marker_path(planned: dict[str, PlannedVolume]) -> str | None:
+    """Infra path of the population marker (None: the pod has no private volume)."""
+    kinds = {p.kind for p in planned.values()}
+    if "mem" in kinds:
+        return f"{naming.INFRA_MEM}/{naming.POPULATED_MARKER}"
+    if "disk" in kinds:
+        return f"{naming.INFRA_DISK}/{naming.POPULATED_MARKER}"
+    return None
