@@ -92,7 +92,8 @@ def load_connection(kubeconfig: Path | None = None, context: str | None = None, 
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
 
     def authorization() -> str | None:
-        value = cfg.get_api_key_with_prefix("authorization")
+        # kubernetes>=30 stores the token under "BearerToken"; older releases under "authorization".
+        value = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if value and not value.lower().startswith(("bearer ", "basic ")):
             value = f"Bearer {value}"
         return value or None
