@@ -129,4 +129,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `status | head`
+        code = 0
     sys.exit(code)

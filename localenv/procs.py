@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from kod import errors
-from localenv.shell import tail
+from localenv.shell import run, tail
 
 #: Logs bigger than this are moved to <name>.log.1 when the daemon (re)starts.
 LOG_ROTATE_BYTES = 64 * 1024 * 1024
@@ -49,6 +50,9 @@ class Daemon:
     ready_timeout: float = 120.0
     #: Seconds between SIGTERM and SIGKILL on stop.
     stop_timeout: float = 20.0
+    #: TCP ports it listens on: they must be free before it starts (else its readiness probe
+    #: could be answered by whatever holds them).
+    ports: tuple[int, ...] = ()
 
     @property
     def pid_file(self) -> Path:
@@ -80,12 +84,15 @@ class Record:
     argv: tuple[str, ...]
     fingerprint: str
     started_at: float
+    #: The daemon's stop timeout, so that `down` (which has only the PID file) honours it.
+    stop_timeout: float = 20.0
 
 
 def read_record(pid_file: Path) -> Record | None:
     try:
         data = json.loads(pid_file.read_text())
-        return Record(int(data["pid"]), tuple(data["argv"]), str(data["fingerprint"]), float(data["started_at"]))
+        return Record(int(data["pid"]), tuple(data["argv"]), str(data["fingerprint"]), float(data["started_at"]),
+                      float(data.get("stop_timeout", 20.0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -134,10 +141,31 @@ def _write_private(path: Path, content: str) -> None:
     tmp.replace(path)
 
 
+def port_holder(port: int) -> str | None:
+    """None when nothing listens on TCP `port` (any address); else who does (from `ss`)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            pass
+    except OSError:
+        ss = run(["ss", "-Hltnp", f"sport = :{port}"], check=False).stdout.strip()
+        if not ss:
+            return None
+        return ss.split("users:")[-1] if "users:" in ss else "another process"
+    ss = run(["ss", "-Hltnp", f"sport = :{port}"], check=False).stdout.strip()
+    return ss.split("users:")[-1] if "users:" in ss else "another process"
+
+
 def start(daemon: Daemon) -> int:
     """Write the daemon's files, start it in its own session with its log, record its PID,
-    and wait until it is ready. Raises `errors.Unavailable` with the end of its log when it exits
-    or does not become ready in time."""
+    and wait until it is ready. Raises `errors.Conflict` when one of its ports is taken, and
+    `errors.Unavailable` with the end of its log when it exits or does not become ready in time."""
+    for port in daemon.ports:
+        holder = port_holder(port)
+        if holder:
+            raise errors.Conflict(
+                f"{daemon.name} needs TCP port {port}, which is in use by {holder}",
+                hint="stop that process (another cluster?), or choose other ports with KOD_LOCALENV_PORTS__*",
+            )
     for path, content in daemon.files.items():
         _write_private(path, content)
     daemon.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +184,8 @@ def start(daemon: Daemon) -> int:
             cwd=daemon.cwd,
             start_new_session=True,  # no SIGHUP/SIGINT from the terminal or from pytest
         )
-    record = {"pid": proc.pid, "argv": list(daemon.argv), "fingerprint": fingerprint, "started_at": time.time()}
+    record = {"pid": proc.pid, "argv": list(daemon.argv), "fingerprint": fingerprint, "started_at": time.time(),
+              "stop_timeout": daemon.stop_timeout}
     _write_private(daemon.pid_file, json.dumps(record))
     wait_ready(daemon, proc.pid)
     return proc.pid
@@ -235,11 +264,12 @@ def stop(daemon: Daemon) -> int | None:
     return stop_by_pid_file(daemon.pid_file, timeout=daemon.stop_timeout)
 
 
-def stop_by_pid_file(pid_file: Path, *, timeout: float = 20.0) -> int | None:
-    """`stop()` for a PID file alone (used by `down`, which needs no full daemon description)."""
+def stop_by_pid_file(pid_file: Path, *, timeout: float | None = None) -> int | None:
+    """`stop()` for a PID file alone (used by `down`, which needs no full daemon description);
+    `timeout` defaults to the one recorded when the daemon started."""
     record = read_record(pid_file)
     stopped = None
-    if record and stop_pid(record.pid, record.argv, timeout=timeout):
+    if record and stop_pid(record.pid, record.argv, timeout=record.stop_timeout if timeout is None else timeout):
         stopped = record.pid
     pid_file.unlink(missing_ok=True)
     return stopped

@@ -67,4 +67,5 @@ def daemon(ctx: Context) -> procs.Daemon:
         # Its graceful shutdown waits for long-running requests; all its state is in etcd, so a
         # quick SIGKILL costs nothing and keeps restarts short.
         stop_timeout=5.0,
+        ports=(s.ports.apiserver,),
     )

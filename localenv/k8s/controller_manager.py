@@ -46,4 +46,5 @@ def daemon(ctx: Context) -> procs.Daemon:
                 pki / "controller-manager-serving.crt", pki / "sa.key"),
         ready=lambda: probes.ok(f"https://127.0.0.1:{s.ports.controller_manager}/healthz", ca=p.ca_cert),
         ready_timeout=ctx.settings.ready_timeout,
+        ports=(s.ports.controller_manager,),
     )

@@ -42,4 +42,5 @@ def daemon(ctx: Context) -> procs.Daemon:
         inputs=(pki / "etcd-server.crt", pki / "etcd-peer.crt", pki / "etcd-ca.crt"),
         ready=lambda: probes.ok(f"{metrics_url}/health"),
         ready_timeout=ctx.settings.ready_timeout,
+        ports=(ports.etcd_client, ports.etcd_peer, ports.etcd_metrics),
     )

@@ -39,6 +39,7 @@ def daemon(ctx: Context) -> procs.Daemon:
         inputs=(p.kubeconfig_dir / "kube-proxy.kubeconfig",),
         ready=lambda: probes.ok(f"http://127.0.0.1:{s.ports.kube_proxy_healthz}/livez"),
         ready_timeout=ctx.settings.ready_timeout,
+        ports=(s.ports.kube_proxy_healthz, s.ports.kube_proxy_metrics),
     )
 
 

@@ -85,4 +85,5 @@ def daemon(ctx: Context) -> procs.Daemon:
         ready=lambda: probes.ok(f"http://127.0.0.1:{s.ports.kubelet_healthz}/healthz"),
         ready_timeout=ctx.settings.ready_timeout,
         stop_timeout=30.0,
+        ports=(s.ports.kubelet, s.ports.kubelet_healthz),
     )

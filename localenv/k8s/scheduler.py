@@ -33,4 +33,5 @@ def daemon(ctx: Context) -> procs.Daemon:
         inputs=(p.ca_cert, p.kubeconfig_dir / "scheduler.kubeconfig", pki / "scheduler-serving.crt"),
         ready=lambda: probes.ok(f"https://127.0.0.1:{s.ports.scheduler}/healthz", ca=p.ca_cert),
         ready_timeout=ctx.settings.ready_timeout,
+        ports=(s.ports.scheduler,),
     )
