@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from kod import __version__, errors
 from kod.log import configure
@@ -115,10 +116,12 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def report(exc: errors.KodError, err: object = sys.stderr) -> int:
-    print(f"cloudify: {exc.message}", file=err)  # type: ignore[arg-type]
+def report(exc: errors.KodError, err: TextIO | None = None) -> int:
+    """Print an error for a person: what is wrong, then what to do; the exit code."""
+    err = err or sys.stderr
+    print(f"cloudify: {exc.message}", file=err)
     if exc.hint:
-        print(f"  what to do: {exc.hint}", file=err)  # type: ignore[arg-type]
+        print(f"  what to do: {exc.hint}", file=err)
     return EXIT_USAGE if isinstance(exc, errors.InvalidInput) else EXIT_FAILED
 
 

@@ -56,15 +56,13 @@ class Timeline:
 
     def table(self) -> str:
         """The phases with when each was reached and how long it took."""
-        lines = [f"{'phase':<18}{'at':>8}{'took':>8}"]
+        lines = [f"{'phase':<18}{'at':>8}{'after':>8}"]
         prev = 0.0
-        for phase in PHASES:
-            if phase in self.marks:
-                at = self.marks[phase]
-                lines.append(f"{phase:<18}{at:>7.2f}s{at - prev:>7.2f}s")
-                prev = at
-            else:
-                lines.append(f"{phase:<18}{'-':>8}{'-':>8}")
+        for phase in sorted(self.marks, key=self.marks.__getitem__):
+            at = self.marks[phase]
+            lines.append(f"{phase:<18}{at:>7.2f}s{at - prev:>7.2f}s")
+            prev = at
+        lines += [f"{phase:<18}{'-':>8}{'-':>8}" for phase in PHASES if phase not in self.marks]
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, float]:

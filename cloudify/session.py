@@ -107,15 +107,19 @@ class SessionRunner:
         docker_task = asyncio.create_task(asyncio.to_thread(self._docker_ready)) if opts.run_mode == "docker" else None
         try:
             pre = await self._measure(local)
+            self._step("cluster measured")
             if pre is None:
                 creds_task.cancel()
                 return await self._run_locally(local)
             preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image))
             if docker_task is not None:
                 await docker_task
+                self._step("docker ready")
             reach_task = asyncio.create_task(self._decide_reach(pre))
             creds = await creds_task
+            self._step("keys made")
             address = await reach_task
+            self._step("reach decided", address=address)
         except BaseException:
             creds_task.cancel()
             if docker_task is not None:
@@ -133,15 +137,20 @@ class SessionRunner:
         )
         self.pods = SessionPods(self.kube, self.names.namespace, self.names.session)
         await self.cluster.create()
+        self._step("objects created")
         self.pods.start()
         self._log_task = asyncio.create_task(self._follow_app_log())
         target = await self._target(address)
         self.viewer = self._make_viewer(plan, pre, io)
         await self.viewer.start(target)
+        self._step("viewer started")
         where = f"via NodePort {target.host}" if address else "via the API server's port-forward"
         self.tl.mark("prepare", f"session {self.names.session}: {opts.app.name}, viewer {opts.run_mode}, {where}")
         await self._wait_started()
         return await self._wait_end()
+
+    def _step(self, what: str, **kw: Any) -> None:
+        log.debug(what, at=round(self.tl.now(), 3), session=self.names.session, **kw)
 
     # ------------------------------------------------------------------ prepare
 
@@ -391,34 +400,43 @@ class SessionRunner:
     # ------------------------------------------------------------------ cleanup
 
     async def _cleanup(self) -> None:
-        """Remove everything the session made; each step tolerates the others failing."""
+        """Remove everything the session made; each step runs even when another failed."""
         for task in (self._log_task, getattr(self, "_frame_task", None)):
             if task is not None:
                 task.cancel()
-        clean = True
+        ok = True
         if self.viewer is not None:
-            try:
-                await self.viewer.stop()
-            except Exception as exc:  # noqa: BLE001 - report, and go on cleaning
-                clean = False
-                self.tl.say(f"  ! could not remove the viewer: {exc}")
+            ok &= await self._attempt(self.viewer.stop(), "remove the viewer")
         for fwd in self.forwarders:
-            await fwd.close()
+            await self._attempt(fwd.close(), "close the port-forward")
         if self.pods is not None:
-            await self.pods.close()
+            await self._attempt(self.pods.close(), "stop watching")
         if self.cluster is not None and self.kube is not None:
-            try:
-                await self.cluster.delete()
-                if not await wait_gone(self.kube, self.names.namespace, self.names.session, timeout=CLEANUP_WAIT_SECONDS):
-                    clean = False
-                    self.tl.say(f"  ! the session's pods were still there after {CLEANUP_WAIT_SECONDS:g} s")
-            except Exception as exc:  # noqa: BLE001
-                clean = False
-                self.tl.say(f"  ! could not delete the session's objects: {exc}")
+            ok &= await self._attempt(self.cluster.delete(), "delete the session's objects")
+            gone = await wait_gone(self.kube, self.names.namespace, self.names.session, timeout=CLEANUP_WAIT_SECONDS)
+            if not gone:
+                ok = False
+                self.tl.say(f"  ! the session's pods were still there after {CLEANUP_WAIT_SECONDS:g} s")
         if self.kube is not None:
-            await self.kube.close()
+            await self._attempt(self.kube.close(), "close the connection")
         if self.record is not None:
             # A session that could not be cleaned keeps its record: `cloudify gc` finishes it.
-            self.record.release(remove=clean)
-            if not clean:
+            self.record.release(remove=ok)
+            if not ok:
                 self.tl.say(f"  run `cloudify gc` to remove what is left of session {self.names.session}")
+
+    async def _attempt(self, step: Any, what: str) -> bool:
+        """Await one cleanup step; report a failure and go on. A cancellation of this task (the
+        user insists on leaving) goes through; one of a child it awaited (a viewer future
+        cancelled with the session) does not stop the cleanup."""
+        try:
+            await step
+            return True
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return True
+        except Exception as exc:  # noqa: BLE001 - report, and go on cleaning
+            self.tl.say(f"  ! could not {what}: {exc}")
+            return False

@@ -157,7 +157,7 @@ class DockerViewer:
 
     async def wait_done(self) -> int:
         assert self._exit is not None
-        code = await self._exit
+        code = await asyncio.shield(self._exit)
         if code not in (0,):
             tail = await asyncio.to_thread(self.logs_tail)
             if tail:
@@ -173,9 +173,9 @@ class DockerViewer:
         if self._container is None:
             return
         await asyncio.to_thread(remove_container, self._container)
-        if self._exit is not None:
+        if self._exit is not None and not self._exit.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._exit, STOP_GRACE + 3)
+                await asyncio.wait_for(asyncio.shield(self._exit), STOP_GRACE + 3)
 
 
 def remove_container(container: Any) -> None:

@@ -179,8 +179,13 @@ class NativeViewer:
         if self._viewer is None:
             # noVNC in a browser: nothing of ours to wait for; the session ends with the app.
             await asyncio.Event().wait()
-        assert self._viewer is not None
-        return await self._viewer.wait()
+        assert self._viewer is not None and self._dir is not None
+        code = await self._viewer.wait()
+        if code != 0 and not self._stopping:
+            with contextlib.suppress(OSError):
+                tail = (self._dir / "vncviewer.log").read_text(errors="replace").strip().splitlines()[-8:]
+                raise errors.Unavailable("vncviewer ended with exit code {}:\n  {}".format(code, "\n  ".join(tail)))
+        return code
 
     async def stop(self) -> None:
         self._stopping = True
@@ -289,13 +294,16 @@ class NativeViewer:
         opts = self.plan.options
         server = local if isinstance(local, str) else f"{local[0]}::{local[1]}"
         env = {**self.env, "VNC_PASSWORD": self.plan.credentials.vnc_password}
-        self._viewer = await asyncio.create_subprocess_exec(
-            self.vncviewer_tool,
-            "-QualityLevel", str(opts.quality), "-CompressLevel", str(opts.compression), "-AutoSelect=0",
-            "-Shared=0", server,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            env=env, preexec_fn=die_with_parent,
-        )
+        assert self._dir is not None
+        # Its chatter goes to a file of the session, shown only when it fails.
+        with open(self._dir / "vncviewer.log", "wb") as logfile:
+            self._viewer = await asyncio.create_subprocess_exec(
+                self.vncviewer_tool,
+                "-QualityLevel", str(opts.quality), "-CompressLevel", str(opts.compression), "-AutoSelect=0",
+                "-Shared=0", "-AlertOnFatalError=0", server,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                env=env, preexec_fn=die_with_parent,
+            )
 
     def _open_browser(self, host: str, port: int) -> None:
         password = self.plan.credentials.vnc_password

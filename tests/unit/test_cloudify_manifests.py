@@ -1,0 +1,135 @@
+"""The session's Kubernetes objects, as data: placement, exposure, secrets split, ownership."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cloudify import manifests as m
+from cloudify.credentials import Credentials, KeyPair
+from cloudify.names import SessionNames
+from cloudify.options import session_options
+from cloudify.settings import CloudifySettings
+from kod import apps, labels
+
+CREDS = Credentials(
+    client=KeyPair(private="CLIENT-PRIVATE", public="ssh-ed25519 CLIENTPUB kod-viewer"),
+    host=KeyPair(private="HOST-PRIVATE", public="ssh-ed25519 HOSTPUB kod-app"),
+    vnc_password="pw123456",
+)
+JOB = {"metadata": {"name": "kod-firefox-abc", "uid": "uid-1"}}
+
+
+def plan(app: str = "firefox", **overrides: object) -> m.SessionPlan:
+    settings = CloudifySettings(**overrides)  # type: ignore[arg-type]
+    options = session_options(app, settings, run_mode_given=False)
+    names = SessionNames(session="abc12345", app=options.app, user="alice", namespace="kod")
+    return m.SessionPlan(names=names, options=options, settings=settings, credentials=CREDS,
+                         now=datetime(2030, 1, 1, tzinfo=UTC), desktop_host="desk")
+
+
+def decode(secret: dict, key: str) -> str:
+    import base64
+
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_the_app_is_a_job_that_expires_and_never_lands_on_a_desktop() -> None:
+    job = m.app_job(plan(user_node="my-laptop"))
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 12 * 3600
+    assert spec["ttlSecondsAfterFinished"] == m.FINISHED_TTL_SECONDS
+    pod = spec["template"]["spec"]
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert {"key": labels.NODE_TYPE, "operator": "NotIn", "values": [labels.VIRTUAL_KUBELET]} in term["matchExpressions"]
+    assert {"key": labels.DESKTOP_OF, "operator": "DoesNotExist"} in term["matchExpressions"]
+    assert term["matchFields"] == [{"key": "metadata.name", "operator": "NotIn", "values": ["my-laptop"]}]
+    assert "tolerations" not in pod
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert job["metadata"]["labels"][labels.SESSION] == "abc12345"
+    assert spec["template"]["metadata"]["labels"][labels.ROLE] == "app"
+    assert labels.EXPIRES_AT in job["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ports", "encrypt"),
+    [
+        ({}, ["ssh", "vnc"], "0"),
+        ({"protocol": "novnc"}, ["ssh", "novnc"], "0"),
+        ({"secure": True}, ["ssh"], "1"),
+        ({"secure": True, "protocol": "novnc"}, ["ssh"], "1"),
+    ],
+)
+def test_only_ssh_is_exposed_when_secure(overrides: dict, ports: list[str], encrypt: str) -> None:
+    p = plan(**overrides)
+    service = m.app_service(p, m.owner_reference(JOB), node_port=True)
+    assert [x["name"] for x in service["spec"]["ports"]] == ports
+    assert service["spec"]["type"] == "NodePort"
+    container = m.app_job(p)["spec"]["template"]["spec"]["containers"][0]
+    assert [x["name"] for x in container["ports"]] == ports
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[apps.ENV_ENCRYPT] == encrypt
+    assert m.app_service(p, m.owner_reference(JOB), node_port=False)["spec"]["type"] == "ClusterIP"
+
+
+def test_each_pod_mounts_only_its_own_secrets() -> None:
+    p = plan()
+    secret = m.session_secret(p, m.owner_reference(JOB), xauthority=b"cookie")
+    assert decode(secret, m.K_AUTHORIZED_KEYS).strip() == CREDS.client.public
+    assert decode(secret, m.K_KNOWN_HOSTS) == f"* {CREDS.host.public}\n"
+    app_items = {i["key"] for i in m.app_job(p)["spec"]["template"]["spec"]["volumes"][0]["secret"]["items"]}
+    assert app_items == {m.K_AUTHORIZED_KEYS, m.K_HOST_KEY, m.K_VNC_PASSWORD}  # not the viewer's private key
+    viewer = m.viewer_pod(p, m.owner_reference(JOB), m.Target("10.0.0.1", 30022, 30059), node="vn", display=":0",
+                          pulse_dir="/run/user/1/kod/pulse", with_xauthority=True)
+    vol = next(v for v in viewer["spec"]["volumes"] if v["name"] == "session")
+    assert {i["key"] for i in vol["secret"]["items"]} == {m.K_CLIENT_KEY, m.K_KNOWN_HOSTS, m.K_VNC_PASSWORD, m.K_XAUTHORITY}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_the_viewer_runs_only_on_the_users_virtual_node_without_privileges() -> None:
+    viewer = m.viewer_pod(plan(), m.owner_reference(JOB), m.Target("10.0.0.1", 30022, 30059), node="vn-alice",
+                          display=":0", pulse_dir="/run/user/1/kod/pulse", with_xauthority=False)
+    spec = viewer["spec"]
+    assert spec["nodeName"] == "vn-alice"
+    assert spec["nodeSelector"] == {labels.NODE_TYPE: labels.VIRTUAL_KUBELET, labels.DESKTOP_OF: "alice"}
+    assert spec["tolerations"] == [{"key": labels.VIRTUAL_NODE_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    assert not spec.get("hostNetwork") and not spec.get("hostIPC") and not spec.get("hostPID")
+    container = spec["containers"][0]
+    assert container["securityContext"]["privileged"] is False
+    assert sorted(v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v) == ["/run/user/1/kod/pulse", "/tmp/.X11-unix"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[apps.ENV_TARGET_HOST] == "10.0.0.1"
+    assert env[apps.ENV_TARGET_SSH_PORT] == "30022"
+    assert env[apps.ENV_TARGET_VNC_PORT] == "30059"
+    assert env[apps.ENV_PULSE_SOCKET] == f"{m.VIEWER_PULSE_DIR}/native"
+    assert env[apps.ENV_QUALITY] == "5" and env[apps.ENV_COMPRESSION] == "2"
+    assert "XAUTHORITY" not in env
+    assert viewer["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    assert viewer["metadata"]["labels"][labels.ROLE] == "viewer"
+
+
+def test_persistence_mounts_the_users_volume_on_the_apps_settings() -> None:
+    p = plan(persist=True)
+    pod = m.app_job(p)["spec"]["template"]["spec"]
+    mounts = [vm for vm in pod["containers"][0]["volumeMounts"] if vm["name"] == m.DATA_VOLUME]
+    assert mounts == [
+        {"name": "data", "mountPath": "/home/kod/.mozilla", "subPath": ".mozilla"},
+        {"name": "data", "mountPath": "/home/kod/Downloads", "subPath": "Downloads"},
+    ]
+    assert pod["volumes"][-1]["persistentVolumeClaim"]["claimName"] == "kod-alice-firefox-data"
+    init = pod["initContainers"][0]
+    assert init["command"][-2:] == ["/data/.mozilla", "/data/Downloads"]
+    claim = m.data_claim(p)
+    assert claim["metadata"]["name"] == "kod-alice-firefox-data"
+    assert labels.SESSION not in claim["metadata"]["labels"]  # it belongs to no session
+    assert "ownerReferences" not in claim["metadata"]
+    assert "initContainers" not in m.app_job(plan())["spec"]["template"]["spec"]
+
+
+def test_gpu_apps_ask_for_the_gpu() -> None:
+    container = m.app_job(plan("cuda-blender"))["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"] == "kod/cuda-blender:0.1.0"
