@@ -12,6 +12,13 @@ from cloudify.settings import load
 from kod import errors
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloudify's main configures logging for the whole process (to the captured stderr of one
+    test): leave the test process's logging alone."""
+    monkeypatch.setattr(cli, "configure", lambda **_: None)
+
+
 def run(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     # A kubeconfig that points nowhere: any attempt to reach a cluster would fail loudly.
     kubeconfig = tmp_path / "kubeconfig"
