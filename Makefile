@@ -19,12 +19,13 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
+## up/down/status: the local environment alone; extra flags in ARGS (`make down ARGS=--wipe`)
 up: venv
-	$(PY) -m localenv up
+	$(PY) -m localenv up $(ARGS)
 down: venv
-	$(PY) -m localenv down
+	$(PY) -m localenv down $(ARGS)
 status: venv
-	$(PY) -m localenv status
+	$(PY) -m localenv status $(ARGS)
 images: venv
 	$(PY) -m localenv images
 
