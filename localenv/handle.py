@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kod import errors
+from kod import errors, labels
 from localenv import images_import
 from localenv.paths import Paths, paths_for
 from localenv.settings import LocalEnvSettings, load
@@ -115,7 +115,8 @@ def reachable(kubeconfig: Path, kubectl_path: Path, timeout: float = 10) -> bool
 def from_kubeconfig(kubeconfig: Path, kubectl_path: Path, *, node_name: str | None = None,
                     image_loader: str | None = None) -> ClusterHandle | None:
     """A handle on an existing cluster, or None when it cannot be reached. The node is
-    `node_name`, else the first Ready node without a NoSchedule taint."""
+    `node_name`, else the first Ready node that is not a virtual kubelet and has no NoSchedule
+    taint."""
     if not reachable(kubeconfig, kubectl_path):
         return None
     handle = ClusterHandle(kubeconfig=kubeconfig, kubectl_path=kubectl_path, node_name=node_name or "",
@@ -125,7 +126,8 @@ def from_kubeconfig(kubeconfig: Path, kubectl_path: Path, *, node_name: str | No
     for node in handle.kubectl_json("get", "nodes")["items"]:
         conds = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
         taints = node["spec"].get("taints") or []
-        if conds.get("Ready") == "True" and not any(t.get("effect") == "NoSchedule" for t in taints):
+        virtual = (node["metadata"].get("labels") or {}).get(labels.NODE_TYPE) == labels.VIRTUAL_KUBELET
+        if conds.get("Ready") == "True" and not virtual and not any(t.get("effect") == "NoSchedule" for t in taints):
             return ClusterHandle(kubeconfig=kubeconfig, kubectl_path=kubectl_path, node_name=node["metadata"]["name"],
                                  reused=True, image_loader=image_loader)
     raise errors.Unavailable(f"the cluster of {kubeconfig} has no Ready, schedulable node")

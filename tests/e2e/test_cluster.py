@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +151,20 @@ def test_a_job_completes_and_kubectl_logs_shows_its_output(
     cluster.apply(job)
     cluster.kubectl("wait", "--for=condition=Complete", "job/answer", "-n", ns, "--timeout=120s", timeout=150)
     assert cluster.kubectl("logs", "job/answer", "-n", ns).stdout.strip() == "the answer is 42"
+
+
+def test_a_cluster_named_by_kubeconfig_is_reused_and_an_unreachable_one_is_not(
+    cluster: ClusterHandle, tmp_path: Path
+) -> None:
+    from localenv import handle
+
+    copy = tmp_path / "other.kubeconfig"
+    copy.write_text(cluster.kubeconfig.read_text())
+    reused = handle.from_kubeconfig(copy, cluster.kubectl_path)
+    assert reused is not None and reused.reused
+    assert reused.node_name == cluster.node_name
+    assert reused.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+
+    dead = tmp_path / "dead.kubeconfig"
+    dead.write_text(cluster.kubeconfig.read_text().replace(":6443", ":1"))
+    assert handle.from_kubeconfig(dead, cluster.kubectl_path) is None
