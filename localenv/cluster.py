@@ -15,9 +15,11 @@ images, RBAC and the StorageClass, the storage provisioner, and a wait for the n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,33 @@ def _say(outcome: procs.Outcome, pid: int) -> str:
             "restarted": f"restarted with a changed configuration (pid {pid})"}[outcome]
 
 
+@contextmanager
+def exclusive(paths: Paths, progress: Progress) -> Iterator[None]:
+    """One `up`/`down` at a time on this machine (test sessions of several components may call
+    `up` at once): an flock on <data_dir>/localenv.lock, waited for with a message."""
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.data_dir / "localenv.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.line("==> waiting for another `localenv up/down` to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def up(settings: LocalEnvSettings | None = None, progress: Progress | None = None) -> Context:
     """Bring everything up, idempotently; returns the context (paths, node address)."""
     settings = settings or load()
     progress = progress or Progress()
-    paths = paths_for(settings)
+    with exclusive(paths_for(settings), progress):
+        return _up(settings, progress)
 
+
+def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
+    paths = paths_for(settings)
     with progress.step("Debian packages") as step:
         wanted = packages.all_packages()
         installed = packages.ensure(wanted, step)
@@ -112,7 +135,8 @@ def up(settings: LocalEnvSettings | None = None, progress: Progress | None = Non
         step.done(_say(*procs.ensure(d)))
     with progress.step(f"node {settings.node_name} Ready") as step:
         step.done(wait_node_ready(ctx))
-    progress.total(f"cluster up: kubeconfig {paths.admin_kubeconfig}, kubectl {paths.kubectl}; up")
+    progress.total("up")
+    progress.line(f"    kubeconfig: {paths.admin_kubeconfig}\n    kubectl:    {paths.kubectl}")
     return ctx
 
 
@@ -176,6 +200,11 @@ def down(settings: LocalEnvSettings | None = None, progress: Progress | None = N
     and what it left at fixed paths; `stop_docker` stops dockerd if localenv started it."""
     settings = settings or load()
     progress = progress or Progress()
+    with exclusive(paths_for(settings), progress):
+        _down(settings, progress, wipe_state=wipe_state, stop_docker=stop_docker)
+
+
+def _down(settings: LocalEnvSettings, progress: Progress, *, wipe_state: bool, stop_docker: bool) -> None:
     paths = paths_for(settings)
     ctx = Context(settings=settings, paths=paths, node_ip="127.0.0.1")
     for name in (storage.NAME, "kube-proxy", "kubelet"):

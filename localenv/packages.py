@@ -21,7 +21,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # the one-machine cluster: its container runtime, pod networking, kube-proxy's tools, the PKI
     "cluster": (
         "containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "socat",
-        "ethtool", "openssl", "iproute2",
+        "ethtool", "openssl", "iproute2", "kmod",
     ),
     # the user's desktop in tests and the demo: an X server, sound, the VNC viewer, a browser
     "desktop": (
