@@ -327,6 +327,8 @@ class Kube:
             return await self._session.ws_connect(
                 url.replace("https://", "wss://", 1).replace("http://", "ws://", 1),
                 protocols=("v4.channel.k8s.io",),
+                # The session's default "Accept: application/json" makes the API server answer 406.
+                headers={"Accept": "*/*"},
                 autoping=True,
                 max_msg_size=0,
             )

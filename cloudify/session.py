@@ -119,7 +119,10 @@ class SessionRunner:
             creds = await creds_task
             self._step("keys made")
             address = await reach_task
-            self._step("reach decided", address=address)
+            # Without a node address the viewer goes through cloudify's port-forward: where it
+            # listens must be known before anything is created.
+            self._bind = None if address is not None else self._forward_address()
+            self._step("reach decided", address=address, forward=self._bind)
         except BaseException:
             creds_task.cancel()
             if docker_task is not None:
@@ -258,7 +261,7 @@ class SessionRunner:
         if address is not None:
             ports = self.cluster.node_ports()
             return Target(host=address, ssh_port=ports["ssh"], vnc_port=ports.get("vnc"), novnc_port=ports.get("novnc"))
-        bind = self._forward_address()
+        bind = self._bind or self._forward_address()
         wanted = {"ssh": apps.SSH_PORT}
         if opts.exposes_vnc:
             wanted["vnc"] = apps.VNC_PORT

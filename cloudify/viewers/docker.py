@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
+import ipaddress
+import socket
+import struct
 import tarfile
 import time
 from pathlib import Path
@@ -190,9 +194,31 @@ def remove_container(container: Any) -> None:
 
 def docker_gateway(client: Any) -> str | None:
     """The address of this host on Docker's default bridge: where a container reaches a
-    listener of cloudify's (the port-forward)."""
-    with contextlib.suppress(Exception):
-        for cfg in client.networks.get("bridge").attrs.get("IPAM", {}).get("Config", []):
-            if cfg.get("Gateway"):
-                return str(cfg["Gateway"])
+    listener of cloudify's (the port-forward). The network's gateway when the engine reports it,
+    else the bridge interface's address, else the subnet's first address (Docker's default)."""
+    try:
+        attrs = client.networks.get("bridge").attrs
+    except Exception:  # noqa: BLE001 - no engine, no bridge
+        return None
+    configs = attrs.get("IPAM", {}).get("Config") or []
+    for cfg in configs:
+        if cfg.get("Gateway"):
+            return str(cfg["Gateway"]).split("/")[0]
+    bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    address = interface_address(bridge)
+    if address:
+        return address
+    for cfg in configs:
+        if cfg.get("Subnet"):
+            with contextlib.suppress(ValueError):
+                return str(next(ipaddress.ip_network(cfg["Subnet"], strict=False).hosts()))
+    return None
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of a network interface (SIOCGIFADDR), or None."""
+    SIOCGIFADDR = 0x8915  # noqa: N806 - the ioctl's name
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        return socket.inet_ntoa(packed[20:24])
     return None
