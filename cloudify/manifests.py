@@ -56,6 +56,12 @@ class SessionPlan:
     desktop_host: str
 
     @property
+    def persist_paths(self) -> tuple[str, ...]:
+        """What -v keeps: the setting for this app, else the catalog's."""
+        configured = self.settings.persist_paths.get(self.options.app.name)
+        return tuple(configured) if configured else self.options.app.persist_paths
+
+    @property
     def app_image(self) -> str:
         return self.settings.image(self.options.app.image)
 
@@ -233,7 +239,7 @@ def app_job(plan: SessionPlan) -> dict[str, Any]:
     if opts.persist:
         volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": plan.names.pvc}})
         container["volumeMounts"] += [
-            {"name": DATA_VOLUME, "mountPath": f"{apps.APP_HOME}/{path}", "subPath": path} for path in app.persist_paths
+            {"name": DATA_VOLUME, "mountPath": f"{apps.APP_HOME}/{path}", "subPath": path} for path in plan.persist_paths
         ]
         pod_spec["initContainers"] = [_data_init_container(plan)]
     return {
@@ -252,7 +258,7 @@ def app_job(plan: SessionPlan) -> dict[str, Any]:
 def _data_init_container(plan: SessionPlan) -> dict[str, Any]:
     """Creates the persisted directories in the volume and gives them to the app's user: a
     fresh volume's root belongs to root, and subPath directories made by the kubelet too."""
-    paths = [f"/data/{p}" for p in plan.options.app.persist_paths]
+    paths = [f"/data/{p}" for p in plan.persist_paths]
     script = 'mkdir -p "$@" && chown {uid}:{uid} "$@"'.format(uid=apps.APP_UID)
     return {
         "name": "prepare-data",

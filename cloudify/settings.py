@@ -84,6 +84,7 @@ class CloudifySettings(BaseModel):
     browser: str | None = Field(default=None, description="Command that opens the noVNC URL; default xdg-open when installed.")
     state_dir: str | None = Field(default=None, description="Where running sessions are recorded; default $XDG_STATE_HOME/kod/sessions.")
     forward_address: str | None = Field(default=None, description="Address the port-forward listens on; default 127.0.0.1 for -r native, this host's address on Docker's bridge otherwise.")
+    persist_paths: dict[str, list[str]] = Field(default_factory=dict, description='What -v keeps, per app, relative to the app\'s home (default: the catalog\'s, `cloudify apps`), e.g. {firefox = [".config/mozilla", "Downloads"]}.')
     local_commands: dict[str, list[str]] = Field(default_factory=dict, description='How to run an app installed locally (the fallback), e.g. {firefox = ["flatpak", "run", "org.mozilla.firefox"]}; default the usual command names.')
 
     @field_validator("geometry")
@@ -91,6 +92,15 @@ class CloudifySettings(BaseModel):
     def _geometry(cls, value: str) -> str:
         if not re.fullmatch(r"[1-9]\d{2,4}x[1-9]\d{2,4}", value):
             raise ValueError("must be WIDTHxHEIGHT, e.g. 1280x800")
+        return value
+
+    @field_validator("persist_paths")
+    @classmethod
+    def _relative_paths(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for app, paths in value.items():
+            for path in paths:
+                if not path or path.startswith("/") or ".." in path.split("/"):
+                    raise ValueError(f"{app}: {path!r} must be a path relative to the app's home, without '..'")
         return value
 
     @field_validator("user")
