@@ -307,7 +307,10 @@ def ensure_vk_kubeconfig(stack: Stack) -> str:
     quarter of its lifetime is left."""
     token = _current_token(stack.vk_kubeconfig)
     if token and _jwt_expiry(token) - time.time() > stack.settings.token_hours * 3600 / 4:
-        return "token still valid"
+        # A re-created cluster no longer accepts it: ask the API server, not only the clock.
+        check = stack.cluster.kubectl(f"--kubeconfig={stack.vk_kubeconfig}", "auth", "can-i", "patch", "nodes/status", check=False)
+        if check.returncode == 0 and check.stdout.strip() == "yes":
+            return "token still valid"
     admin = json.loads(stack.cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
     cluster = admin["clusters"][0]["cluster"]
     token = stack.cluster.kubectl(

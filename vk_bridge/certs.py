@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -83,12 +84,19 @@ def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str, dns_names: list[st
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def cert_fits(cert_file: Path, key_file: Path, dns_names: list[str], ips: list[str], now: datetime | None = None) -> bool:
-    """True when a stored certificate is valid for a while yet and names every wanted SAN."""
+def cert_fits(
+    cert_file: Path, key_file: Path, dns_names: list[str], ips: list[str], now: datetime | None = None,
+    *, ca_file: str | Path | None = None,
+) -> bool:
+    """True when a stored certificate is valid for a while yet, names every wanted SAN, and (when
+    `ca_file` is given) was issued by that CA: a re-created cluster has a new CA, and the API
+    server would refuse the old certificate."""
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (OSError, ValueError):
+        return False
+    if ca_file is not None and not _issued_by(cert, Path(ca_file)):
         return False
     now = now or datetime.now(UTC)
     if cert.not_valid_after_utc - RENEW_BEFORE < now or cert.not_valid_before_utc > now + timedelta(minutes=5):
@@ -102,6 +110,20 @@ def cert_fits(cert_file: Path, key_file: Path, dns_names: list[str], ips: list[s
     have_dns = set(san.get_values_for_type(x509.DNSName))
     have_ips = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
     return set(d for d in dns_names if d) <= have_dns and set(i for i in ips if i) <= have_ips
+
+
+def _issued_by(cert: x509.Certificate, ca_file: Path) -> bool:
+    try:
+        cas = x509.load_pem_x509_certificates(ca_file.read_bytes())
+    except (OSError, ValueError):
+        return True  # no readable CA: nothing to check against
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
 
 
 def csr_object(name: str, csr_pem: bytes) -> dict[str, Any]:
@@ -125,12 +147,13 @@ async def obtain_serving_cert(
     ips: list[str],
     cert_dir: Path,
     timeout: float,
+    ca_file: str | None = None,
 ) -> ServingCert:
     """A serving certificate for the kubelet API from the cluster's kubelet-serving signer,
-    reusing the stored one when it still fits."""
+    reusing the stored one when it still fits (and, given the cluster CA, was issued by it)."""
     cert_dir = cert_dir.expanduser()
     cert_file, key_file = cert_dir / "kubelet-serving.crt", cert_dir / "kubelet-serving.key"
-    if cert_fits(cert_file, key_file, dns_names, ips):
+    if cert_fits(cert_file, key_file, dns_names, ips, ca_file=ca_file):
         return ServingCert(cert_file, key_file)
     key = make_key()
     csr_pem = make_csr(key, node_name, dns_names, ips)

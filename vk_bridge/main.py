@@ -95,7 +95,7 @@ async def serve(
         else:
             cert = await obtain_serving_cert(
                 kube, node_name=settings.node.name, dns_names=dns, ips=ips, cert_dir=api.cert_dir,
-                timeout=api.csr_timeout_seconds,
+                timeout=api.csr_timeout_seconds, ca_file=conn.ca_file,
             )
         ssl_ctx = server_ssl_context(cert, await client_ca_pem(kube, api.client_ca_file))
         auth = Authenticator(kube, settings.node.name, cache_seconds=api.auth_cache_seconds)

@@ -221,3 +221,10 @@ def test_a_stored_certificate_is_reused_only_when_it_fits(tmp_path: Path) -> Non
     assert not cert_fits(crt, key, ["localhost", "other-host"], ["127.0.0.1"])  # a SAN is missing
     assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], now=datetime.now(UTC) + timedelta(days=25))  # expires soon
     assert not cert_fits(tmp_path / "missing.crt", key, [], [])
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(pki.ca_pem)
+    assert cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_file=ca_file)
+    (tmp_path / "new").mkdir()
+    new_ca = tmp_path / "new" / "ca.crt"
+    new_ca.write_text(Pki(tmp_path / "new", name="recreated-cluster-ca").ca_pem)
+    assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_file=new_ca)  # the cluster was re-created
