@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -879,10 +880,10 @@ class Runtime:
         """Capacity (settings, else the engine), labels, taints and health, for ping."""
         cap = self.settings.capacity
         capacity: dict[str, str] = {}
-        cpus = cap.cpu or (str(self.engine_info["NCPU"]) if self.engine_info.get("NCPU") else None)
-        memory = cap.memory or (format_bytes(int(self.engine_info["MemTotal"])) if self.engine_info.get("MemTotal") else None)
-        if cpus:
-            capacity["cpu"] = cpus
+        cpus = cap.cpu or str(self.engine_info.get("NCPU") or os.cpu_count() or 1)
+        mem_total = int(self.engine_info.get("MemTotal") or _host_memory() or 0)
+        capacity["cpu"] = cpus
+        memory = cap.memory or (format_bytes(mem_total) if mem_total else None)
         if memory:
             capacity["memory"] = memory
         capacity["pods"] = str(cap.pods)
@@ -904,6 +905,19 @@ def _all_succeeded(st: wire.PodStatus) -> bool:
         if term is None or term.exitCode != 0:
             return False
     return True
+
+
+def _host_memory() -> int | None:
+    """MemTotal of /proc/meminfo in bytes (the engine's figure is preferred; this is for when the
+    engine cannot be reached)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _tmpfs_size(value: str) -> str:

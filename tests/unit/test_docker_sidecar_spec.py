@@ -1,0 +1,167 @@
+"""What the sidecar asks Docker for: argv, resources, users, security (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from kod import wire
+from sidecars.docker import bodies, naming, quantity
+from sidecars.docker.commands import resolve_argv
+from sidecars.docker.record import PodRecord
+from sidecars.docker.settings import DockerSidecarSettings
+from sidecars.docker.volumes import ContainerMounts
+
+SETTINGS = DockerSidecarSettings(name="t", token="x")
+IMAGE = bodies.ImageInfo(id="sha256:1", entrypoint=["/bin/echo", "ep"], cmd=["cmd"], user="")
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "argv"),
+    [
+        (None, None, ["/bin/echo", "ep", "cmd"]),
+        ([], [], ["/bin/echo", "ep", "cmd"]),
+        (None, ["a", "b"], ["/bin/echo", "ep", "a", "b"]),
+        (["sh", "-c", "x"], None, ["sh", "-c", "x"]),
+        (["sh", "-c"], ["x"], ["sh", "-c", "x"]),
+    ],
+)
+def test_command_and_args_combine_with_entrypoint_and_cmd_like_a_kubelet(command, args, argv) -> None:
+    assert resolve_argv(["/bin/echo", "ep"], ["cmd"], command, args) == argv
+
+
+def test_image_without_entrypoint_runs_its_cmd_or_the_args() -> None:
+    assert resolve_argv(None, ["sh"], None, None) == ["sh"]
+    assert resolve_argv(None, ["sh"], None, ["ls"]) == ["ls"]
+    assert resolve_argv(None, None, None, None) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("500m", 0.5), ("2", 2), ("1.5", 1.5), ("128Mi", 128 * 2**20), ("1G", 10**9), ("1e3", 1000), ("1Ki", 1024),
+     (".5", 0.5), ("100u", 0.0001), (3, 3)],
+)
+def test_quantities_parse_like_kubernetes(text, value) -> None:
+    assert float(quantity.parse(text)) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["", "1Mb", "abc", "1.2.3", "Gi", "--1"])
+def test_malformed_quantities_are_refused(bad) -> None:
+    with pytest.raises(ValueError):
+        quantity.parse(bad)
+
+
+def test_memory_is_reported_in_ki_like_the_kubelet() -> None:
+    assert quantity.format_bytes(25276502016) == "24684084Ki"
+    assert quantity.format_bytes(8 * 2**30) == "8Gi"
+    assert quantity.to_millicores("250m") == 250 and quantity.to_bytes("1.5Ki") == 1536
+
+
+def record(container: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+           resolved: list[dict[str, Any]] | None = None) -> PodRecord:
+    c = {"name": "app", "image": "img", **(container or {})}
+    s: dict[str, Any] = {"containers": [c], **(spec or {})}
+    req = wire.PodCreateRequest.model_validate(
+        {"pod": {"metadata": {"name": "web", "namespace": "ns", "uid": "u-1", "labels": {"kod.io/session": "s1"}}, "spec": s},
+         "containers": resolved or []}
+    )
+    return PodRecord.from_request(req)
+
+
+def body_of(rec: PodRecord, image: bodies.ImageInfo = IMAGE, settings: DockerSidecarSettings = SETTINGS) -> dict[str, Any]:
+    return bodies.container_body(
+        rec, rec.pod.spec.containers[0], role="main", attempt=2, infra_id="infra1", image=image,
+        mounts=ContainerMounts(), settings=settings,
+    )
+
+
+def test_container_joins_the_pods_namespaces_and_is_labelled() -> None:
+    body = body_of(record(spec={"shareProcessNamespace": True}))
+    hc = body["HostConfig"]
+    assert hc["NetworkMode"] == "container:infra1" and hc["IpcMode"] == "container:infra1"
+    assert hc["PidMode"] == "container:infra1"
+    assert "Hostname" not in body  # shared with the infra container
+    labels = body["Labels"]
+    assert labels[naming.ROLE] == "main" and labels[naming.ATTEMPT] == "2" and labels["io.kod.container.name"] == "app"
+    assert labels["io.kod.pod.uid"] == "u-1" and labels["io.kod.session"] == "s1" and labels[naming.SIDECAR] == "t"
+    assert hc["SecurityOpt"] == ["no-new-privileges:true"] and hc["RestartPolicy"] == {"Name": "no"}
+    assert hc["LogConfig"]["Type"] == "json-file"
+
+
+def test_resolved_command_args_and_env_are_used_last_duplicate_wins() -> None:
+    rec = record({"command": ["ignored"]}, resolved=[{"name": "app", "command": ["run"], "args": ["--x=$(A)"],
+                                                     "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"},
+                                                             {"name": "A", "value": "3"}]}])
+    body = body_of(rec)
+    assert body["Entrypoint"] == ["run", "--x=$(A)"] and body["Cmd"] == []
+    assert body["Env"] == ["A=3", "B=2"]
+
+
+def test_resources_map_to_cgroup_settings_like_the_kubelet() -> None:
+    rec = record({"resources": {"limits": {"memory": "64Mi", "cpu": "500m", "nvidia.com/gpu": "1"},
+                                "requests": {"memory": "32Mi", "cpu": "250m"}}})
+    hc = body_of(rec)["HostConfig"]
+    assert hc["Memory"] == hc["MemorySwap"] == 64 * 2**20
+    assert hc["MemoryReservation"] == 32 * 2**20
+    assert hc["NanoCpus"] == 500_000_000
+    assert hc["CpuShares"] == 256
+    assert hc["DeviceRequests"] == [{"Driver": "nvidia", "Count": 1, "Capabilities": [["gpu"]]}]
+    assert body_of(record())["HostConfig"]["CpuShares"] == bodies.MIN_SHARES
+    # A limit without a request: the request defaults to the limit.
+    assert body_of(record({"resources": {"limits": {"cpu": "1"}}}))["HostConfig"]["CpuShares"] == 1024
+
+
+def test_security_context_users_groups_and_capabilities() -> None:
+    rec = record(
+        {"securityContext": {"runAsUser": 1000, "capabilities": {"add": ["cap_net_bind_service"], "drop": ["ALL"]},
+                             "readOnlyRootFilesystem": True}},
+        spec={"securityContext": {"runAsGroup": 2000, "fsGroup": 3000, "supplementalGroups": [4000]}},
+    )
+    body = body_of(rec)
+    hc = body["HostConfig"]
+    assert body["User"] == "1000:2000"
+    assert hc["GroupAdd"] == ["4000", "3000"]
+    assert hc["CapAdd"] == ["NET_BIND_SERVICE"] and hc["CapDrop"] == ["ALL"]
+    assert hc["ReadonlyRootfs"] is True
+    assert body_of(record())["User"] == ""  # the image's user
+
+
+@pytest.mark.parametrize(
+    ("image_user", "sc", "message"),
+    [
+        ("", {"runAsNonRoot": True}, "image will run as root"),
+        ("kod", {"runAsNonRoot": True}, "non-numeric user (kod)"),
+        ("1000", {"runAsNonRoot": True, "runAsUser": 0}, "runAsUser breaks non-root policy"),
+    ],
+)
+def test_run_as_non_root_is_enforced_like_the_kubelet(image_user, sc, message) -> None:
+    image = bodies.ImageInfo(id="i", entrypoint=None, cmd=["sh"], user=image_user)
+    with pytest.raises(bodies.ConfigError) as info:
+        body_of(record({"securityContext": sc}), image=image)
+    assert message in info.value.message
+
+
+def test_run_as_non_root_accepts_a_numeric_non_root_user() -> None:
+    image = bodies.ImageInfo(id="i", entrypoint=None, cmd=["sh"], user="1000:1000")
+    assert body_of(record({"securityContext": {"runAsNonRoot": True}}), image=image)["User"] == ""
+
+
+def test_nothing_to_run_is_a_config_error() -> None:
+    with pytest.raises(bodies.ConfigError, match="no command"):
+        body_of(record(), image=bodies.ImageInfo(id="i", entrypoint=None, cmd=None, user=""))
+
+
+def test_infra_container_holds_hostname_aliases_and_the_record() -> None:
+    rec = record(spec={"hostname": "h1", "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a", "b"]}]})
+    created = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    body = bodies.infra_body(rec, SETTINGS, mounts=[], created=created)
+    assert body["Hostname"] == "h1"
+    assert body["HostConfig"]["ExtraHosts"] == ["a:10.0.0.1", "b:10.0.0.1"]
+    assert body["HostConfig"]["IpcMode"] == "shareable" and body["HostConfig"]["CapDrop"] == ["ALL"]
+    assert PodRecord.load(body["Labels"][naming.RECORD]) == rec
+    assert datetime.fromisoformat(body["Labels"][naming.CREATED]) == created
+    long_name = record()
+    long_name.pod.metadata.name = "x" * 70
+    assert bodies.pod_hostname(long_name.pod) == "x" * 63
