@@ -17,17 +17,19 @@ EXIT_INTERRUPTED = 130
 def run(main: Callable[[], Awaitable[T]], *, interrupted: T, notice: str | None = None) -> T:
     """Run `main()`. The first SIGINT/SIGTERM cancels it (its `finally` blocks clean up); the next
     one only says that cleanup is under way; a third abandons it. Returns `interrupted` after a
-    cancellation."""
+    cancellation (for exit codes: 128 + the signal's number, as a shell reports it)."""
 
     async def runner() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(main())
         hits = 0
+        first: list[int] = []
 
         def on_signal(signum: int) -> None:
             nonlocal hits
             hits += 1
             if hits == 1:
+                first.append(signum)
                 if notice:
                     print(f"\n{notice}", file=sys.stderr, flush=True)
                 task.cancel()
@@ -41,6 +43,8 @@ def run(main: Callable[[], Awaitable[T]], *, interrupted: T, notice: str | None 
         try:
             return await task
         except asyncio.CancelledError:
+            if isinstance(interrupted, int) and interrupted == EXIT_INTERRUPTED and first:
+                return 128 + first[0]  # type: ignore[return-value]
             return interrupted
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
