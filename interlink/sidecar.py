@@ -56,7 +56,11 @@ class SidecarClient:
     def reload_token(self) -> None:
         """Re-read the token file (on every reconnect of the watch stream, and after a 401), so a
         sidecar that created or rotated its token is picked up without restarting interlink."""
-        self._token = resolve_token(self.settings.token, self.settings.token_file)
+        try:
+            self._token = resolve_token(self.settings.token, self.settings.token_file)
+        except errors.KodError as exc:
+            # interlink's own configuration is wrong, not the caller's request: 503, not 400.
+            raise errors.Unavailable(f"no token for sidecar {self.name!r}: {exc}") from exc
         self._token_loaded = True
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -126,3 +126,18 @@ async def test_fields_interlink_does_not_model_still_reach_the_sidecar(interlink
     assert resp.status == 201
     # The sidecar got the body byte for byte, not interlink's re-serialisation of its model.
     assert fake.last_create_body is not None and b'"tolerations"' in fake.last_create_body
+
+
+async def test_a_missing_sidecar_token_file_is_503_naming_it(aiohttp_client: Any, fake: FakeSidecar, tmp_path: Any) -> None:
+    settings = interlink_settings(fake)
+    settings.sidecars[0].token = None
+    settings.sidecars[0].token_file = tmp_path / "not-yet.token"
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.post("/v1/pods", json=pod_body("web", "u1"), headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and "not-yet.token" in body["message"] and "does not exist" in body["message"]
+    # The sidecar writes its token file later: interlink picks it up without a restart.
+    (tmp_path / "not-yet.token").write_text(f"{fake.token}\n")
+    (tmp_path / "not-yet.token").chmod(0o600)
+    await wait_for(client.app[STORE].all_synced.is_set, what="the stream to come up with the new token")
+    assert (await client.post("/v1/pods", json=pod_body("web", "u1"), headers=AUTH)).status == 201
