@@ -3,14 +3,19 @@
 - The X display: a viewer in a container reaches it through the socket directory
   /tmp/.X11-unix, and needs a cookie it can use from another host name: the display's entries of
   the Xauthority file, rewritten to FamilyWild (what `xauth nlist | sed 's/^..../ffff/'` does).
-- PulseAudio: the app's sound comes back through `ssh -R <port>:<socket>`; the socket is the
-  dedicated kod socket when the desktop has one (it accepts the viewer's uid without a cookie),
-  else the session's own.
+- PulseAudio: the app's sound comes back through `ssh -R <port>:<socket>`. A viewer in a
+  container uses the dedicated kod socket (anonymous auth, in a directory only the desktop group
+  may enter, which viewers join): cloudify sets it up in the session's PulseAudio when it is not
+  there. The native viewer (ssh runs as the user) may use the session's own socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +25,6 @@ from kod import errors
 from cloudify.settings import CloudifySettings, HostEnv
 
 FAMILY_WILD = 0xFFFF
-#: Where the desktop stack puts the dedicated PulseAudio socket for viewers, relative to
-#: $XDG_RUNTIME_DIR (or /run/kod when there is none), newest convention first.
-KOD_PULSE_CANDIDATES = ("kod/pulse/native", "kod-pulse/native")
 
 
 @dataclass(frozen=True)
@@ -104,23 +106,80 @@ def xauthority_path(settings: CloudifySettings, host: HostEnv) -> Path:
     return Path(settings.xauthority or host.xauthority or host.home / ".Xauthority").expanduser()
 
 
-def pulse_socket(settings: CloudifySettings, host: HostEnv, *, dedicated_only: bool) -> Path | None:
-    """The PulseAudio socket the app's sound should go to: the setting, else the dedicated kod
-    socket, else (unless `dedicated_only`) the desktop session's own. None when there is none:
-    the session then has no sound, and says so."""
+def answers(sock: Path) -> bool:
+    """Whether a server accepts connections on the unix socket (a stale file does not)."""
+    import socket as sockets
+
+    if not sock.is_socket():
+        return False
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+def socket_group(sock: Path) -> int | None:
+    """The group a viewer must be in to reach `sock`: its directory's group when others may not
+    enter the directory; None when anyone may (or the directory is root's own group)."""
+    try:
+        st = sock.parent.stat()
+    except OSError:
+        return None
+    if st.st_mode & 0o001 or st.st_gid == 0:
+        return None
+    return st.st_gid
+
+
+def session_pulse(settings: CloudifySettings, host: HostEnv) -> Path | None:
+    """The desktop session's own PulseAudio socket ($PULSE_SERVER unix:..., else
+    $XDG_RUNTIME_DIR/pulse/native), when it answers."""
+    server = host.environ.get("PULSE_SERVER", "")
+    candidates = [Path(server.removeprefix("unix:"))] if server.startswith(("unix:", "/")) else []
+    if host.xdg_runtime_dir:
+        candidates.append(Path(host.xdg_runtime_dir) / "pulse" / "native")
+    return next((c for c in candidates if answers(c)), None)
+
+
+def kod_pulse(settings: CloudifySettings, host: HostEnv) -> Path | None:
+    """The dedicated kod socket (the setting, else <kod_pulse_dir>/native), when it answers."""
     if settings.pulse_socket:
         p = Path(settings.pulse_socket).expanduser()
-        if not p.exists():
-            raise errors.InvalidInput(f"pulse_socket {p} does not exist", hint="is PulseAudio running?")
+        if not answers(p):
+            raise errors.InvalidInput(f"pulse_socket {p}: no PulseAudio answers there", hint="is PulseAudio running?")
         return p
-    roots = [Path(host.xdg_runtime_dir)] if host.xdg_runtime_dir else []
-    roots.append(Path("/run"))
-    for root in roots:
-        for rel in KOD_PULSE_CANDIDATES:
-            if (root / rel).exists():
-                return root / rel
-    if not dedicated_only and host.xdg_runtime_dir:
-        own = Path(host.xdg_runtime_dir) / "pulse" / "native"
-        if own.exists():
-            return own
-    return None
+    p = Path(settings.kod_pulse_dir) / "native"
+    return p if answers(p) else None
+
+
+async def ensure_kod_pulse(settings: CloudifySettings, host: HostEnv) -> tuple[Path | None, str]:
+    """The kod socket viewers use: the one there is, or one set up now in the desktop session's
+    PulseAudio (`module-native-protocol-unix auth-anonymous=1` in `kod_pulse_dir`, a directory only
+    the desktop group may enter). Returns (socket or None, a note for the user)."""
+    found = kod_pulse(settings, host)
+    if found is not None:
+        return found, ""
+    own = session_pulse(settings, host)
+    pactl = shutil.which("pactl")
+    if own is None or pactl is None:
+        why = "no PulseAudio answers in this session" if own is None else "pactl is not installed (pulseaudio-utils)"
+        return None, f"no sound: {why}"
+    directory = Path(settings.kod_pulse_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            os.chown(directory, -1, settings.desktop_gid)
+        directory.chmod(0o710 if directory.stat().st_gid == settings.desktop_gid else 0o711)
+    except OSError as exc:
+        return None, f"no sound: cannot make {directory} ({exc}); ask for it to be made (or set pulse_socket)"
+    sock = directory / "native"
+    proc = await asyncio.create_subprocess_exec(
+        pactl, "-s", f"unix:{own}", "load-module", "module-native-protocol-unix", f"socket={sock}", "auth-anonymous=1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0 or not answers(sock):
+        return None, f"no sound: PulseAudio refused the kod socket: {err.decode(errors='replace').strip()}"
+    return sock, f"set up the kod sound socket {sock} in your PulseAudio (module {out.decode().strip()})"

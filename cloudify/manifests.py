@@ -327,10 +327,12 @@ def viewer_pod(
     pulse_dir: str | None,
     pulse_socket_name: str = "native",
     with_xauthority: bool,
+    groups: list[int] | None = None,
 ) -> dict[str, Any]:
     """The viewer as a pod on the user's virtual node: pinned there by name, and by a selector
     and toleration that only that node satisfies. It mounts only the X socket directory and the
-    kod PulseAudio socket's directory from the desktop: no privileges, no host network."""
+    kod PulseAudio socket's directory from the desktop: no privileges, no host network. `groups`
+    are supplementary groups (the one that may reach the sound socket)."""
     secret_dir = apps.VIEWER_SECRET_DIR
     keys = list(VIEWER_KEYS) + ([K_XAUTHORITY] if with_xauthority else [])
     items = [{"key": k, "path": k} for k in keys]
@@ -364,7 +366,7 @@ def viewer_pod(
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 2,
-            "securityContext": {"fsGroup": apps.APP_UID},
+            "securityContext": {"fsGroup": apps.APP_UID, **({"supplementalGroups": list(groups)} if groups else {})},
             "containers": [{
                 "name": "viewer",
                 "image": plan.viewer_image,

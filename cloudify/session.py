@@ -62,6 +62,8 @@ class DesktopIO:
     display: desktop.Display | None
     xauthority: bytes | None
     pulse: Path | None
+    #: The group a viewer joins to reach the PulseAudio socket (None: it needs none).
+    pulse_gid: int | None
 
     @property
     def pulse_dir(self) -> str | None:
@@ -101,7 +103,7 @@ class SessionRunner:
 
     async def _run(self) -> int:
         opts, settings = self.opts, self.settings
-        io = self._desktop_io()
+        io = await self._desktop_io()
         local = fallback.local_command(opts.app, settings) if settings.fallback else None
         creds_task = asyncio.create_task(credentials.generate(self.names.session))
         docker_task = asyncio.create_task(asyncio.to_thread(self._docker_ready)) if opts.run_mode == "docker" else None
@@ -157,29 +159,29 @@ class SessionRunner:
 
     # ------------------------------------------------------------------ prepare
 
-    def _desktop_io(self) -> DesktopIO:
-        """Check the desktop side before anything else (no network, nothing created)."""
+    async def _desktop_io(self) -> DesktopIO:
+        """Check the desktop side before anything else (no cluster object is created)."""
         opts, settings, host = self.opts, self.settings, self.ctx.host
         if opts.run_mode == "native":
             from cloudify.viewers.native import NativeViewer
 
             NativeViewer.check_tools(settings.ssh, settings.vncviewer, opts.protocol)
-            pulse = desktop.pulse_socket(settings, host, dedicated_only=False)
+            # ssh runs as the user: the session's own socket accepts it as well as the kod one.
+            pulse = desktop.kod_pulse(settings, host) or desktop.session_pulse(settings, host)
             if pulse is None:
-                self.tl.say("  ! no PulseAudio socket found: the session will have no sound")
-            return DesktopIO(display=None, xauthority=None, pulse=pulse)
+                self.tl.say("  ! no PulseAudio answers in this session: the app will have no sound")
+            return DesktopIO(display=None, xauthority=None, pulse=pulse, pulse_gid=None)
         display = desktop.parse_display(settings.display or host.display)
         if not display.socket.exists():
             raise errors.InvalidInput(
                 f"display {display.name}: no X socket at {display.socket}", hint="is the X server running?"
             )
         cookie = desktop.wild_cookie(desktop.xauthority_path(settings, host), display)
-        pulse = desktop.pulse_socket(settings, host, dedicated_only=True)
-        if pulse is None:
-            self.tl.say(
-                "  ! no kod PulseAudio socket (the desktop stack makes one): the session will have no sound"
-            )
-        return DesktopIO(display=display, xauthority=cookie, pulse=pulse)
+        pulse, note = await desktop.ensure_kod_pulse(settings, host)
+        if note:
+            self.tl.say(f"  {'! ' if pulse is None else ''}{note}")
+        gid = desktop.socket_group(pulse) if pulse else None
+        return DesktopIO(display=display, xauthority=cookie, pulse=pulse, pulse_gid=gid)
 
     def _docker_ready(self) -> None:
         from cloudify.viewers.docker import docker_client
@@ -300,7 +302,7 @@ class SessionRunner:
             return PodViewer(
                 self.kube, plan, self.pods, owner=self.cluster.owner, node=pre.virtual_node.name,
                 display=io.display.local_name, pulse_dir=io.pulse_dir, pulse_socket_name=io.pulse_name,
-                with_xauthority=io.xauthority is not None,
+                with_xauthority=io.xauthority is not None, groups=[io.pulse_gid] if io.pulse_gid else [],
             )
         if mode == "docker":
             from cloudify.viewers.docker import DockerViewer
@@ -309,6 +311,7 @@ class SessionRunner:
             return DockerViewer(
                 self.docker, plan, display=io.display.local_name, pulse_dir=io.pulse_dir,
                 pulse_socket_name=io.pulse_name, xauthority=io.xauthority,
+                groups=[io.pulse_gid] if io.pulse_gid else [],
                 on_container=lambda name: self._remember(container=name),
             )
         from cloudify.viewers.native import NativeViewer

@@ -77,7 +77,9 @@ class CloudifySettings(BaseModel):
     # --- The desktop ---
     display: str | None = Field(default=None, description="X display of the viewer; default $DISPLAY.")
     xauthority: str | None = Field(default=None, description="X authority file; default $XAUTHORITY or ~/.Xauthority.")
-    pulse_socket: str | None = Field(default=None, description="PulseAudio socket the app's sound goes to; default the kod socket when present, else your session's.")
+    pulse_socket: str | None = Field(default=None, description="PulseAudio socket the app's sound goes to; default <kod_pulse_dir>/native, set up in your PulseAudio when missing.")
+    kod_pulse_dir: str = Field(default="/run/kod/pulse", description="Directory of the kod sound socket; the Docker sidecar must allow it as a host path (it does by default).")
+    desktop_gid: int = Field(default=4713, ge=1, description="Group that may reach the kod sound socket; viewers join it.")
     docker_url: str | None = Field(default=None, description="Docker engine for -r docker; default the local one (DOCKER_HOST or /var/run/docker.sock).")
     vncviewer: str = Field(default="vncviewer", description="VNC viewer for -r native.")
     ssh: str = Field(default="ssh", description="ssh client for -r native.")

@@ -87,10 +87,12 @@ class DockerViewer:
         pulse_dir: str | None,
         pulse_socket_name: str,
         xauthority: bytes | None,
+        groups: list[int] | None = None,
         on_container: Any = None,
     ) -> None:
         self.client, self.plan, self.display = client, plan, display
         self.pulse_dir, self.pulse_socket_name, self.xauthority = pulse_dir, pulse_socket_name, xauthority
+        self.groups = list(groups or [])
         self._container: Any = None
         self._on_container = on_container
         self._exit: asyncio.Future[int] | None = None
@@ -129,6 +131,7 @@ class DockerViewer:
                 f"{labels.DOCKER_PREFIX}.app": names.app.name,
                 f"{labels.DOCKER_PREFIX}.user": names.user,
             },
+            "group_add": [str(g) for g in self.groups],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "detach": True,

@@ -31,10 +31,12 @@ class PodViewer:
         pulse_dir: str | None,
         pulse_socket_name: str,
         with_xauthority: bool,
+        groups: list[int],
     ) -> None:
         self.kube, self.plan, self.pods, self.owner = kube, plan, pods, owner
         self.node, self.display = node, display
         self.pulse_dir, self.pulse_socket_name, self.with_xauthority = pulse_dir, pulse_socket_name, with_xauthority
+        self.groups = groups
         self._created = False
 
     @property
@@ -44,7 +46,7 @@ class PodViewer:
     def manifest(self, target: Target) -> dict[str, Any]:
         return manifests.viewer_pod(
             self.plan, self.owner, target, node=self.node, display=self.display, pulse_dir=self.pulse_dir,
-            pulse_socket_name=self.pulse_socket_name, with_xauthority=self.with_xauthority,
+            pulse_socket_name=self.pulse_socket_name, with_xauthority=self.with_xauthority, groups=self.groups,
         )
 
     async def start(self, target: Target) -> None:
