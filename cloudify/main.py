@@ -142,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cloudify: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug: say so plainly (the session cleaned up in its finally)
+        if args.log_level == "debug":
+            raise
+        return report(errors.Internal(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug; run again with --log-level debug for the details, and `cloudify gc` if anything was left",
+        ))
 
 
 if __name__ == "__main__":

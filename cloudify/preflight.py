@@ -41,19 +41,21 @@ class NodeView:
 
     @classmethod
     def of(cls, node: dict[str, Any]) -> NodeView:
-        status, spec = node.get("status", {}), node.get("spec", {})
-        conditions = {c.get("type"): c.get("status") for c in status.get("conditions", [])}
-        images = frozenset(name for img in status.get("images", []) for name in img.get("names", []))
+        # Any of these may be absent or null, depending on who wrote the node (a virtual kubelet).
+        status, spec = node.get("status") or {}, node.get("spec") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        images = frozenset(name for img in status.get("images") or [] for name in img.get("names") or [])
+        endpoints = (status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}
         return cls(
             name=node["metadata"]["name"],
-            labels=node["metadata"].get("labels", {}),
+            labels=node["metadata"].get("labels") or {},
             ready=conditions.get("Ready") == "True",
-            schedulable=not spec.get("unschedulable", False),
-            taints=spec.get("taints", []),
-            addresses=[(a.get("type", ""), a.get("address", "")) for a in status.get("addresses", [])],
+            schedulable=not spec.get("unschedulable"),
+            taints=spec.get("taints") or [],
+            addresses=[(a.get("type", ""), a.get("address", "")) for a in status.get("addresses") or []],
             images=images,
-            kubelet_port=status.get("daemonEndpoints", {}).get("kubeletEndpoint", {}).get("Port"),
-            allocatable=status.get("allocatable", {}),
+            kubelet_port=endpoints.get("Port"),
+            allocatable=status.get("allocatable") or {},
         )
 
     @property

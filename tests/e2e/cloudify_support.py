@@ -1,0 +1,248 @@
+"""Helpers of cloudify's end-to-end tests: the images, the environment the CLI runs in, a running
+`cloudify` process, and what is left of a session in the cluster and in Docker.
+
+The CLI runs as a real subprocess (`.venv/bin/cloudify`), against the test cluster, the test
+desktop (Xvfb with a cookie, PulseAudio with a null sink) and the real virtual node; each test has
+its own namespace, so what a test finds left over is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kod import labels
+
+REPO = Path(__file__).resolve().parents[2]
+CLOUDIFY = [sys.executable, "-m", "cloudify.main"]
+APP_IMAGES = ("kod/firefox:0.1.0", "kod/viewer:0.1.0")
+#: The viewer window's title: the VNC desktop name (the app) and the viewer's name.
+FIREFOX_WINDOW = r"^firefox - TigerVNC"
+
+
+def ensure_images(cluster: Any) -> None:
+    """The app and viewer images, built (by the images' own builder) and in the cluster."""
+    try:
+        from localenv import images  # type: ignore[attr-defined]
+    except ImportError:
+        images = None
+    missing = [ref for ref in APP_IMAGES if subprocess.run(
+        ["/usr/bin/docker", "image", "inspect", ref], capture_output=True, check=False).returncode != 0]
+    if missing:
+        if images is None:
+            pytest.fail(f"images {missing} are not built and localenv.images does not exist to build them")
+        images.build_all()
+    cluster.import_images(list(APP_IMAGES))
+
+
+@dataclass
+class Cloudify:
+    """How the tests run `cloudify`: its environment, and the places it writes to."""
+
+    env: dict[str, str]
+    namespace: str
+    user: str
+    state_dir: Path
+    kubectl: Any
+    pulse_dir: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def run(self, *args: str, timeout: float = 120, check: bool = False, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a cloudify command to its end."""
+        out = subprocess.run([*CLOUDIFY, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                             timeout=timeout, check=False, input=stdin, cwd=REPO)
+        if check and out.returncode != 0:
+            raise AssertionError(f"cloudify {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Session:
+        """Start `cloudify ARGS` in the background (a session)."""
+        log = self.state_dir.parent / f"cloudify-{uuid.uuid4().hex[:6]}"
+        out, err = open(f"{log}.out", "w+"), open(f"{log}.err", "w+")
+        proc = subprocess.Popen([*CLOUDIFY, *args], env={**self.env, **(env or {})}, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, text=True, cwd=REPO)
+        self.procs.append(proc)
+        return Session(proc, Path(f"{log}.out"), Path(f"{log}.err"))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return json.loads(self.run("sessions", "--json", check=True).stdout)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What of cloudify's sessions is in the namespace (all but PVCs), and cloudify's or the
+        sidecar's containers of this namespace in Docker."""
+        found: dict[str, list[str]] = {}
+        for kind in ("jobs", "pods", "services", "secrets"):
+            items = self.kubectl_json("get", kind, "-n", self.namespace, "-l", labels.SESSION)["items"]
+            if items:
+                found[kind] = [i["metadata"]["name"] for i in items]
+        # The sidecar's containers of this namespace's pods, and cloudify's own viewers (-r docker).
+        containers = docker_containers(f"{labels.D_POD_NAMESPACE}={self.namespace}")
+        containers += docker_containers(f"{labels.D_MANAGED_BY}=cloudify")
+        if containers:
+            found["containers"] = containers
+        return found
+
+    def pvcs(self) -> list[str]:
+        return [i["metadata"]["name"] for i in self.kubectl_json("get", "pvc", "-n", self.namespace)["items"]]
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def app_pod(self, session: str | None = None) -> str:
+        """Name of the (only, or the session's) app pod in the namespace."""
+        sel = f"{labels.ROLE}=app" + (f",{labels.SESSION}={session}" if session else "")
+        items = self.kubectl_json("get", "pods", "-n", self.namespace, "-l", sel)["items"]
+        assert len(items) == 1, [i["metadata"]["name"] for i in items]
+        return str(items[0]["metadata"]["name"])
+
+    def exec_app(self, pod: str, script: str) -> str:
+        return str(self.kubectl("exec", "-n", self.namespace, pod, "-c", "app", "--", "sh", "-c", script).stdout)
+
+    def stop_all(self) -> None:
+        """End what a failed test left running (Ctrl-C: cloudify cleans up as a user's would)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.run("gc", timeout=120)
+
+
+def docker_containers(label: str) -> list[str]:
+    out = subprocess.run(["/usr/bin/docker", "ps", "-a", "--filter", f"label={label}", "--format", "{{.Names}}"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.split()
+
+
+@dataclass
+class Session:
+    """A running `cloudify` process."""
+
+    proc: subprocess.Popen[str]
+    out_path: Path
+    err_path: Path
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    @property
+    def session_id(self) -> str:
+        for line in self.stderr.splitlines():
+            if "(session " in line:
+                return line.split("(session ", 1)[1].split(",")[0].split(")")[0]
+        raise AssertionError(f"no session id in cloudify's output:\n{self.stderr}")
+
+    def wait_line(self, text: str, timeout: float = 90) -> str:
+        """Wait until cloudify printed a line containing `text` (stdout or stderr)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in (self.stdout + self.stderr).splitlines():
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cloudify ended ({self.proc.returncode}) before printing {text!r}:\n{self.stderr}")
+            time.sleep(0.1)
+        raise AssertionError(f"cloudify did not print {text!r} within {timeout} s:\n{self.stderr}")
+
+    def wait(self, timeout: float = 90) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"cloudify did not end within {timeout} s:\n{self.stderr}") from None
+
+
+def xdotool(desktop: Any, *args: str) -> str:
+    return subprocess.run([shutil.which("xdotool") or "xdotool", *args], env=desktop.env(), capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+
+
+def keys(desktop: Any, window: int, *combos: str, pause: float = 0.4) -> None:
+    """Type key combinations into a window of the desktop, as the user would."""
+    xdotool(desktop, "windowfocus", "--sync", str(window))
+    for combo in combos:
+        xdotool(desktop, "key", "--clearmodifiers", combo)
+        time.sleep(pause)
+
+
+def type_text(desktop: Any, window: int, text: str) -> None:
+    xdotool(desktop, "windowfocus", "--sync", str(window))
+    xdotool(desktop, "type", "--delay", "40", text)
+
+
+def firefox_drawn(img: Any) -> bool:
+    """Firefox's window is drawn: its toolbar and page give hundreds of colours (an empty VNC
+    desktop, or a window not painted yet, has a handful)."""
+    return bool(img.width > 200 and img.distinct_colours() > 150)
+
+
+def wait_gone(cloudify: Cloudify, timeout: float = 60) -> dict[str, list[str]]:
+    """Wait until nothing of the namespace's sessions is left; what is left at the timeout."""
+    deadline = time.monotonic() + timeout
+    left = cloudify.leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = cloudify.leftovers()
+    return left
+
+
+@pytest.fixture(scope="session")
+def cloudify_images(cluster: Any, docker_engine: Any) -> tuple[str, ...]:
+    ensure_images(cluster)
+    return APP_IMAGES
+
+
+@pytest.fixture
+def cloudify(cluster: Any, virtual_node: Any, desktop: Any, cloudify_images: Any, kube_namespace: str,
+             tmp_path: Path) -> Iterator[Cloudify]:
+    """cloudify's environment for one test: this test's namespace, the test desktop, the virtual
+    node's user, private config/state directories and a kod sound socket directory of its own
+    (under /run/kod/pulse, which the Docker sidecar allows)."""
+    node = virtual_node.node()
+    user = node["metadata"]["labels"][labels.DESKTOP_OF]
+    state = tmp_path / "state"
+    pulse_dir = Path("/run/kod/pulse") / f"test-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in desktop.env().items() if not k.startswith("KOD_CLOUDIFY_")}
+    env.pop("PULSE_SERVER", None)  # cloudify finds the session's PulseAudio through XDG_RUNTIME_DIR
+    env.update({
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "XDG_RUNTIME_DIR": str(desktop.runtime_dir),
+        "XDG_STATE_HOME": str(state),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "KOD_CLOUDIFY_NAMESPACE": kube_namespace,
+        "KOD_CLOUDIFY_USER": user,
+        "KOD_CLOUDIFY_KOD_PULSE_DIR": str(pulse_dir),
+        "KOD_CLOUDIFY_DESKTOP_GID": str(desktop.group),
+        "KOD_CLOUDIFY_BROWSER": "true",  # the tests open noVNC URLs themselves
+        "PYTHONPATH": str(REPO),
+    })
+    c = Cloudify(env=env, namespace=kube_namespace, user=user, state_dir=state, kubectl=cluster.kubectl,
+                 pulse_dir=pulse_dir)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        for pvc in c.pvcs():
+            cluster.kubectl("delete", "pvc", "-n", kube_namespace, pvc, "--wait=false", check=False)
+        shutil.rmtree(pulse_dir, ignore_errors=True)
+        for name in docker_containers(f"{labels.D_MANAGED_BY}=cloudify"):
+            subprocess.run(["/usr/bin/docker", "rm", "-f", name], capture_output=True, check=False)

@@ -1,0 +1,60 @@
+"""The other run modes: the viewer in local Docker (-r docker), the desktop's own vncviewer and ssh
+(-r native), and noVNC in a browser (-p novnc)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import Any
+
+import pytest
+
+from tests.e2e.cloudify_support import (  # noqa: F401 - fixtures
+    FIREFOX_WINDOW,
+    Cloudify,
+    cloudify,
+    cloudify_images,
+    docker_containers,
+    firefox_drawn,
+    keys,
+    wait_gone,
+)
+from tests.e2e.test_cloudify_session import close_firefox, see_firefox
+
+pytestmark = pytest.mark.e2e
+
+
+def test_docker_run_mode(cloudify: Cloudify, desktop: Any) -> None:
+    session, window = see_firefox(cloudify, desktop, "docker-mode", "-r", "docker")
+    assert docker_containers(f"io.kod.session={session.session_id}") == [f"kod-firefox-{session.session_id}-viewer"]
+    # No viewer pod: the virtual node is not involved.
+    assert cloudify.kubectl_json("get", "pods", "-n", cloudify.namespace, "-l", "kod.io/role=viewer")["items"] == []
+    assert close_firefox(desktop, window, session) == 0, session.stderr
+    assert wait_gone(cloudify, timeout=30) == {}
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["clear", "secure"])
+def test_native_run_mode(cloudify: Cloudify, desktop: Any, secure: bool) -> None:
+    args = ["-r", "native"] + (["-s"] if secure else [])
+    session, window = see_firefox(cloudify, desktop, f"native-{'secure' if secure else 'clear'}", *args)
+    assert close_firefox(desktop, window, session) == 0, session.stderr
+    assert wait_gone(cloudify, timeout=30) == {}
+    assert not list(cloudify.state_dir.rglob("*.json"))
+
+
+def test_novnc_url_works_in_a_browser(cloudify: Cloudify, desktop: Any) -> None:
+    session = cloudify.start("-p", "novnc", "firefox")
+    line = session.wait_line("noVNC: open http", timeout=120)
+    url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+    assert "#" in url and "password=" in url.split("#", 1)[1], "the password must stay in the URL's fragment"
+    session.wait_line("is running", timeout=60)
+    img, _ = desktop.browser_screenshot(
+        url, "cloudify-novnc",
+        ready_js="(() => { const c = document.querySelector('#noVNC_container canvas'); return c && c.width > 200; })()",
+        timeout=90,
+    )
+    # The canvas shows Firefox: give it the time to draw, judged on the picture itself.
+    assert firefox_drawn(img), "noVNC shows no Firefox"
+    session.proc.send_signal(signal.SIGINT)
+    assert session.wait(timeout=90) == 130
+    assert wait_gone(cloudify, timeout=30) == {}
