@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,7 +57,7 @@ def main() -> None:
         rows[name] = round(rss_mib(pid), 1)
     shim_pids = shims(paths.containerd_socket)
     shim_rss = [rss_mib(p) for p in shim_pids]
-    result = {
+    result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rss_mib": rows,
         "control_plane_total_mib": round(sum(rows[n] for n in CONTROL_PLANE), 1),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -51,10 +52,6 @@ DAEMON_NAMES = (
 def docker_state_dir(paths: Paths) -> Path:
     """PID file and log of a dockerd started by localenv (outside the cluster's state)."""
     return paths.data_dir / "docker"
-
-
-def make_context(settings: LocalEnvSettings) -> Context:
-    return Context(settings=settings, paths=paths_for(settings), node_ip=host.node_ip())
 
 
 def _say(outcome: procs.Outcome, pid: int) -> str:
@@ -140,7 +137,9 @@ def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
     return ctx
 
 
-def kubectl(ctx: Context, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> Any:
+def kubectl(ctx: Context, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """kubectl with the admin kubeconfig."""
     return run([ctx.paths.kubectl, f"--kubeconfig={ctx.paths.admin_kubeconfig}", *args],
                input=input, check=check, timeout=timeout)
 

@@ -32,6 +32,9 @@ GOBUILD_DIR = Path(__file__).resolve().parent / "gobuild"
 #: The minimum Go the pinned releases need (go.mod's `go` lines).
 MIN_GO = (1, 25)
 
+#: Static binaries (no cgo, as upstream releases them), reproducible paths, go.sum as it is.
+BUILD_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false -trimpath"}
+
 K8S_COMMANDS = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl",
 )
@@ -52,7 +55,7 @@ class Build:
         h = hashlib.sha256()
         for f in ("go.mod", "go.sum"):
             h.update((self.module_dir / f).read_bytes())
-        h.update(json.dumps([sorted(self.packages.items()), self.ldflags]).encode())
+        h.update(json.dumps([sorted(self.packages.items()), self.ldflags, sorted(BUILD_ENV.items())]).encode())
         return h.hexdigest()
 
     @property
@@ -130,7 +133,7 @@ def _run_build(build: Build, go: Path, step: Step | None, log: Path) -> None:
     tmp_out = build.out_dir.with_name(build.out_dir.name + ".partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false -trimpath"}
+    env = {**os.environ, **BUILD_ENV}
     argv = [str(go), "build", "-v", "-ldflags", build.ldflags, "-o", str(tmp_out) + "/", *build.packages.values()]
     log.parent.mkdir(parents=True, exist_ok=True)
     compiled = 0

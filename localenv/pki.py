@@ -121,12 +121,9 @@ def issue(
     if not ca_key.exists():
         raise errors.NotFound(f"CA {ca_cert} does not exist", hint="run `python -m localenv up` first")
     cert, key, meta = pki_dir / f"{name}.crt", pki_dir / f"{name}.key", pki_dir / f"{name}.json"
-    spec = {
-        "subject": _subject(common_name, organizations),
-        "sans": sorted(set(sans)),
-        "usages": sorted(set(usages)),
-        "ca": ca_cert.read_text(),
-    }
+    subject = _subject(common_name, organizations)
+    names, uses = sorted(set(sans)), sorted(set(usages))
+    spec = {"subject": subject, "sans": names, "usages": uses, "ca": ca_cert.read_text()}
     try:
         old = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -140,14 +137,14 @@ def issue(
     ext = [
         "basicConstraints=critical,CA:FALSE",
         "keyUsage=critical,digitalSignature,keyEncipherment",
-        "extendedKeyUsage=" + ",".join({"client": "clientAuth", "server": "serverAuth"}[u] for u in spec["usages"]),
+        "extendedKeyUsage=" + ",".join({"client": "clientAuth", "server": "serverAuth"}[u] for u in uses),
     ]
-    if spec["sans"]:
-        ext.append("subjectAltName=" + _san(spec["sans"]))
+    if names:
+        ext.append("subjectAltName=" + _san(names))
     with tempfile.TemporaryDirectory(dir=pki_dir) as tmp:
         csr, extfile = Path(tmp) / "req.csr", Path(tmp) / "ext.cnf"
         extfile.write_text("\n".join(ext) + "\n")
-        run([_openssl(), "req", "-new", "-key", key, "-subj", spec["subject"], "-out", csr])
+        run([_openssl(), "req", "-new", "-key", key, "-subj", subject, "-out", csr])
         run([
             _openssl(), "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
             "-set_serial", "0x" + secrets.token_hex(16), "-days", str(days), "-sha256",

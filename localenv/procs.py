@@ -161,6 +161,11 @@ def start(daemon: Daemon) -> int:
     `errors.Unavailable` with the end of its log when it exits or does not become ready in time."""
     for port in daemon.ports:
         holder = port_holder(port)
+        for _ in range(30):  # a process that just exited may take a moment to release it
+            if not holder:
+                break
+            time.sleep(0.1)
+            holder = port_holder(port)
         if holder:
             raise errors.Conflict(
                 f"{daemon.name} needs TCP port {port}, which is in use by {holder}",
@@ -242,20 +247,27 @@ def stop_pid(pid: int, argv: tuple[str, ...], *, timeout: float = 20.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pid)
-        if _cmdline(pid) != argv:
+        if _gone(pid, argv):
             return True
         time.sleep(0.1)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return True
-    for _ in range(50):
-        _reap(pid)
-        if _cmdline(pid) != argv:
+    for _ in range(100):
+        if _gone(pid, argv):
             break
         time.sleep(0.1)
     return True
+
+
+def _gone(pid: int, argv: tuple[str, ...]) -> bool:
+    """True once the process has exited completely. An exiting process shows an empty command
+    line (its memory is released) while it still holds its files and listening sockets: that is
+    not gone yet, or a restart would find its ports taken."""
+    _reap(pid)
+    now = _cmdline(pid)
+    return now is None or (now != argv and now != ())
 
 
 def stop(daemon: Daemon) -> int | None:

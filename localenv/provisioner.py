@@ -156,7 +156,8 @@ class Provisioner:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, DIR_MODE)
         try:
-            self.api.create_persistent_volume(pv)
+            # The client sends a dict as it is (the PV is built as data).
+            self.api.create_persistent_volume(pv)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:
                 raise

@@ -28,16 +28,16 @@ class Ports(BaseModel):
     """TCP ports of the cluster's daemons. All but the API server's and the kubelet's listen on
     127.0.0.1 only."""
 
-    apiserver: int = Field(6443, description="kube-apiserver (all addresses: pods and the desktop reach it)")
-    etcd_client: int = Field(2379, description="etcd clients (127.0.0.1)")
-    etcd_peer: int = Field(2380, description="etcd peers (127.0.0.1; one member)")
-    etcd_metrics: int = Field(2381, description="etcd /health and /metrics over plain HTTP (127.0.0.1)")
-    controller_manager: int = Field(10257, description="kube-controller-manager /healthz (127.0.0.1)")
-    scheduler: int = Field(10259, description="kube-scheduler /healthz (127.0.0.1)")
-    kubelet: int = Field(10250, description="the real node's kubelet API (all addresses)")
-    kubelet_healthz: int = Field(10248, description="kubelet /healthz (127.0.0.1)")
-    kube_proxy_healthz: int = Field(10256, description="kube-proxy /livez (127.0.0.1)")
-    kube_proxy_metrics: int = Field(10249, description="kube-proxy /metrics (127.0.0.1)")
+    apiserver: int = Field(default=6443, description="kube-apiserver (all addresses: pods and the desktop reach it)")
+    etcd_client: int = Field(default=2379, description="etcd clients (127.0.0.1)")
+    etcd_peer: int = Field(default=2380, description="etcd peers (127.0.0.1; one member)")
+    etcd_metrics: int = Field(default=2381, description="etcd /health and /metrics over plain HTTP (127.0.0.1)")
+    controller_manager: int = Field(default=10257, description="kube-controller-manager /healthz (127.0.0.1)")
+    scheduler: int = Field(default=10259, description="kube-scheduler /healthz (127.0.0.1)")
+    kubelet: int = Field(default=10250, description="the real node's kubelet API (all addresses)")
+    kubelet_healthz: int = Field(default=10248, description="kubelet /healthz (127.0.0.1)")
+    kube_proxy_healthz: int = Field(default=10256, description="kube-proxy /livez (127.0.0.1)")
+    kube_proxy_metrics: int = Field(default=10249, description="kube-proxy /metrics (127.0.0.1)")
 
 
 class LocalEnvSettings(BaseModel):
@@ -51,21 +51,21 @@ class LocalEnvSettings(BaseModel):
         default_factory=lambda: Path.home() / ".cache/kod",
         description="Build caches (Kubernetes and etcd binaries, the base image's rootfs tarball)",
     )
-    kubernetes_version: str = Field(KUBERNETES_VERSION, description="Kubernetes release to build")
-    etcd_version: str = Field(ETCD_VERSION, description="etcd release to build")
+    kubernetes_version: str = Field(default=KUBERNETES_VERSION, description="Kubernetes release to build")
+    etcd_version: str = Field(default=ETCD_VERSION, description="etcd release to build")
     node_name: str = Field(
-        "kod-worker",
+        default="kod-worker",
         description="Name of the cluster's one real node (deliberately not the hostname: the "
         "desktop's virtual node takes a hostname-derived name)",
     )
-    cluster_cidr: str = Field("10.244.0.0/16", description="Pod addresses of the whole cluster")
-    node_cidr_mask: int = Field(24, description="Prefix length of each node's share of cluster_cidr")
-    service_cidr: str = Field("10.96.0.0/16", description="ClusterIP range of Services")
-    node_port_range: str = Field("30000-32767", description="NodePort range")
-    cni_bridge: str = Field("kod0", description="Linux bridge the pods of the real node attach to")
-    storage_class: str = Field("kod-hostpath", description="The default StorageClass (dynamic hostPath)")
-    ports: Ports = Field(default_factory=Ports)
-    ready_timeout: float = Field(120.0, description="Seconds to wait for each daemon to become ready")
+    cluster_cidr: str = Field(default="10.244.0.0/16", description="Pod addresses of the whole cluster")
+    node_cidr_mask: int = Field(default=24, description="Prefix length of each node's share of cluster_cidr")
+    service_cidr: str = Field(default="10.96.0.0/16", description="ClusterIP range of Services")
+    node_port_range: str = Field(default="30000-32767", description="NodePort range")
+    cni_bridge: str = Field(default="kod0", description="Linux bridge the pods of the real node attach to")
+    storage_class: str = Field(default="kod-hostpath", description="The default StorageClass (dynamic hostPath)")
+    ports: Ports = Field(default_factory=lambda: Ports(), description="TCP ports of the daemons")
+    ready_timeout: float = Field(default=120.0, description="Seconds to wait for each daemon to become ready")
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: object) -> LocalEnvSettings:
