@@ -23,7 +23,7 @@ def test_the_stack_uses_the_project_images(compose: dict[str, Any]) -> None:
     assert images == {
         "docker-sidecar": image_ref("docker-sidecar"),
         "interlink": image_ref("interlink"),
-        "vk": image_ref("vk-bridge"),
+        "vk": image_ref("vk"),
     }
 
 
