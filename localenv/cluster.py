@@ -178,19 +178,26 @@ def import_images(refs: Iterable[str], *, settings: LocalEnvSettings | None = No
 
 
 def _stop_pods(ctx: Context) -> int:
-    """Kill the containers of the cluster's containerd (they would outlive it in their shims)."""
+    """Kill the containers of the cluster's containerd (they would outlive it in their shims):
+    SIGKILL every task, wait (at most 15 s) until all are stopped, then delete them."""
     if not ctx.paths.containerd_socket.exists() or procs.running_pid(ctx.paths.run_dir / "containerd.pid") is None:
         return 0
     base = containerd.ctr(ctx)
-    tasks = run([*base, "tasks", "ls", "-q"], check=False, timeout=30).stdout.split()
-    for t in tasks:
-        run([*base, "tasks", "kill", "-s", "SIGKILL", t], check=False, timeout=30)
-    for t in tasks:
-        for _ in range(50):
-            if run([*base, "tasks", "delete", t], check=False, timeout=30).returncode == 0:
-                break
-            time.sleep(0.1)
-    return len(tasks)
+
+    def tasks() -> dict[str, str]:
+        lines = run([*base, "tasks", "ls"], check=False, timeout=30).stdout.splitlines()[1:]
+        return {cols[0]: cols[-1] for cols in (ln.split() for ln in lines) if len(cols) >= 3}
+
+    found = tasks()
+    for t, state in found.items():
+        if state != "STOPPED":
+            run([*base, "tasks", "kill", "-s", "SIGKILL", t], check=False, timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(s != "STOPPED" for s in tasks().values()):
+        time.sleep(0.2)
+    for t in found:
+        run([*base, "tasks", "delete", t], check=False, timeout=30)
+    return len(found)
 
 
 def down(settings: LocalEnvSettings | None = None, progress: Progress | None = None, *, wipe_state: bool = False,
