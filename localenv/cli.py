@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from types import ModuleType
 
@@ -31,7 +32,9 @@ def _optional(module: str) -> ModuleType | None:
 
 
 def cmd_up(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
-    cluster.up(s, progress)
+    env = os.environ
+    target = cluster.up_or_reuse(s, progress, kubeconfig=env.get("KUBECONFIG"), node_name=env.get("KOD_TEST_NODE"),
+                                 image_loader=env.get("KOD_IMAGE_LOADER"))
     if args.demo:
         for module in ("localenv.images", "localenv.desktop_stack"):
             if _optional(module) is None:
@@ -41,7 +44,7 @@ def cmd_up(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) ->
         stack = _optional("localenv.desktop_stack")
         assert images is not None and stack is not None
         images.build_all(progress=progress)
-        stack.up(progress=progress)
+        stack.up(progress=progress, cluster=target)
     return 0
 
 
@@ -96,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("up", help="install, build and start what is missing (a second run starts nothing)")
+    p = sub.add_parser(
+        "up", help="install, build and start what is missing (a second run starts nothing); when KUBECONFIG "
+        "names another reachable cluster, use it instead of starting the local one",
+    )
     p.add_argument("--demo", action="store_true",
                    help="also build the project's images and start the desktop stack (for `make demo`)")
     p.set_defaults(func=cmd_up)

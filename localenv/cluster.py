@@ -26,12 +26,13 @@ from typing import Any
 
 from kod import errors
 from localenv import (
-    base_image, cluster_images, docker_engine, gobuild, host, images_import, packages, procs, wipe,
+    base_image, cluster_images, docker_engine, gobuild, handle, host, images_import, packages, procs, wipe,
 )
 from localenv.k8s import (
     addons, apiserver, certs, cni, containerd, controller_manager, etcd, kube_proxy, kubelet, scheduler,
     storage,
 )
+from localenv.handle import ClusterHandle
 from localenv.k8s.context import Context
 from localenv.paths import Paths, paths_for
 from localenv.progress import Progress
@@ -84,7 +85,31 @@ def up(settings: LocalEnvSettings | None = None, progress: Progress | None = Non
         return _up(settings, progress)
 
 
-def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
+def up_or_reuse(settings: LocalEnvSettings | None = None, progress: Progress | None = None, *,
+                kubeconfig: str | None = None, node_name: str | None = None,
+                image_loader: str | None = None) -> ClusterHandle:
+    """What `python -m localenv up` does: prepare the host (packages, Docker, base image, builds),
+    then use the cluster `kubeconfig` names (the caller passes $KUBECONFIG) when it is another,
+    reachable cluster, else bring the local one up. Returns a handle on the cluster to use."""
+    settings = settings or load()
+    progress = progress or Progress()
+    paths = paths_for(settings)
+    if kubeconfig and Path(kubeconfig).expanduser().resolve() != paths.admin_kubeconfig.resolve():
+        with exclusive(paths, progress):
+            _prepare_host(settings, progress)
+        with progress.step(f"the cluster of KUBECONFIG={kubeconfig}") as step:
+            reused = handle.from_kubeconfig(Path(kubeconfig).expanduser(), paths.kubectl, node_name=node_name,
+                                            image_loader=image_loader)
+            if reused is not None:
+                step.done(f"reachable: using it (node {reused.node_name}); the local cluster is not started")
+                return reused
+            step.done("not reachable: setting up the local cluster instead")
+    up(settings, progress)
+    return handle.local(settings)
+
+
+def _prepare_host(settings: LocalEnvSettings, progress: Progress) -> None:
+    """Packages, the Docker engine, the base image and the Go builds (and the kubectl link)."""
     paths = paths_for(settings)
     with progress.step("Debian packages") as step:
         wanted = packages.all_packages()
@@ -99,6 +124,10 @@ def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
             step.done(gobuild.ensure(build, paths.logs_dir, step))
     gobuild.link_kubectl(paths)
 
+
+def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
+    paths = paths_for(settings)
+    _prepare_host(settings, progress)
     ctx = Context(settings=settings, paths=paths, node_ip=host.node_ip())
     with progress.step("host kernel settings") as step:
         changed = host.prepare()
