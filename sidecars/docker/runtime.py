@@ -303,6 +303,8 @@ class Runtime:
                 return
             try:
                 async with pod.lock:
+                    if self.pods.get(pod.uid) is not pod:
+                        return  # deleted while this worker waited for the lock
                     await self._refresh(pod)
                     if not pod.deleting:
                         await self._reconcile(pod)
@@ -369,7 +371,9 @@ class Runtime:
         slot.runs[attempt] = Run.from_inspect(data, attempt)
 
     def _publish(self, pod: PodState) -> None:
-        """Compute the status; publish it when it changed."""
+        """Compute the status; publish it when it changed (never after the pod's DELETED)."""
+        if self.pods.get(pod.uid) is not pod:
+            return
         current = status.compute(pod, utcnow(), self.settings.restart)
         if pod.deleting and status.main_done(pod):
             current.phase = "Succeeded" if _all_succeeded(current) else "Failed"
@@ -519,8 +523,8 @@ class Runtime:
         self._images[ref] = info
         return info
 
-    async def _run(self, pod: PodState, slot: Slot, attempt: int) -> None:
-        """Create and start run `attempt` of `slot`; on a problem, record why it waits."""
+    async def _run(self, pod: PodState, slot: Slot, attempt: int, *, start: bool = True) -> None:
+        """Create (and start) run `attempt` of `slot`; on a problem, record why it waits."""
         ctx = pod_context(pod.namespace, pod.name, pod.uid, container=slot.name)
         image = await self._image(slot.spec.image)
         if image is None:
@@ -581,7 +585,8 @@ class Runtime:
             del slot.runs[r.attempt]
         if old:
             self._spawn(asyncio.gather(*(self.engine.remove_container(r.id) for r in old)), f"gc-{pod.uid}")
-        await self._start(pod, run)
+        if start:
+            await self._start(pod, run)
 
     async def _check_subpaths(self, pod: PodState, slot: Slot) -> None:
         """A subPath into a volume containers can write may have been replaced by a symlink
@@ -652,6 +657,14 @@ class Runtime:
                 if isinstance(exc, EngineError):
                     raise _engine_error(exc, "setting up the pod") from exc
                 raise
+            # The first round of the pod's worker, here: everything is fresh, so the containers
+            # start without a detour through the event stream (the answer may already say
+            # Running). Later rounds are driven by events.
+            try:
+                await self._reconcile(pod)
+                await self._refresh(pod)
+            except (EngineError, errors.Unavailable) as exc:
+                log.warning("starting the pod's containers failed; retrying on the next event", error=str(exc), **ctx)
             self._publish(pod)
         log.info("pod created", pod_ip=pod.last_ip, **ctx)
         self.kick(pod)
@@ -695,6 +708,15 @@ class Runtime:
             if not exc.conflict:
                 raise
             pod.infra_id = (await self.engine.inspect_container(name))["Id"]
+        steps = [self._start_infra(pod, new_claims)]
+        if not pod.spec.initContainers:
+            # Creating the containers needs only the infra container's id: do it while the
+            # engine starts the infra container (their start waits for it).
+            steps += [self._run(pod, slot, 0, start=False) for slot in pod.slots.values()]
+        await asyncio.gather(*steps)
+
+    async def _start_infra(self, pod: PodState, new_claims: list[str]) -> None:
+        assert pod.infra_id is not None
         await self.engine.start_container(pod.infra_id)
         await self._refresh_infra(pod)
         await self._populate(pod, new_claims=new_claims)

@@ -54,6 +54,12 @@ class Run:
             if settings and settings.get("IPAddress"):
                 ip = settings["IPAddress"]
                 break
+        started = parse_docker_time(st.get("StartedAt"))
+        finished = parse_docker_time(st.get("FinishedAt"))
+        if started is not None and finished is not None and finished < started:
+            # The engine stamps a process that exits at once with an end a little before its
+            # start; nobody should see a container finish before it started.
+            finished = started
         return cls(
             id=str(data["Id"]),
             attempt=attempt,
@@ -61,8 +67,8 @@ class Run:
             exit_code=int(st.get("ExitCode") or 0),
             oom_killed=bool(st.get("OOMKilled")),
             error=str(st.get("Error") or ""),
-            started_at=parse_docker_time(st.get("StartedAt")),
-            finished_at=parse_docker_time(st.get("FinishedAt")),
+            started_at=started,
+            finished_at=finished,
             image_id=str(data.get("Image") or ""),
             ip=ip or None,
         )

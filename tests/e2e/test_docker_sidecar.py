@@ -67,7 +67,8 @@ async def sidecar(sidecar_images: None, docker_engine: Any, aiohttp_server: Any)
 async def test_echo_then_exit_0_succeeds_and_its_output_is_in_the_logs(sidecar: SidecarClient) -> None:
     req = sidecar.request("echo", [container("main", "echo hello from the desktop node")])
     first = await sidecar.create(req)
-    assert first.phase == "Pending" and first.podIP and first.uid == req.pod.metadata.uid
+    # The answer comes once the pod is set up and its container started (or already done).
+    assert first.phase in ("Pending", "Running", "Succeeded") and first.podIP and first.uid == req.pod.metadata.uid
     st = await sidecar.phase("echo", "Succeeded", "Failed")
     assert st.phase == "Succeeded"
     term = terminated(st, "main")
@@ -427,7 +428,8 @@ async def test_watch_streams_status_changes_with_increasing_versions_then_delete
     versions = [p.version for p in mine]
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
     phases = [p.phase for p in mine]
-    assert phases[0] == "Pending" and "Succeeded" in phases and events[-1].type == "DELETED"
+    assert phases[-1] == "Succeeded"  # the DELETED event carries the final status
+    assert events[-1].type == "DELETED" and events[-1].pod is not None and events[-1].pod.name == "watched"
 
 
 async def test_a_restarted_sidecar_adopts_its_pods_without_duplicates(

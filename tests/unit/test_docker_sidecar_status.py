@@ -249,3 +249,18 @@ async def test_a_slow_watch_client_is_cut_off_not_buffered() -> None:
         assert slow.overflowed and await asyncio.wait_for(slow.queue.get(), 1) is None
         assert not fast.overflowed
     assert hub.subscribers == 0
+
+
+def test_inspect_data_becomes_a_run_and_never_ends_before_it_starts() -> None:
+    data = {
+        "Id": "abc",
+        "Image": "sha256:img",
+        "State": {"Status": "exited", "ExitCode": 0, "OOMKilled": False, "Error": "",
+                  "StartedAt": "2026-01-01T12:00:01.500000000Z", "FinishedAt": "2026-01-01T12:00:01.499000000Z"},
+        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.3"}}},
+    }
+    r = Run.from_inspect(data, attempt=2)
+    assert r.attempt == 2 and r.finished and r.ip == "172.17.0.3" and r.image_id == "sha256:img"
+    assert r.finished_at == r.started_at
+    never = Run.from_inspect({"Id": "x", "State": {"Status": "created", "StartedAt": "0001-01-01T00:00:00Z"}})
+    assert never.pending_start and never.started_at is None
