@@ -68,13 +68,13 @@ def cmd_down(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) 
 def _print_status(st: dict) -> None:
     print(f"cluster: {'UP' if st['up'] else 'NOT UP'}  (Kubernetes {st['kubernetes_version']}, node {st['node_name']})")
     d = st["docker"]
-    print(f"  docker engine        {'running' if d['running'] else 'NOT running'}"
+    print(f"  docker engine            {'running' if d['running'] else 'NOT running'}"
           + (" (started by localenv)" if d["started_by_localenv"] else ""))
     for name, info in st["daemons"].items():
-        print(f"  {name:<22} {'running, pid ' + str(info['pid']) if info['running'] else 'stopped'}")
-    print(f"  API server /readyz   {'ok' if st['apiserver_ready'] else 'not ready'}  ({st['apiserver_url']})")
+        print(f"  {name:<24} {'running, pid ' + str(info['pid']) if info['running'] else 'stopped'}")
+    print(f"  API server /readyz       {'ok' if st['apiserver_ready'] else 'not ready'}  ({st['apiserver_url']})")
     node = st["node"]
-    print(f"  node                 " + (f"{'Ready' if node['ready'] else 'NotReady'}, {node['internal_ip']}, "
+    print(f"  node                     " + (f"{'Ready' if node['ready'] else 'NotReady'}, {node['internal_ip']}, "
                                         f"pod CIDR {node['pod_cidr']}" if node else "not registered"))
     p = st["paths"]
     print(f"kubeconfig: {p['admin_kubeconfig']}\nkubectl:    {p['kubectl']}\nlogs:       {p['logs_dir']}")
