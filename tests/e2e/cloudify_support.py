@@ -185,8 +185,12 @@ def keys(desktop: Any, window: int, *combos: str, pause: float = 0.4) -> None:
 
 
 def type_text(desktop: Any, window: int, text: str) -> None:
+    """Type `text` into a window; a final newline is pressed as Return."""
     xdotool(desktop, "windowfocus", "--sync", str(window))
-    xdotool(desktop, "type", "--delay", "40", text)
+    xdotool(desktop, "type", "--delay", "40", text.rstrip("\n"))
+    if text.endswith("\n"):
+        time.sleep(0.2)
+        xdotool(desktop, "key", "Return")
 
 
 def firefox_drawn(img: Any) -> bool:

@@ -24,10 +24,13 @@ from tests.e2e.cloudify_support import (  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
-TONE_WAV = (
+#: A 6 s, 440 Hz tone and a page that plays it (Firefox plays WAV in <audio>, not as a document).
+TONE_PAGE = (
     "python3 -c \"import math, struct, wave; w = wave.open('/tmp/kod-tone.wav', 'wb'); w.setnchannels(1); "
     "w.setsampwidth(2); w.setframerate(44100); w.writeframes(b''.join(struct.pack('<h', int(16000 * "
-    "math.sin(2 * math.pi * 440 * i / 44100))) for i in range(44100 * 6)))\""
+    "math.sin(2 * math.pi * 440 * i / 44100))) for i in range(44100 * 6)))\" && "
+    "echo '<html><body><h1>kod tone</h1><audio src=kod-tone.wav autoplay controls></audio></body></html>' "
+    "> /tmp/kod-tone.html"
 )
 
 
@@ -62,12 +65,14 @@ def test_firefox_shows_plays_sound_and_leaves_nothing_when_closed(cloudify: Clou
     assert labels.DESKTOP_OF not in cloudify.kubectl_json("get", "node", node)["metadata"]["labels"]
 
     # Firefox itself plays a 440 Hz tone; it must come out of the desktop's speakers.
-    cloudify.exec_app(app, TONE_WAV)
+    cloudify.exec_app(app, TONE_PAGE)
     with desktop.record() as rec:
         keys(desktop, window.id, "ctrl+l")
-        type_text(desktop, window.id, "file:///tmp/kod-tone.wav\n")
+        type_text(desktop, window.id, "file:///tmp/kod-tone.html\n")
         time.sleep(5)  # the tone lasts 6 s: record while it plays
-    assert rec.tone(440) > 0.05, f"no 440 Hz tone in the speakers (rms {rec.rms():.4f})"
+    desktop.screenshot("cloudify-pod-mode-tone", region=window.box)
+    viewer_log = cloudify.kubectl("logs", "-n", cloudify.namespace, f"kod-firefox-{sid}-viewer", check=False).stdout
+    assert rec.tone(440) > 0.05, f"no 440 Hz tone in the speakers (rms {rec.rms():.4f}); viewer log:\n{viewer_log}"
 
     assert close_firefox(desktop, window, session) == 0, session.stderr
     assert "first frame" in session.stderr or "app pod running" in session.stderr
