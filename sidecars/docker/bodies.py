@@ -215,7 +215,7 @@ def container_body(
         "IpcMode": f"container:{infra_id}",
         "Mounts": mounts.mounts,
         "Devices": mounts.devices,
-        "SecurityOpt": ["no-new-privileges:true"],
+        "SecurityOpt": [] if _may_escalate(sc, settings) else ["no-new-privileges:true"],
         "CapAdd": cap_add or None,
         "CapDrop": cap_drop or None,
         "GroupAdd": groups or None,
@@ -242,6 +242,12 @@ def container_body(
         "Labels": labels,
         "HostConfig": host_config,
     }
+
+
+def _may_escalate(sc: wire.SecurityContext | None, settings: DockerSidecarSettings) -> bool:
+    """Only a container that asks for privilege escalation, on a node whose policy allows it,
+    runs without no-new-privileges."""
+    return bool(sc and sc.allowPrivilegeEscalation and settings.policy.allow_privilege_escalation)
 
 
 def describe(body: dict[str, Any]) -> str:

@@ -457,3 +457,53 @@ async def test_ping_reports_the_engines_capacity(sidecar: SidecarClient) -> None
     assert int(info.capacity["cpu"]) >= 1 and info.capacity["memory"].endswith("Ki") and info.capacity["pods"] == "110"
     assert info.sidecars[0].ok and info.sidecars[0].name == sidecar.name
     assert json.loads(info.model_dump_json())["version"].startswith("kod-docker-sidecar/")
+
+
+# ------------------------------------------------------------------ more of the pod spec
+
+
+async def test_active_deadline_fails_the_pod_and_stops_it(sidecar: SidecarClient) -> None:
+    await sidecar.create(sidecar.request("deadline", [container("main", "exec sleep 3600")],
+                                         restartPolicy="Always", activeDeadlineSeconds=2,
+                                         terminationGracePeriodSeconds=1))
+    st = await sidecar.wait("deadline", lambda s: s.reason == "DeadlineExceeded"
+                            and terminated(s, "main") is not None)
+    assert st.phase == "Failed" and "deadline" in (st.message or "")
+
+
+async def test_a_restartable_init_container_runs_beside_the_main_one_and_stops_after_it(sidecar: SidecarClient) -> None:
+    helper = container("helper", "echo helper-up > /shared/flag; exec sleep 3600", restartPolicy="Always",
+                       volumeMounts=[{"name": "shared", "mountPath": "/shared"}])
+    main = container("main", "cat /shared/flag", volumeMounts=[{"name": "shared", "mountPath": "/shared"}])
+    await sidecar.create(sidecar.request("sidecars", [main], initContainers=[helper], terminationGracePeriodSeconds=1,
+                                         volumes=[{"name": "shared", "emptyDir": {}}]))
+    st = await sidecar.phase("sidecars", "Succeeded", "Failed", timeout=60)
+    assert st.phase == "Succeeded"
+    assert terminated(st, "helper") is not None  # stopped once the main container was done
+    assert await sidecar.logs("sidecars", "main") == "helper-up\n"
+
+
+async def test_shared_process_namespace_hostname_and_host_aliases(sidecar: SidecarClient) -> None:
+    sleeper = container("sleeper", "exec sleep 3600")
+    looker = container("looker", "until ps | grep -v grep | grep -q 'sleep 3600'; do sleep 0.1; done; echo sees-sleep; "
+                       "hostname; grep -w desktop.example /etc/hosts | cut -f1")
+    await sidecar.create(sidecar.request("pids", [sleeper, looker], shareProcessNamespace=True, hostname="h-one",
+                                         hostAliases=[{"ip": "10.1.2.3", "hostnames": ["desktop.example"]}]))
+    st = await sidecar.wait("pids", lambda s: terminated(s, "looker") is not None)
+    assert terminated(st, "looker").exitCode == 0  # type: ignore[union-attr]
+    assert (await sidecar.logs("pids", "looker")).split() == ["sees-sleep", "h-one", "10.1.2.3"]
+
+
+async def test_sub_path_of_a_claim_and_of_an_empty_dir(sidecar: SidecarClient) -> None:
+    c = container("main", "echo one > /docs/a; echo two > /cache/b; ls /whole/Documents; cat /whole/Documents/a; "
+                  "stat -c %a /cache",
+                  volumeMounts=[{"name": "home", "mountPath": "/docs", "subPath": "Documents"},
+                                {"name": "home", "mountPath": "/whole"},
+                                {"name": "scratch", "mountPath": "/cache", "subPath": "cache/x"}],
+                  securityContext={"runAsUser": 1000})
+    await sidecar.create(sidecar.request("subpaths", [c], volumes=[
+        {"name": "home", "persistentVolumeClaim": {"claimName": f"home-{uuid.uuid4().hex[:6]}"}},
+        {"name": "scratch", "emptyDir": {}}]))
+    st = await sidecar.phase("subpaths", "Succeeded", "Failed")
+    assert st.phase == "Succeeded", await sidecar.logs("subpaths", "main")
+    assert (await sidecar.logs("subpaths", "main")).split() == ["a", "one", "777"]

@@ -28,6 +28,9 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.closing = asyncio.Event()
+        #: End the first event stream at once (an engine restart, as the sidecar sees it).
+        self.drop_first_stream = False
+        self.streams = 0
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -45,6 +48,9 @@ class FakeEngine:
         if path == "/events":
             resp = web.StreamResponse(headers={"Content-Type": "application/json"})
             await resp.prepare(request)
+            self.streams += 1
+            if self.drop_first_stream and self.streams == 1:
+                return resp
             await self.closing.wait()  # idle until the test ends
             return resp
         if path.startswith("/images/"):
@@ -210,6 +216,19 @@ async def test_unreachable_engine_gives_503_and_an_unhealthy_ping(aiohttp_client
     info = await (await client.get("/v1/ping", headers=AUTH)).json()
     assert info["sidecars"][0]["ok"] is False and info["sidecars"][0]["message"]
     assert (await client.get("/healthz")).status == 503
+
+
+async def test_a_lost_event_stream_is_reopened_and_everything_listed_again(engine, aiohttp_client) -> None:
+    fake, url = engine
+    fake.drop_first_stream = True
+    client = await aiohttp_client(create_app(settings_for(url, events_backoff_seconds=(0.05,))))
+    assert (await client.get("/v1/pods", headers=AUTH)).status == 200
+    for _ in range(100):
+        if fake.streams >= 2 and fake.calls.count("GET /containers/json") >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.streams >= 2 and fake.calls.count("GET /containers/json") >= 2
+    assert (await client.get("/healthz")).status == 200
 
 
 def test_token_file_is_created_random_and_private(tmp_path) -> None:

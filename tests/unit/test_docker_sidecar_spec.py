@@ -99,6 +99,16 @@ def test_resolved_command_args_and_env_are_used_last_duplicate_wins() -> None:
     assert body["Env"] == ["A=3", "B=2"]
 
 
+def test_no_new_privileges_unless_the_policy_allows_escalation_and_the_pod_asks() -> None:
+    from sidecars.docker.settings import PolicySettings
+
+    asks = record({"securityContext": {"allowPrivilegeEscalation": True}})
+    lenient = DockerSidecarSettings(name="t", token="x", policy=PolicySettings(allow_privilege_escalation=True))
+    assert body_of(asks, settings=lenient)["HostConfig"]["SecurityOpt"] == []
+    assert body_of(record(), settings=lenient)["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+    assert body_of(asks)["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+
+
 def test_resources_map_to_cgroup_settings_like_the_kubelet() -> None:
     rec = record({"resources": {"limits": {"memory": "64Mi", "cpu": "500m", "nvidia.com/gpu": "1"},
                                 "requests": {"memory": "32Mi", "cpu": "250m"}}})
