@@ -152,6 +152,9 @@ class SessionRunner:
         where = f"via NodePort {target.host}" if address else "via the API server's port-forward"
         self.tl.mark("prepare", f"session {self.names.session}: {opts.app.name}, viewer {opts.run_mode}, {where}")
         await self._wait_started()
+        # Leftovers of earlier sessions whose cloudify died (kill -9, crash): collected now that
+        # this one is up, off its start-up path.
+        self._gc_task = asyncio.create_task(self._collect_leftovers())
         return await self._wait_end()
 
     def _step(self, what: str, **kw: Any) -> None:
@@ -403,6 +406,24 @@ class SessionRunner:
                     self.first_frame.set()
                     return
 
+    async def _collect_leftovers(self) -> None:
+        from cloudify import sessions
+
+        assert self.kube is not None
+        for record, alive in list(self.ctx.registry.records()):
+            if alive or record.session == self.names.session:
+                continue
+            try:
+                with self.ctx.registry.claim(record.session) as claimed:
+                    if claimed is None:
+                        continue
+                    await sessions.collect(self.kube, claimed.namespace, claimed.session,
+                                           docker_url=self.settings.docker_url or self.ctx.host.docker_host,
+                                           record=claimed)
+                self.tl.say(f"  removed the leftovers of session {record.session} ({record.app}): its cloudify was gone")
+            except Exception as exc:  # noqa: BLE001 - best effort; `cloudify gc` does it too
+                log.warning("could not collect an old session", old_session=record.session, error=str(exc))
+
     # ------------------------------------------------------------------ cleanup
 
     async def _cleanup(self) -> None:
@@ -410,6 +431,11 @@ class SessionRunner:
         for task in (self._log_task, getattr(self, "_frame_task", None)):
             if task is not None:
                 task.cancel()
+        gc_task = getattr(self, "_gc_task", None)
+        if gc_task is not None and not gc_task.done():
+            # Let a collection under way finish (bounded): a half-collected session stays recorded anyway.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(gc_task), 20)
         ok = True
         if self.viewer is not None:
             ok &= await self._attempt(self.viewer.stop(), "remove the viewer")

@@ -51,3 +51,19 @@ def test_the_cluster_side_expires_on_its_own(cloudify: Cloudify, desktop: Any) -
     session.proc.send_signal(signal.SIGKILL)  # the viewer reaches the app through the dead CLI: never
     session.proc.wait()
     assert wait_gone(cloudify, timeout=90) == {}, "the cluster did not expire the abandoned session"
+
+
+def test_the_next_run_collects_what_a_killed_cloudify_left(cloudify: Cloudify, desktop: Any) -> None:
+    killed, _ = see_firefox(cloudify, desktop, "next-run-1")
+    old = killed.session_id
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.proc.wait()
+    assert cloudify.kubectl_json("get", "jobs", "-n", cloudify.namespace, "-l", f"kod.io/session={old}")["items"]
+    nxt = cloudify.start("-r", "docker", "firefox")
+    nxt.wait_line(f"removed the leftovers of session {old}", timeout=120)
+    assert cloudify.kubectl_json("get", "pods,jobs,services,secrets", "-n", cloudify.namespace,
+                                 "-l", f"kod.io/session={old}")["items"] == []
+    assert docker_containers(f"io.kod.pod.namespace={cloudify.namespace}") == []  # the old viewer pod's container
+    nxt.proc.send_signal(signal.SIGINT)
+    assert nxt.wait() == 130
+    assert wait_gone(cloudify, timeout=30) == {}

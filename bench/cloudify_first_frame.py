@@ -1,0 +1,182 @@
+"""Time from `cloudify firefox` to the first frame showing Firefox on the host display.
+
+    .venv/bin/python bench/cloudify_first_frame.py [--runs 5] [--modes pod,docker,native] [--warmup 1]
+
+Needs the local cluster and the desktop stack up (`python -m localenv up --demo`) and the images
+in the cluster and in Docker (kod/firefox, kod/viewer): "images present", as the issue says. It
+starts its own X server (Xvfb with a cookie) and PulseAudio (the test suite's `Desktop`), runs
+`cloudify` as a user would, in a namespace of its own, and for each run measures:
+
+- t0: just before the cloudify process is spawned (Python's start-up is included);
+- first frame: the start of the first screen capture (one every ~50 ms) in which the viewer window
+  shows Firefox drawn: more than 150 distinct colours in a sample of the window (an empty VNC
+  desktop, or a window not painted yet, has a handful; Firefox's toolbar, text and logo hundreds);
+- the phases cloudify reports (--timings-file): prepare, app pod running, viewer running.
+
+Then it quits Firefox (Ctrl+Q in the viewer, as a user) and waits for cloudify to exit and clean
+up before the next run. Prints a table; writes bench/results/cloudify_first_frame.json.
+Goal (issue 5): median <= 4 s in pod mode; the original measured 14.3 s (pod) and 6.8 s (native).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.desktop import Box, Desktop, capture_x  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WINDOW = r"^firefox - TigerVNC"
+KUBECONFIG = Path("~/.local/share/kod/cluster/admin.kubeconfig").expanduser()
+KUBECTL = Path("~/.local/share/kod/bin/kubectl").expanduser()
+GOAL_POD = 4.0
+ORIGINAL = {"pod": 14.3, "native": 6.8, "docker": 7.7}
+
+
+def firefox_drawn(img: Any) -> bool:
+    """Same criterion as the e2e tests: hundreds of colours in the window."""
+    rgb = img.rgb
+    step = 3 * 7  # every 7th pixel is plenty and cheap
+    return img.width > 200 and len({rgb[i:i + 3] for i in range(0, len(rgb) - 2, step)}) > 150
+
+
+def xdotool(desktop: Desktop, *args: str) -> str:
+    return subprocess.run(["xdotool", *args], env=desktop.env(), capture_output=True, text=True, check=False).stdout
+
+
+def one_run(desktop: Desktop, env: dict[str, str], mode: str, workdir: Path, timeout: float = 120,
+            save: Path | None = None) -> dict[str, Any]:
+    timings = workdir / f"timings-{uuid.uuid4().hex[:6]}.json"
+    err = open(workdir / "cloudify.err", "a")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/cloudify"), "-r", mode, "--timings-file", str(timings), "firefox"],
+        env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+    )
+    window = None
+    first_frame = None
+    deadline = t0 + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if window is None:
+                window = desktop.find_window(WINDOW)
+                if window is None:
+                    time.sleep(0.03)
+                    continue
+            shot_at = time.monotonic()
+            box = Box(window.box.x, window.box.y, min(window.box.width, 1920), min(window.box.height, 1080))
+            try:
+                img = capture_x(desktop.display, desktop.cookie, box)
+            except RuntimeError:
+                window = None  # resized or gone meanwhile
+                continue
+            if firefox_drawn(img):
+                first_frame = shot_at - t0
+                if save is not None:
+                    img.save_png(save)  # what counted as the first frame, to look at
+                break
+            time.sleep(0.05)
+        if first_frame is None:
+            raise RuntimeError(f"no Firefox on the screen within {timeout} s (cloudify exit {proc.poll()})")
+        # Let Firefox settle (a quit during its start-up may be ignored), then quit it as a user.
+        time.sleep(2)
+        assert window is not None
+        xdotool(desktop, "windowfocus", "--sync", str(window.id))
+        xdotool(desktop, "key", "--clearmodifiers", "ctrl+q")
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+            proc.wait(timeout=90)
+        err.close()
+    phases = json.loads(timings.read_text())["phases"] if timings.exists() else {}
+    return {"first_frame": round(first_frame, 3), "exit_code": code, "phases": phases,
+            "session_end": round(time.monotonic() - t0, 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="runs not counted (caches, page cache)")
+    parser.add_argument("--modes", default="pod,docker,native")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+
+    workdir = Path(tempfile.mkdtemp(prefix="kod-bench-cloudify-"))
+    desktop = Desktop(workdir)
+    desktop.start()
+    namespace = f"kod-bench-{uuid.uuid4().hex[:6]}"
+    pulse_dir = Path("/run/kod/pulse") / f"bench-{uuid.uuid4().hex[:6]}"
+    node_user = subprocess.run(
+        [str(KUBECTL), f"--kubeconfig={KUBECONFIG}", "get", "nodes", "-l", "type=virtual-kubelet",
+         "-o", "jsonpath={.items[0].metadata.labels.kod\\.io/desktop-of}"], capture_output=True, text=True, check=False
+    ).stdout.strip() or "root"
+    env = {k: v for k, v in desktop.env().items() if not k.startswith("KOD_CLOUDIFY_")}
+    env.pop("PULSE_SERVER", None)
+    env.update({
+        "KUBECONFIG": str(KUBECONFIG), "XDG_RUNTIME_DIR": str(desktop.runtime_dir),
+        "XDG_STATE_HOME": str(workdir / "state"), "XDG_CONFIG_HOME": str(workdir / "config"),
+        "KOD_CLOUDIFY_NAMESPACE": namespace, "KOD_CLOUDIFY_USER": node_user,
+        "KOD_CLOUDIFY_KOD_PULSE_DIR": str(pulse_dir), "KOD_CLOUDIFY_DESKTOP_GID": str(desktop.group),
+    })
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"runs": args.runs, "modes": {}, "machine": {"cpus": os.cpu_count()},
+                               "load_before": os.getloadavg()}
+    try:
+        for mode in modes:
+            for _ in range(args.warmup):
+                one_run(desktop, env, mode, workdir)
+            runs = [one_run(desktop, env, mode, workdir, save=RESULTS / f"cloudify_first_frame-{mode}-{i}.png")
+                    for i in range(args.runs)]
+            frames = [r["first_frame"] for r in runs]
+            phase_medians = {
+                phase: round(statistics.median(r["phases"][phase] for r in runs if phase in r["phases"]), 3)
+                for phase in ("prepare", "app pod running", "viewer running", "first frame")
+                if any(phase in r["phases"] for r in runs)
+            }
+            results["modes"][mode] = {
+                "first_frame_median": round(statistics.median(frames), 3),
+                "first_frame_min": min(frames), "first_frame_max": max(frames),
+                "phase_medians": phase_medians, "runs": runs,
+                "original_seconds": ORIGINAL.get(mode),
+            }
+    finally:
+        desktop.stop()
+        subprocess.run([str(KUBECTL), f"--kubeconfig={KUBECONFIG}", "delete", "namespace", namespace, "--wait=false"],
+                       capture_output=True, check=False)
+        shutil.rmtree(pulse_dir, ignore_errors=True)
+    results["load_after"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cloudify_first_frame.json").write_text(json.dumps(results, indent=2))
+
+    print(f"cloudify firefox -> first frame showing Firefox on the host display, median of {args.runs} "
+          f"(warm, images present); load average before {results['load_before'][0]:.1f}")
+    print(f"{'mode':<8}{'median':>8}{'min':>7}{'max':>7}{'prepare':>9}{'app run':>9}{'viewer':>8}{'original':>10}")
+    for mode, r in results["modes"].items():
+        p = r["phase_medians"]
+        original = f"{r['original_seconds']:.1f}s" if r["original_seconds"] else "-"
+        print(f"{mode:<8}{r['first_frame_median']:>7.2f}s{r['first_frame_min']:>6.2f}s{r['first_frame_max']:>6.2f}s"
+              f"{p.get('prepare', 0):>8.2f}s{p.get('app pod running', 0):>8.2f}s{p.get('viewer running', 0):>7.2f}s"
+              f"{original:>10}")
+    if "pod" in results["modes"]:
+        verdict = "met" if results["modes"]["pod"]["first_frame_median"] <= GOAL_POD else "NOT met"
+        print(f"goal (pod mode median <= {GOAL_POD:.0f} s): {verdict}")
+    print(f"written to {RESULTS / 'cloudify_first_frame.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
