@@ -26,6 +26,8 @@ Everything lives under `<data_dir>/desktop/` (`data_dir` from localenv's setting
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -36,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,11 @@ class StackSettings(BaseModel):
     token_hours: int = Field(default=720, ge=1, description="Lifetime of vk_bridge's ServiceAccount token.")
     ready_timeout: float = Field(default=120.0, gt=0, description="Seconds each process gets to become ready.")
     log_level: str = Field(default="info", description="Log level of the three processes.")
+    sidecar_name: str = Field(
+        default="docker", description="The Docker sidecar's name; it labels its Docker objects, so two stacks on "
+        "one engine never touch each other's containers.",
+    )
+    directory: str = Field(default="desktop", description="The stack's directory under localenv's data_dir.")
 
 
 def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
@@ -160,7 +167,8 @@ def stack_for(cluster: handle_mod.ClusterHandle | None = None, settings: StackSe
     """The stack's description (nothing is started)."""
     env_settings = localenv_settings.load()
     cluster = cluster or handle_mod.local(env_settings)
-    return Stack(settings=settings or load_stack_settings(), root=env_settings.data_dir / "desktop", cluster=cluster)
+    settings = settings or load_stack_settings()
+    return Stack(settings=settings, root=env_settings.data_dir / settings.directory, cluster=cluster)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +237,7 @@ def configs(stack: Stack) -> dict[str, dict[str, Any]]:
     s = stack.settings
     return {
         "sidecar": {
+            "name": s.sidecar_name,
             "token_file": stack.sidecar_token_file,
             "create_token": False,
             "log_level": s.log_level,
@@ -449,10 +458,24 @@ def kill(name: str, sig: int = signal.SIGKILL, stack: Stack | None = None) -> in
     return record.pid
 
 
+@contextlib.contextmanager
+def _locked(stack: Stack) -> Iterator[None]:
+    """One `up`/`start`/`down` of a stack at a time, across processes (test sessions and the CLI
+    may share the machine): two callers must never both start a vk_bridge for one node."""
+    stack.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(stack.root / "stack.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def start(name: str, stack: Stack | None = None) -> tuple[procs.Outcome, int]:
     """Start one process (if it does not run) and wait until it is ready."""
     stack = stack or stack_for()
-    return procs.ensure(daemon(stack, name))
+    with _locked(stack):
+        return procs.ensure(daemon(stack, name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,6 +494,13 @@ def up(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | 
     for path in (stack.config_dir, stack.run_dir, stack.logs_dir):
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(stack.config_dir, 0o700)
+    with _locked(stack):
+        _up(stack, progress)
+    progress.line(f"    virtual node {stack.node_name} is Ready")
+    return stack
+
+
+def _up(stack: Stack, progress: Progress) -> None:
     with progress.step("desktop stack: tokens") as step:
         made = [p.name for p in (stack.interlink_token_file, stack.sidecar_token_file) if ensure_token(p)]
         step.done(f"made {', '.join(made)} (0600)" if made else "present")
@@ -480,25 +510,28 @@ def up(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | 
         step.done(ensure_vk_kubeconfig(stack))
     for name in NAMES:
         with progress.step(f"desktop stack: {SCRIPTS[name]}") as step:
-            outcome, pid_ = start(name, stack)
+            outcome, pid_ = procs.ensure(daemon(stack, name))
             step.done(f"{outcome}, pid {pid_}, log {stack.log_file('docker-sidecar' if name == 'sidecar' else name)}")
-    progress.line(f"    virtual node {stack.node_name} is Ready")
-    return stack
 
 
 def down(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | None = None,
-         delete_node: bool = True, pod_timeout: float = 60.0) -> None:
+         settings: StackSettings | None = None, delete_node: bool = True, pod_timeout: float = 60.0) -> None:
     """Delete the pods on the virtual node (so their containers go), stop the three processes
     (by PID), and remove the Node object."""
     progress = progress or Progress()
-    stack = stack_for(cluster)
+    stack = stack_for(cluster, settings)
+    with _locked(stack):
+        _down(stack, progress, delete_node=delete_node, pod_timeout=pod_timeout)
+
+
+def _down(stack: Stack, progress: Progress, *, delete_node: bool, pod_timeout: float) -> None:
     reachable = handle_mod.reachable(stack.cluster.kubeconfig, stack.cluster.kubectl_path)
     if reachable and pid("vk", stack) is not None:
         with progress.step(f"desktop stack: pods on {stack.node_name}") as step:
             step.done(_delete_node_pods(stack, pod_timeout))
     for name in reversed(NAMES):
         with progress.step(f"desktop stack: stop {SCRIPTS[name]}") as step:
-            stopped = procs.stop_by_pid_file(_pid_file(stack, name), timeout=15.0)
+            stopped = procs.stop_by_pid_file(_pid_file(stack, name))
             step.done(f"stopped pid {stopped}" if stopped else "not running")
     if reachable and delete_node:
         with progress.step(f"desktop stack: node {stack.node_name}") as step:
@@ -521,9 +554,9 @@ def _delete_node_pods(stack: Stack, timeout: float) -> str:
     return f"{count} asked to stop; some still terminating after {timeout:.0f} s"
 
 
-def status(*, cluster: handle_mod.ClusterHandle | None = None) -> dict[str, Any]:
+def status(*, cluster: handle_mod.ClusterHandle | None = None, settings: StackSettings | None = None) -> dict[str, Any]:
     """What runs: each process's PID (or None), the node's state, the paths."""
-    stack = stack_for(cluster)
+    stack = stack_for(cluster, settings)
     node = None
     if handle_mod.reachable(stack.cluster.kubeconfig, stack.cluster.kubectl_path):
         node = node_state(stack)

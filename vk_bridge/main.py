@@ -15,7 +15,9 @@ import getpass
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from kod import __version__, errors
 from kod.log import configure, get_logger
@@ -34,6 +36,7 @@ from vk_bridge.settings import DEFAULT_CONFIG, ENV_PREFIX, VkSettings
 from vk_bridge.watch import ObjectCache
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 def read_token(path: Path | None) -> str | None:
@@ -50,6 +53,27 @@ def read_token(path: Path | None) -> str | None:
     if not token:
         raise errors.InvalidInput(f"the InterLink token file {path} is empty")
     return token
+
+
+#: Delays between attempts of a start-up step whose dependency is not there yet (the API server
+#: starting, RBAC not bootstrapped yet); the last one repeats.
+STARTUP_BACKOFF = (1.0, 2.0, 5.0, 10.0)
+
+
+async def until_done(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """Run a start-up step until it succeeds: a daemon waits for what it needs instead of dying.
+    Bad settings (InvalidInput) still stop it at once."""
+    attempt = 0
+    while True:
+        try:
+            return await step()
+        except errors.InvalidInput:
+            raise
+        except errors.KodError as exc:
+            delay = STARTUP_BACKOFF[min(attempt, len(STARTUP_BACKOFF) - 1)]
+            attempt += 1
+            log.warning("start-up step failed, retrying", step=what, attempt=attempt, delay=delay, error=str(exc))
+            await asyncio.sleep(delay)
 
 
 class VirtualKubelet:
@@ -85,7 +109,7 @@ async def serve(
     pods: PodController | None = None
     events = EventRecorder(kube, settings.node.name)
     try:
-        version = (await kube.get("/version") or {}).get("gitVersion", "v0.0.0")
+        version = (await until_done("API server version", lambda: kube.get("/version")) or {}).get("gitVersion", "v0.0.0")
         address = settings.node.address or detect_address(conn.host)
         dns = [settings.node.hostname, settings.node.name]
         ips = sorted({address, "127.0.0.1"})
@@ -93,11 +117,12 @@ async def serve(
         if api.cert_file and api.key_file:
             cert = ServingCert(api.cert_file.expanduser(), api.key_file.expanduser())
         else:
-            cert = await obtain_serving_cert(
+            cert = await until_done("kubelet serving certificate", lambda: obtain_serving_cert(
                 kube, node_name=settings.node.name, dns_names=dns, ips=ips, cert_dir=api.cert_dir,
                 timeout=api.csr_timeout_seconds, ca_file=conn.ca_file,
-            )
-        ssl_ctx = server_ssl_context(cert, await client_ca_pem(kube, api.client_ca_file))
+            ))
+        client_ca = await until_done("client CA", lambda: client_ca_pem(kube, api.client_ca_file))
+        ssl_ctx = server_ssl_context(cert, client_ca)
         auth = Authenticator(kube, settings.node.name, cache_seconds=api.auth_cache_seconds)
         runner, port = await start_server(create_app(provider=provider, kube=kube, auth=auth), api.host, api.port, ssl_ctx)
         state.kubelet_port = port
@@ -107,7 +132,7 @@ async def serve(
             kube, provider, settings.node, address=address, kubelet_port=port, kubelet_version=f"{version}+kod.{__version__}"
         )
         state.node = node
-        await node.register()
+        await until_done("node registration", node.register)
         lease = LeaseRenewer(
             kube, settings.node.name, duration_seconds=settings.node.lease_duration_seconds,
             renew_seconds=settings.node.lease_renew_seconds,

@@ -345,18 +345,18 @@ class PodController:
             with structlog.contextvars.bound_contextvars(**pod_context(namespace, name, uid)):
                 attempt = 0
                 while True:
+                    # The object goes only once the containers are gone: giving up here would leave
+                    # them running with no pod to show for them. Until then the pod stays Terminating.
                     try:
                         log.info("stopping pod", grace_period_seconds=grace, object_gone=pod is None)
                         await self.provider.delete_pod(namespace, name, uid, grace_period_seconds=grace)
                         break
-                    except errors.Unavailable as exc:
+                    except errors.KodError as exc:
                         delay = self.settings.retry_backoff[min(attempt, len(self.settings.retry_backoff) - 1)]
                         attempt += 1
-                        log.warning("stopping pod failed, retrying", attempt=attempt, delay=delay, error=str(exc))
+                        level = log.warning if errors.is_retryable(exc) else log.error
+                        level("stopping pod failed, retrying", attempt=attempt, delay=delay, error=str(exc))
                         await asyncio.sleep(delay)
-                    except errors.KodError as exc:
-                        log.error("InterLink refused to stop the pod", error=str(exc))
-                        break
                 if pod is not None:
                     await self._remove_object(namespace, name, uid)
                     self._removed.add(uid)

@@ -151,6 +151,18 @@ async def test_deletion_honours_the_grace_period_then_removes_the_object(harness
     assert body["gracePeriodSeconds"] == 0 and body["preconditions"] == {"uid": "u1"}
 
 
+async def test_the_object_stays_until_interlink_really_deleted_the_containers(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: "u1" in harness.interlink.pods)
+    harness.interlink.failing_deletes = 2
+    harness.event("MODIFIED", api_pod("web", "u1", deleting=0))
+    await until(lambda: harness.interlink.failing_deletes == 0)
+    assert ("ns", "web") in harness.api.pods  # still Terminating: its containers still exist
+    await until(lambda: ("ns", "web") not in harness.api.pods)
+    assert "u1" not in harness.interlink.pods
+
+
 async def test_a_force_deleted_pod_is_removed_from_interlink(harness: Harness) -> None:
     harness.sync()
     p = api_pod("web", "u1")

@@ -36,6 +36,8 @@ class FakeInterLink:
         self.watchers: list[asyncio.Queue[wire.WatchEvent | None]] = []
         self.heartbeat = heartbeat
         self.logs: dict[str, list[str]] = {}
+        #: The next this-many deletes fail with 400 (an engine that refuses, as after a crash).
+        self.failing_deletes = 0
         self.app = self._app()
 
     # -- test controls --------------------------------------------------------------------------
@@ -142,6 +144,9 @@ class FakeInterLink:
 
     async def delete(self, request: web.Request) -> web.Response:
         opts = wire.DeleteOptions.model_validate(dict(request.query))
+        if self.failing_deletes > 0:
+            self.failing_deletes -= 1
+            raise errors.InvalidInput("the Docker engine refused deleting the pod")
         pod = self._find(request.match_info["namespace"], request.match_info["name"])
         if opts.uid and opts.uid != pod.uid:
             raise errors.NotFound("no pod with that uid")

@@ -1,0 +1,151 @@
+"""Pods on the virtual node against the Docker engine itself, through the whole chain
+(API server -> vk_bridge -> interlink -> Docker sidecar -> Docker).
+
+    .venv/bin/python bench/virtual_node_pods.py [--sequential 20] [--burst 50] [--rounds 2] [--deletes 10]
+
+- sequential: one pod at a time (bound to the node at creation), from the moment it exists in the
+  API bound to the node until the API shows it Running. Raw latency, and the overhead once the
+  Docker engine's own work is taken off, from the engine's events: "vs container" subtracts the
+  engine's create-to-start time of the pod's container (the issue's definition), "vs engine" the
+  engine's span from the pod's first container create to the main container's start (which also
+  holds the infra container's start and the sidecar's steps between engine calls).
+  Targets: overhead p50 <= 100 ms, p95 <= 300 ms.
+- burst: --burst pods created at once until all are Running in the API, against `docker run -d`
+  of the same number of containers at once through the Engine API, in the same run, alternating
+  --rounds times. ratio = pods / docker (target <= 1.5).
+- delete: `kubectl delete pod --grace-period=0 --force` of a running pod until its containers are
+  gone from Docker and its object from the API (target p50 <= 1 s). kubectl turns a plain
+  `--grace-period=0` into 1 s unless --force is given; --force is what asks for "now".
+
+Prints a table and writes bench/results/virtual_node_pods.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import time
+import uuid
+from typing import Any
+
+from virtual_node_common import (
+    DOCKER,
+    IMAGE,
+    Bench,
+    ms,
+    running_bench,
+    summary,
+    table,
+    write_results,
+)
+
+
+async def sequential(b: Bench, n: int) -> dict[str, Any]:
+    raw, vs_container, vs_engine = [], [], []
+    for i in range(n):
+        name = f"seq-{i}"
+        uid, bound = await b.create(b.pod(name))
+        await b.wait(lambda: uid in b.pods and b.pods[uid].running is not None, 60, f"{name} Running")
+        await b.wait(lambda: (uid, "main", "start") in b.events, 10, f"{name}'s start event")
+        latency = b.pods[uid].running - bound  # type: ignore[operator]
+        main, span = b.engine_times(uid)
+        raw.append(latency)
+        vs_container.append(latency - main)
+        vs_engine.append(latency - span)
+        await b.delete(name)
+        await b.wait(lambda: b.pods[uid].deleted is not None, 60, f"{name} deleted")
+    return {"n": n, "raw_latency_s": summary(raw), "overhead_vs_container_s": summary(vs_container),
+            "overhead_vs_engine_s": summary(vs_engine)}
+
+
+async def burst_pods(b: Bench, n: int, tag: str) -> float:
+    names = [f"burst-{tag}-{i}" for i in range(n)]
+    t0 = time.time()
+    created = await asyncio.gather(*(b.create(b.pod(nm)) for nm in names))
+    uids = [uid for uid, _ in created]
+    await b.wait(lambda: all(b.pods.get(u) and b.pods[u].running for u in uids), 300, f"{n} pods Running")
+    took = max(b.pods[u].running for u in uids) - t0  # type: ignore[type-var]
+    await asyncio.gather(*(b.delete(nm) for nm in names))
+    await b.wait(lambda: all(b.pods[u].deleted for u in uids), 300, "burst pods deleted")
+    return float(took)
+
+
+async def burst_docker(b: Bench, n: int) -> float:
+    """`docker run -d` of n containers at once, through the Engine API (create + start)."""
+    label = f"kod.bench={uuid.uuid4().hex[:8]}"
+    body = {"Image": IMAGE, "Cmd": ["sleep", "3600"], "Labels": {"kod.bench": label.split("=")[1]},
+            "HostConfig": {"AutoRemove": False}}
+
+    async def run_one(i: int) -> str:
+        async with b.docker.post(f"{DOCKER}/containers/create", json=body) as r:
+            cid = (await r.json())["Id"]
+        async with b.docker.post(f"{DOCKER}/containers/{cid}/start") as r:
+            assert r.status in (204, 304), await r.text()
+        return str(cid)
+
+    t0 = time.time()
+    ids = await asyncio.gather(*(run_one(i) for i in range(n)))
+    took = time.time() - t0
+    await asyncio.gather(*(b.docker.delete(f"{DOCKER}/containers/{c}", params={"force": "true"}) for c in ids))
+    return took
+
+
+async def deletes(b: Bench, n: int) -> dict[str, Any]:
+    names = [f"del-{i}" for i in range(n)]
+    created = await asyncio.gather(*(b.create(b.pod(nm)) for nm in names))
+    uids = dict(zip(names, (u for u, _ in created), strict=True))
+    await b.wait(lambda: all(b.pods.get(u) and b.pods[u].running for u in uids.values()), 120, "pods Running")
+    cluster = b.stack.cluster
+    took = []
+    for name, uid in uids.items():
+        t0 = time.time()
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "delete", "pod", name, "-n", b.namespace,
+             "--grace-period=0", "--force", "--wait=false"],
+            capture_output=True, text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        await b.wait(lambda uid=uid: b.pods[uid].deleted is not None and (uid, "main", "destroy") in b.events
+                     and (uid, "infra", "destroy") in b.events, 60, f"{name} gone")
+        done = max(b.pods[uid].deleted, b.events[(uid, "main", "destroy")], b.events[(uid, "infra", "destroy")])  # type: ignore[type-var]
+        took.append(done - t0)
+    return {"n": n, "delete_to_gone_s": summary(took)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sequential", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--deletes", type=int, default=10)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    async with running_bench() as b:
+        print(f"private virtual node {b.node}; namespace {b.namespace}")
+        await sequential(b, 2)  # warm-up (first-use costs: connections, caches)
+        results["sequential"] = await sequential(b, args.sequential)
+        rounds = []
+        for r in range(args.rounds):
+            d = await burst_docker(b, args.burst)
+            p = await burst_pods(b, args.burst, str(r))
+            rounds.append({"docker_s": round(d, 3), "pods_s": round(p, 3), "ratio": round(p / d, 3)})
+        results["burst"] = {"n": args.burst, "rounds": rounds,
+                            "ratio_best": min(x["ratio"] for x in rounds), "ratio_mean": sum(x["ratio"] for x in rounds) / len(rounds)}
+        results["delete"] = await deletes(b, args.deletes)
+    s, bu, de = results["sequential"], results["burst"], results["delete"]
+    print(f"\nvirtual node pods ({b.node})")
+    table([
+        (f"sequential ({s['n']}): raw bound->Running p50/p95", f"{ms(s['raw_latency_s']['p50'])} / {ms(s['raw_latency_s']['p95'])}"),
+        ("  overhead vs container create+start p50/p95", f"{ms(s['overhead_vs_container_s']['p50'])} / {ms(s['overhead_vs_container_s']['p95'])}   (target 100 / 300 ms)"),
+        ("  overhead vs engine span p50/p95", f"{ms(s['overhead_vs_engine_s']['p50'])} / {ms(s['overhead_vs_engine_s']['p95'])}"),
+        *[(f"burst {bu['n']} round {i + 1}: pods / docker run -d", f"{r['pods_s']:.2f} s / {r['docker_s']:.2f} s = {r['ratio']:.2f}") for i, r in enumerate(bu["rounds"])],
+        ("  ratio (best, mean)", f"{bu['ratio_best']:.2f}, {bu['ratio_mean']:.2f}   (target <= 1.5)"),
+        (f"delete --grace-period=0 --force ({de['n']}) p50/p95", f"{ms(de['delete_to_gone_s']['p50'])} / {ms(de['delete_to_gone_s']['p95'])}   (target p50 <= 1 s)"),
+    ])
+    print(f"written to {write_results('virtual_node_pods', results)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

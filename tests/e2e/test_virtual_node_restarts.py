@@ -1,0 +1,108 @@
+"""Crashes of the desktop stack's processes: the node turns NotReady when vk_bridge dies and Ready
+again when it comes back, running pods are adopted (not restarted), and a kill -9 of any of the
+three processes in the middle of pod creations and deletions leaves no duplicate and no orphaned
+container once it runs again."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from kod import labels
+from tests.fixtures.virtual_node import VirtualNode
+
+pytestmark = pytest.mark.e2e
+
+#: The issue's requirement: NotReady within this many seconds of the virtual kubelet's death.
+NOT_READY_WITHIN = 45.0
+
+
+def _container_ids(pod: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s.get("containerID", "") for s in pod["status"].get("containerStatuses", [])}
+
+
+def test_killing_vk_turns_the_node_not_ready_and_a_restart_keeps_running_pods(
+    vnode_processes: VirtualNode, kube_namespace: str
+) -> None:
+    vn, ns = vnode_processes, kube_namespace
+    vn.create(ns, vn.pod("survivor", [{"name": "main", "command": ["sleep", "3600"]}]))
+    before = vn.wait(ns, "survivor", lambda p: p["status"].get("phase") == "Running"
+                     and all(s.get("ready") for s in p["status"].get("containerStatuses", [])), what="Running and ready")
+    uid = before["metadata"]["uid"]
+    docker_before = {c.id: c.attrs["State"]["StartedAt"] for c in vn.containers(uid)}
+    assert vn.node_ready() == "True"
+
+    vn.kill("vk")
+    killed_at = time.monotonic()
+    while vn.node_ready() == "True":
+        assert time.monotonic() - killed_at < NOT_READY_WITHIN + 30, "the node never turned NotReady"
+        time.sleep(0.5)
+    took = time.monotonic() - killed_at
+    print(f"\nnode {vn.name} NotReady {took:.1f} s after kill -9 of vk_bridge")
+    assert took <= NOT_READY_WITHIN, f"NotReady after {took:.1f} s (> {NOT_READY_WITHIN:.0f} s)"
+
+    vn.restart("vk")
+    assert vn.node_ready() == "True"
+    after = vn.wait(ns, "survivor", lambda p: all(s.get("ready") for s in p["status"].get("containerStatuses", []))
+                    and {c["type"]: c["status"] for c in p["status"]["conditions"]}.get("Ready") == "True",
+                    what="Ready again")
+    assert after["metadata"]["uid"] == uid
+    assert _container_ids(after) == _container_ids(before)
+    assert [s["restartCount"] for s in after["status"]["containerStatuses"]] == [0]
+    assert {c.id: c.attrs["State"]["StartedAt"] for c in vn.containers(uid)} == docker_before
+
+
+def _app_containers(vn: VirtualNode, uid: str) -> list[Any]:
+    """The pod's own containers (not its infra container)."""
+    return [c for c in vn.containers(uid) if c.labels.get(labels.D_CONTAINER)]
+
+
+@pytest.mark.parametrize("process", ["vk", "interlink", "sidecar"])
+def test_kill_9_during_activity_leaves_no_duplicate_or_orphan(
+    vnode_processes: VirtualNode, kube_namespace: str, process: str
+) -> None:
+    vn, ns = vnode_processes, kube_namespace
+    sleeper = [{"name": "main", "command": ["sleep", "3600"]}]
+    vn.create(ns, *[vn.pod(f"old-{i}", [dict(c) for c in sleeper]) for i in range(3)])
+    for i in range(3):
+        vn.wait_phase(ns, f"old-{i}", "Running")
+    doomed_uid = vn.get(ns, "old-0")["metadata"]["uid"]  # type: ignore[index]
+
+    # Activity: new long and short pods, and a deletion; the process dies in the middle of it.
+    new = [vn.pod(f"new-{i}", [dict(c) for c in sleeper]) for i in range(3)]
+    short = [vn.pod(f"short-{i}", [{"name": "main", "command": ["sh", "-c", f"echo done {i}"]}]) for i in range(2)]
+    vn.create(ns, *new, *short)
+    vn.cluster.kubectl("delete", "pod", "old-0", "-n", ns, "--wait=false")
+    time.sleep(0.3)  # let the burst reach the process before it dies (not a wait for a result)
+    vn.kill(process)
+    vn.restart(process)
+
+    running = ["old-1", "old-2", "new-0", "new-1", "new-2"]
+    for name in running:
+        vn.wait(ns, name, lambda p: p["status"].get("phase") == "Running"
+                and all(s.get("ready") for s in p["status"].get("containerStatuses", [])), timeout=120, what="Running")
+    for name in ("short-0", "short-1"):
+        pod = vn.wait_phase(ns, name, "Succeeded", "Failed", timeout=120)
+        assert pod["status"]["phase"] == "Succeeded"
+        assert vn.logs(ns, name).startswith("done")
+    vn.wait_gone(ns, "old-0", timeout=120)
+
+    pods = {p["metadata"]["uid"]: p for p in vn.cluster.kubectl_json("get", "pods", "-n", ns)["items"]}
+    deadline = time.monotonic() + 60
+    while True:
+        orphans = [c.name for c in vn.containers() if c.labels.get(labels.D_POD_NAMESPACE) == ns
+                   and c.labels.get(labels.D_POD_UID) not in pods]
+        if not orphans or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert orphans == [], f"containers of pods that are gone: {orphans}"
+    assert vn.containers(doomed_uid) == []
+    for uid, pod in pods.items():
+        mains = _app_containers(vn, uid)
+        assert len(mains) == 1, f"{pod['metadata']['name']}: {len(mains)} containers for one container spec"
+        status = pod["status"]["containerStatuses"][0]
+        assert status["containerID"].endswith(mains[0].id)
+        if pod["metadata"]["name"] in running:
+            assert mains[0].status == "running" and status["restartCount"] == 0
