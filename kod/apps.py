@@ -1,6 +1,7 @@
 """The application catalog and the contract between cloudify and the images.
 
-The app images (`images/app`) and the viewer image (`images/viewer`) are configured only through
+The app images (`images/base` and the app directories built FROM it) and the viewer image
+(`images/viewer`) are configured only through
 the environment variables and mounted files named here; cloudify and the tests build their pods
 and containers from these names, so a change here is a change of the contract on both sides.
 """
@@ -51,6 +52,19 @@ ENV_APP_ARGS = "KOD_APP_ARGS"                      #: extra arguments for the ap
 #: Where cloudify mounts the session Secret in the app container.
 APP_SECRET_DIR = "/run/secrets/kod"
 
+# --- Files of the session Secret. When a *_FILE variable is not set, the entrypoints use the file
+# of that name in the secret directory if it exists. ---
+SECRET_VNC_PASSWORD = "vnc-password"            #: app and viewer: the one-time VNC password
+SECRET_AUTHORIZED_KEYS = "authorized_keys"      #: app: the session's public key
+SECRET_HOST_KEY = "ssh_host_ed25519_key"        #: app: sshd's private host key
+SECRET_SSH_KEY = "id_ed25519"                   #: viewer: the session's private key
+SECRET_KNOWN_HOSTS = "known_hosts"              #: viewer: known_hosts lines (any host pattern) or the bare public key
+
+# --- Exit codes of the app container (besides the app's own, 0 when the user closes it) ---
+APP_EXIT_FAILURE = 1          #: a part of the session (X server, sshd, websockify) failed
+APP_EXIT_CONFIG = 2           #: bad configuration (the log says which variable)
+APP_EXIT_NO_VIEWER = 124      #: no viewer connected (or none came back) within KOD_CONNECT_TIMEOUT
+
 # --- Viewer container environment (images/viewer/entrypoint) ---
 ENV_TARGET_HOST = "KOD_TARGET_HOST"                #: address of the app (node IP, service, localhost)
 ENV_TARGET_VNC_PORT = "KOD_TARGET_VNC_PORT"        #: port of VNC at that address (unencrypted mode)
@@ -61,8 +75,19 @@ ENV_PULSE_SOCKET = "KOD_PULSE_SOCKET"              #: path, in the viewer, of th
 ENV_SSH_KEY_FILE = "KOD_SSH_KEY_FILE"              #: the session's private key
 ENV_KNOWN_HOSTS_FILE = "KOD_KNOWN_HOSTS_FILE"      #: pins the app's host key
 ENV_VIEWER_ARGS = "KOD_VIEWER_ARGS"                #: extra vncviewer arguments
+# The viewer also reads ENV_ENCRYPT, ENV_VNC_PASSWORD(_FILE), ENV_VNC_PORT and ENV_AUDIO_PORT (the
+# ports inside the app container: the -L target and the -R listen port), and ENV_CONNECT_TIMEOUT
+# (how long to wait for the app to accept connections), plus DISPLAY and XAUTHORITY.
 #: Where cloudify mounts the viewer's session Secret.
 VIEWER_SECRET_DIR = "/run/secrets/kod"
+#: The host key alias the viewer pins (a bare key in SECRET_KNOWN_HOSTS is filed under it).
+VIEWER_HOST_KEY_ALIAS = "kod-app"
+
+# --- Exit codes of the viewer container (besides vncviewer's 0 when the session ends) ---
+VIEWER_EXIT_CONFIG = 2        #: bad configuration, or the desktop's X display cannot be opened
+VIEWER_EXIT_AUTH = 3          #: the app refused the VNC password (wrong or expired token)
+VIEWER_EXIT_SSH = 4           #: SSH failed: host key mismatch, session key refused, forward refused
+VIEWER_EXIT_UNREACHABLE = 5   #: the app did not accept connections within ENV_CONNECT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -132,3 +157,7 @@ APPS: dict[str, App] = {
 }
 
 VIEWER_IMAGE = image_ref("viewer")
+#: The app base image (images/base); the app images build FROM it.
+APP_BASE_IMAGE = image_ref("app-base")
+#: The project's own services (images/services, one build target each).
+SERVICE_IMAGES: dict[str, str] = {name: image_ref(name) for name in ("interlink", "docker-sidecar", "vk")}
