@@ -1,0 +1,15 @@
+"""kod: Blender's first window opens without the splash screen (and its Quick Setup) over it.
+
+Loaded by Blender from its system scripts' startup directory, before the splash is decided. The
+preference is saved with the user's other preferences (kept with -v), so it lasts.
+"""
+
+import bpy
+
+
+def register() -> None:
+    bpy.context.preferences.view.show_splash = False
+
+
+def unregister() -> None:
+    pass
