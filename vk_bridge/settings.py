@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kod.settings import config_home
+
 ENV_PREFIX = "KOD_VK_"
 DEFAULT_CONFIG = "~/.config/kod/vk.toml"
 
@@ -89,7 +91,10 @@ class InterLinkSettings(Section):
     """How vk_bridge reaches InterLink."""
 
     url: str = Field(default="http://127.0.0.1:3000", description="http://host:port or unix:///path/to.sock.")
-    token_file: Path | None = Field(default=None, description="File holding the bearer token (mode 0600).")
+    token_file: Path | None = Field(
+        default_factory=lambda: config_home() / "kod" / "interlink.token",
+        description="File holding InterLink's bearer token (mode 0600); interlink's own default file.",
+    )
     timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one request (not of streams).")
     backoff: tuple[float, ...] = Field(default=DEFAULT_BACKOFF, description="Retry delays in seconds.")
 
