@@ -29,12 +29,13 @@ from cloudify.settings import CloudifySettings
 FINISHED_TTL_SECONDS = 10
 #: Grace period of the app: enough for the app to save its profile, short enough to end quickly.
 APP_GRACE_SECONDS = 10
-#: Keys of the session Secret. The app pod mounts only APP_KEYS, the viewer only VIEWER_KEYS.
-K_AUTHORIZED_KEYS = "authorized_keys"
-K_HOST_KEY = "ssh_host_ed25519_key"
-K_VNC_PASSWORD = "vnc-password"
-K_CLIENT_KEY = "id_ed25519"
-K_KNOWN_HOSTS = "known_hosts"
+#: Keys of the session Secret (the images' file names, kod.apps). The app pod mounts only
+#: APP_KEYS, the viewer only VIEWER_KEYS.
+K_AUTHORIZED_KEYS = apps.SECRET_AUTHORIZED_KEYS
+K_HOST_KEY = apps.SECRET_HOST_KEY
+K_VNC_PASSWORD = apps.SECRET_VNC_PASSWORD
+K_CLIENT_KEY = apps.SECRET_SSH_KEY
+K_KNOWN_HOSTS = apps.SECRET_KNOWN_HOSTS
 K_XAUTHORITY = "Xauthority"
 APP_KEYS = (K_AUTHORIZED_KEYS, K_HOST_KEY, K_VNC_PASSWORD)
 VIEWER_KEYS = (K_CLIENT_KEY, K_KNOWN_HOSTS, K_VNC_PASSWORD)

@@ -51,8 +51,7 @@ CLEANUP_WAIT_SECONDS = 20.0
 #: Log lines of the app entrypoint (images/base/entrypoint.py) that mark the first frame.
 VIEWER_CONNECTED_MARK = "Connections: accepted"
 APP_WINDOW_MARK = "kod: app window shown"
-#: Exit code of the app entrypoint when no viewer connected within the connect timeout.
-APP_NO_VIEWER = 124
+APP_NO_VIEWER = apps.APP_EXIT_NO_VIEWER
 
 
 @dataclass(frozen=True)
@@ -381,15 +380,11 @@ class SessionRunner:
                 f"the app gave up: no viewer connected within {self.opts.timeout:g} s",
                 hint="raise -t, or look at the viewer's log",
             )
-        if viewer_done.done() and not viewer_done.cancelled():
-            code = viewer_done.result()
-            if code != 0:
-                self.tl.say(f"the viewer ended with exit code {code}")
-            return code
+        viewer_code = viewer_done.result() if viewer_done.done() and not viewer_done.cancelled() else 0
         if app_code not in (None, 0):
             self.tl.say(f"{self.opts.app.name} ended with exit code {app_code}")
             return app_code
-        return 0
+        return viewer_code
 
     async def _follow_app_log(self) -> None:
         """Follow the app pod's log for the first-frame marks (see the module docstring)."""

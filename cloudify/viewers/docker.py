@@ -25,6 +25,7 @@ from kod import apps, errors, labels
 from cloudify import manifests
 from cloudify import names as n
 from cloudify.manifests import SessionPlan, Target
+from cloudify.viewers.base import viewer_failure
 
 #: Seconds the viewer gets to end after a stop request.
 STOP_GRACE = 2
@@ -165,10 +166,9 @@ class DockerViewer:
     async def wait_done(self) -> int:
         assert self._exit is not None
         code = await asyncio.shield(self._exit)
-        if code not in (0,):
-            tail = await asyncio.to_thread(self.logs_tail)
-            if tail:
-                raise errors.Unavailable(f"the viewer container ended with exit code {code}:\n{tail}")
+        failure = viewer_failure(code, await asyncio.to_thread(self.logs_tail) if code else "")
+        if failure is not None:
+            raise failure
         return code
 
     def logs_tail(self, lines: int = 15) -> str:

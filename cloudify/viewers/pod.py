@@ -6,6 +6,8 @@ speakers. The session learns that it runs, and that it ended, from the pod's pha
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from kod import errors
@@ -14,6 +16,7 @@ from cloudify import manifests
 from cloudify.kube import Kube
 from cloudify.manifests import SessionPlan, Target
 from cloudify.podwatch import SessionPods, wait_for
+from cloudify.viewers.base import viewer_failure
 
 
 class PodViewer:
@@ -68,7 +71,19 @@ class PodViewer:
             raise errors.Unavailable(
                 f"the viewer pod ended without running its container: {reason.get('reason', '')} {reason.get('message', '')}".strip()
             )
+        failure = viewer_failure(code, await self.log_tail() if code else "")
+        if failure is not None:
+            raise failure
         return code
+
+    async def log_tail(self, lines: int = 15) -> str:
+        """The end of the viewer's log (through the virtual kubelet), or "" when unavailable."""
+        out: list[str] = []
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                async for line in self.kube.stream_lines(f"{self.path}/log", tailLines=lines):
+                    out.append(line)
+        return "\n".join(out)
 
     async def stop(self) -> None:
         if self._created:

@@ -14,7 +14,7 @@ from tests.e2e.test_cloudify_session import close_firefox, see_firefox
 
 pytestmark = pytest.mark.e2e
 
-PROFILE = "$(dirname $(ls -d ~/.config/mozilla/firefox/*/prefs.js ~/.mozilla/firefox/*/prefs.js 2>/dev/null | head -1))"
+PROFILE = "$(dirname $(ls -dt ~/.config/mozilla/firefox/*/prefs.js ~/.mozilla/firefox/*/prefs.js 2>/dev/null | head -1))"  # the profile in use
 BOOKMARKS = (
     f"cp {PROFILE}/places.sqlite /tmp/p.sqlite && python3 -c \"import sqlite3, json; c = sqlite3.connect('/tmp/p.sqlite'); "
     "print(json.dumps(c.execute('select b.title, p.url from moz_bookmarks b join moz_places p on b.fk = p.id').fetchall()))\""
@@ -31,7 +31,12 @@ def test_settings_and_bookmarks_survive_the_session(cloudify: Cloudify, desktop:
     keys(desktop, window.id, "ctrl+d", pause=1.5)
     keys(desktop, window.id, "Return", pause=1)
     keys(desktop, window.id, "ctrl+shift+b", "ctrl+shift+b", pause=1)
+    desktop.screenshot("cloudify-persist-1-done", region=window.box)
     app = cloudify.app_pod(session.session_id)
+    # Firefox writes prefs.js a moment after the change.
+    deadline = time.monotonic() + 15
+    while "always" not in cloudify.exec_app(app, TOOLBAR_PREF) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "always" in cloudify.exec_app(app, TOOLBAR_PREF)
     assert close_firefox(desktop, window, session) == 0, session.stderr
     assert wait_gone(cloudify, timeout=30) == {}

@@ -61,3 +61,15 @@ async def test_a_deleted_pod_counts_as_finished() -> None:
     SessionPods._update(s, "DELETED", pod("Running", running=True))
     assert s.finished.is_set() and s.gone
     await asyncio.wait_for(s.finished.wait(), 1)
+
+
+@pytest.mark.parametrize(("code", "fragment"), [(3, "refused the session's VNC password"), (4, "SSH to the app failed"),
+                                                (5, "could not reach the app"), (2, "cannot open your X display"),
+                                                (9, "exit code 9")])
+def test_viewer_exit_codes_are_explained_with_its_log(code: int, fragment: str) -> None:
+    from cloudify.viewers.base import viewer_failure
+
+    assert viewer_failure(0, "whatever") is None
+    err = viewer_failure(code, "line 1\nkod-viewer: error: the reason\n")
+    assert err is not None and fragment in err.message and "kod-viewer: error: the reason" in err.message
+    assert err.hint
