@@ -56,14 +56,12 @@ class ClusterSide:
             await self.ensure_namespace()
             self.job = await self._create_job_and_claim(job_manifest)
         self.owner = manifests.owner_reference(self.job)
-        names = self.plan.names
         secret = manifests.session_secret(self.plan, self.owner, xauthority=self.xauthority)
         service = manifests.app_service(self.plan, self.owner, node_port=self.node_port)
         _, self.service = await asyncio.gather(
             self.kube.create(self._path("/api/v1", "secrets"), secret),
             self.kube.create(self._path("/api/v1", "services"), service),
         )
-        del names
 
     async def _create_job_and_claim(self, job: dict[str, Any]) -> dict[str, Any]:
         jobs = self.kube.create(self._path("/apis/batch/v1", "jobs"), job)
