@@ -319,6 +319,33 @@ class Kube:
         except aiohttp.ClientConnectionError as exc:
             raise errors.Unavailable(f"stream {path} broke: {exc}") from exc
 
+    async def exec_lines(self, namespace: str, pod: str, container: str, command: list[str]) -> AsyncIterator[str]:
+        """Run a command in a container (the API server's exec, WebSocket v4 channel protocol:
+        channel 1 is stdout) and yield its output lines until it ends."""
+        params = [("container", container), ("stdout", "1"), ("stderr", "0"), ("stdin", "0"), ("tty", "0")]
+        params += [("command", part) for part in command]
+        url = self.config.server + f"/api/v1/namespaces/{namespace}/pods/{pod}/exec?" + urlencode(params)
+        try:
+            ws = await self._session.ws_connect(
+                url.replace("https://", "wss://", 1).replace("http://", "ws://", 1),
+                protocols=("v4.channel.k8s.io",), headers={"Accept": "*/*"}, max_msg_size=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _error(exc.status, (exc.message or "").encode(), f"exec in {namespace}/{pod}") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise errors.Unavailable(f"exec in {namespace}/{pod}: {exc}") from exc
+        buffer = b""
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY or not msg.data or msg.data[0] != 1:
+                    continue
+                buffer += msg.data[1:]
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    yield line.decode("utf-8", "replace")
+        finally:
+            await ws.close()
+
     async def portforward(self, namespace: str, pod: str, port: int) -> aiohttp.ClientWebSocketResponse:
         """Open the API server's port-forward to one port of a pod (WebSocket, v4 channel
         protocol: channel 0 carries data, channel 1 errors; each starts with the port number)."""

@@ -51,6 +51,9 @@ CLEANUP_WAIT_SECONDS = 20.0
 #: Log lines of the app entrypoint (images/base/entrypoint.py) that mark the first frame.
 VIEWER_CONNECTED_MARK = "Connections: accepted"
 APP_WINDOW_MARK = "kod: app window shown"
+#: Run in the app container when its log does not say when the window is shown: waits until the
+#: display has a visible, named window (the app's: openbox shows none of its own).
+WINDOW_PROBE = "until xdotool search --onlyvisible --name . >/dev/null 2>&1; do sleep 0.05; done; echo shown"
 APP_NO_VIEWER = apps.APP_EXIT_NO_VIEWER
 
 
@@ -387,19 +390,39 @@ class SessionRunner:
         return viewer_code
 
     async def _follow_app_log(self) -> None:
-        """Follow the app pod's log for the first-frame marks (see the module docstring)."""
+        """Mark the first frame: a viewer is connected (the app's log says so: Xvnc's
+        "Connections: accepted") and the app's window is shown on its display (the app's log, or,
+        for images that do not log it, a probe run in the app container). Either source failing
+        (no exec permission, an old image) only leaves the phase out."""
         assert self.pods is not None and self.kube is not None
-        with contextlib.suppress(Exception):
-            await self.pods.app.running.wait()
-            name = self.pods.app.name
+        await self.pods.app.running.wait()
+        name = self.pods.app.name
+        connected, shown = asyncio.Event(), asyncio.Event()
+
+        async def log() -> None:
             path = f"/api/v1/namespaces/{self.names.namespace}/pods/{name}/log"
-            connected = window = False
-            async for line in self.kube.stream_lines(path, follow="true", container="app"):
-                connected = connected or VIEWER_CONNECTED_MARK in line
-                window = window or line.startswith(APP_WINDOW_MARK)
-                if connected and window:
-                    self.first_frame.set()
+            async for line in self.kube.stream_lines(path, follow="true", container="app"):  # type: ignore[union-attr]
+                if VIEWER_CONNECTED_MARK in line:
+                    connected.set()
+                if line.startswith(APP_WINDOW_MARK):
+                    shown.set()
+                if connected.is_set() and shown.is_set():
                     return
+
+        async def probe() -> None:
+            async for line in self.kube.exec_lines(self.names.namespace, name, "app", ["sh", "-c", WINDOW_PROBE]):  # type: ignore[union-attr]
+                if line.strip() == "shown":
+                    shown.set()
+                    return
+
+        tasks = [asyncio.create_task(log()), asyncio.create_task(probe())]
+        try:
+            await asyncio.gather(connected.wait(), shown.wait())
+            self.first_frame.set()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _collect_leftovers(self) -> None:
         from cloudify import sessions

@@ -41,7 +41,19 @@ class FakeApi:
         app.router.add_get("/api/v1/namespaces/ns/pods/{name}", self.get)
         app.router.add_post("/api/v1/namespaces/ns/pods", self.create)
         app.router.add_get("/api/v1/namespaces/ns/pods/{name}/portforward", self.portforward)
+        app.router.add_get("/api/v1/namespaces/ns/pods/{name}/exec", self.exec)
         return app
+
+    async def exec(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(request)
+        command = request.query.getall("command")
+        # stdout (channel 1) in pieces that split a line; stderr (2) is not for the caller.
+        await ws.send_bytes(b"\x01" + " ".join(command).encode() + b"\nsec")
+        await ws.send_bytes(b"\x02noise\n")
+        await ws.send_bytes(b"\x01ond line\n")
+        await ws.close()
+        return ws
 
     async def get(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -143,6 +155,12 @@ async def test_watch_lists_first_and_relists_after_410(api: Any) -> None:
     await asyncio.wait_for(task, 5)
     assert seen == [("ADDED", "a", "Pending"), ("MODIFIED", "a", "Running"), ("ADDED", "b", "Pending"), ("DELETED", "a", "Running")]
     assert fake.lists == 2
+
+
+async def test_exec_yields_the_commands_output_lines(api: Any) -> None:
+    _, kube = api
+    lines = [line async for line in kube.exec_lines("ns", "app", "app", ["sh", "-c", "echo hi"])]
+    assert lines == ["sh -c echo hi", "second line"]
 
 
 async def test_port_forward_carries_bytes_and_reports_a_closed_port(api: Any) -> None:
