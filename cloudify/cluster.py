@@ -68,7 +68,7 @@ class ClusterSide:
         if not self.plan.options.persist:
             return await jobs
         created, _ = await asyncio.gather(jobs, self._ensure_claim())
-        return created
+        return dict(created)
 
     async def _ensure_claim(self) -> None:
         try:

@@ -78,9 +78,9 @@ class KubeConfig:
 def _read(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:
     """`<key>-data` (base64) or `<key>` (a file, relative to the kubeconfig)."""
     if entry.get(f"{key}-data"):
-        return base64.b64decode(entry[f"{key}-data"])
+        return base64.b64decode(str(entry[f"{key}-data"]))
     if entry.get(key):
-        return (base / entry[key]).expanduser().read_bytes()
+        return (base / str(entry[key])).expanduser().read_bytes()
     return None
 
 
@@ -94,14 +94,17 @@ def load_kubeconfig(path: Path, context: str | None = None) -> KubeConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise errors.InvalidInput(f"cannot read the kubeconfig {path}: {exc}") from exc
     ctx_name = context or doc.get("current-context")
-    by_name = lambda section: {e.get("name"): e.get(section[:-1], {}) for e in doc.get(section) or []}  # noqa: E731
+
+    def by_name(section: str) -> dict[str, dict[str, Any]]:
+        return {e.get("name"): e.get(section[:-1]) or {} for e in doc.get(section) or []}
+
     contexts, clusters, users = by_name("contexts"), by_name("clusters"), by_name("users")
     if not ctx_name or ctx_name not in contexts:
         raise errors.InvalidInput(
             f"kubeconfig {path} has no context {ctx_name!r}", hint="pick one with `context = \"...\"` in the config file"
         )
     ctx = contexts[ctx_name]
-    cluster, user = clusters.get(ctx.get("cluster"), {}), users.get(ctx.get("user"), {})
+    cluster, user = clusters.get(str(ctx.get("cluster")), {}), users.get(str(ctx.get("user")), {})
     if not cluster.get("server"):
         raise errors.InvalidInput(f"kubeconfig {path}: context {ctx_name!r} names no cluster server")
     base = path.parent
@@ -127,7 +130,7 @@ def _load_with_official_client(path: Path, context: str, namespace: str | None) 
     from kubernetes import client, config  # slow import: only for the rare kubeconfigs that need it
 
     conf = client.Configuration()
-    config.load_kube_config(config_file=str(path), context=context, client_configuration=conf)
+    config.load_kube_config(config_file=str(path), context=context, client_configuration=conf)  # type: ignore[no-untyped-call]
     token = (conf.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
     return KubeConfig(
         server=conf.host.rstrip("/"),

@@ -396,7 +396,7 @@ class SessionRunner:
         (no exec permission, an old image) only leaves the phase out."""
         assert self.pods is not None and self.kube is not None
         await self.pods.app.running.wait()
-        name = self.pods.app.name
+        name = self.pods.app.name or ""
         connected, shown = asyncio.Event(), asyncio.Event()
 
         async def log() -> None:

@@ -113,27 +113,27 @@ async def list_sessions(kube: Kube | None, namespace: str, user: str, registry: 
             info = _info_from_job(job)
             found[info.session] = info
         for pod in pods.get("items", []):
-            lbl = pod["metadata"].get("labels", {})
-            info = found.get(lbl.get(labels.SESSION, ""))
-            if info is None:
+            lbl = pod["metadata"].get("labels") or {}
+            owner = found.get(lbl.get(labels.SESSION, ""))
+            if owner is None:
                 continue
             if lbl.get(labels.ROLE) == n.ROLE_APP:
-                info.app_phase = pod.get("status", {}).get("phase")
-                info.app_node = pod.get("spec", {}).get("nodeName")
+                owner.app_phase = (pod.get("status") or {}).get("phase")
+                owner.app_node = (pod.get("spec") or {}).get("nodeName")
             elif lbl.get(labels.ROLE) == n.ROLE_VIEWER:
-                info.viewer_phase = pod.get("status", {}).get("phase")
+                owner.viewer_phase = (pod.get("status") or {}).get("phase")
     for record, alive in registry.records():
         if record.user != user or record.namespace != namespace:
             continue
-        info = found.get(record.session)
-        if info is None:
-            info = found[record.session] = SessionInfo(
+        here = found.get(record.session)
+        if here is None:
+            here = found[record.session] = SessionInfo(
                 session=record.session, app=record.app, user=record.user, namespace=record.namespace,
                 run_mode=record.run_mode, protocol=record.protocol, secure=record.secure,
                 persist=n.pvc_name(record.user, record.app) if record.persist else None, started=record.started,
             )
-        info.recorded_here, info.cli_alive, info.pid = True, alive, record.pid
-        info.containers = list(record.containers)
+        here.recorded_here, here.cli_alive, here.pid = True, alive, record.pid
+        here.containers = list(record.containers)
     return sorted(found.values(), key=lambda i: i.started or "")
 
 

@@ -50,7 +50,8 @@ async def _list(ctx: Context) -> tuple[list[sessions.SessionInfo], str | None]:
 
 
 def handle(args: argparse.Namespace, ctx: Context) -> int:
-    found, warning = _async.run(lambda: _list(ctx), interrupted=([], None))
+    nothing: tuple[list[sessions.SessionInfo], str | None] = ([], None)
+    found, warning = _async.run(lambda: _list(ctx), interrupted=nothing)
     if warning:
         print(f"cloudify: {warning}", file=ctx.err)
     if args.json:

@@ -173,7 +173,7 @@ class DockerViewer:
 
     def logs_tail(self, lines: int = 15) -> str:
         with contextlib.suppress(Exception):
-            return self._container.logs(tail=lines).decode(errors="replace").rstrip()
+            return str(self._container.logs(tail=lines).decode(errors="replace")).rstrip()
         return ""
 
     async def stop(self) -> None:

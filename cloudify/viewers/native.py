@@ -23,7 +23,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from kod import apps, errors
@@ -51,14 +51,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-async def vnc_answers(connect: Callable[[], object], *, timeout: float = 2.0) -> bool:
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def vnc_answers(connect: Connect, *, timeout: float = 2.0) -> bool:
     """Whether a VNC server answers (sends its 'RFB xxx.yyy' greeting) at the target."""
     try:
-        reader, writer = await asyncio.wait_for(connect(), timeout)  # type: ignore[arg-type]
+        reader, writer = await asyncio.wait_for(connect(), timeout)
     except (OSError, TimeoutError):
         return False
     try:
-        greeting = await asyncio.wait_for(reader.readexactly(12), timeout)
+        greeting: bytes = await asyncio.wait_for(reader.readexactly(12), timeout)
         return greeting.startswith(b"RFB ")
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return False
