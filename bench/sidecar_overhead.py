@@ -20,7 +20,8 @@ pushed status (the watch stream), with `kod/testbox` pods running `sleep`:
 - idle: --idle-pods pods running, the sidecar's resident memory and the CPU time it uses in 20 s
   of idleness (no polling: next to nothing).
 
-Prints the numbers and writes them to bench/results/sidecar_overhead.json.
+Prints the numbers and writes them to bench/results/sidecar_overhead.json (parts not run keep
+their previous numbers there; run one part with e.g. --sequential 0 --burst 0 --deletes 0).
 """
 
 from __future__ import annotations
@@ -315,7 +316,11 @@ async def main() -> None:
         finally:
             await b.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sidecar_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+    out = RESULTS / "sidecar_overhead.json"
+    # Parts not run this time keep their last numbers.
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.update(results)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"written to {RESULTS / 'sidecar_overhead.json'}")
 
 
