@@ -212,7 +212,9 @@ class ApiClient:
                     raise _error_from(resp.status, await resp.read())
                 async for chunk in resp.content.iter_any():
                     yield chunk
-        except aiohttp.ClientConnectionError as exc:
+        # A payload error is a stream cut in the middle (the server went away): as unavailable
+        # as a connection that never opened, and not an aiohttp detail for the caller to know.
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise errors.Unavailable(f"stream from {self.base_url}{path} broke: {exc}") from exc
 
     async def lines(self, path: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[bytes]:
@@ -226,7 +228,7 @@ class ApiClient:
                 async for line in resp.content:
                     if line.strip():
                         yield line
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise errors.Unavailable(f"stream from {self.base_url}{path} broke: {exc}") from exc
 
 

@@ -138,3 +138,27 @@ def test_kubernetes_pod_json_validates_and_keeps_security_fields() -> None:
     )
     assert pod.spec.hostNetwork is True
     assert pod.spec.containers[0].securityContext and pod.spec.containers[0].securityContext.privileged
+
+
+async def test_a_stream_cut_in_the_middle_is_unavailable(aiohttp_server) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial\n")
+        assert request.transport is not None
+        request.transport.close()  # the server goes away mid-stream
+        return response
+
+    app = web.Application()
+    app.router.add_get("/cut", cut)
+    server = await aiohttp_server(app)
+    api = ApiClient(str(server.make_url("")), None)
+    try:
+        for reader in (api.stream("GET", "/cut"), api.lines("/cut")):
+            got = []
+            with pytest.raises(errors.Unavailable):
+                async for chunk in reader:
+                    got.append(chunk)
+            assert b"".join(got).startswith(b"partial")
+    finally:
+        await api.close()
