@@ -60,10 +60,16 @@ def create_app(settings: InterlinkSettings) -> web.Application:
             for client in sidecars.clients.values():
                 await client.close()
 
-    async def end_watches(app: web.Application) -> None:
+    async def end_streams(app: web.Application) -> None:
+        # Watch clients get a clean end (they reconnect to whoever serves next); log streams are
+        # cut at once rather than after the shutdown timeout (their clients see the cut).
         app[HUB].close_all()
+        sidecars = app[SIDECARS]
+        sidecars.stopping = True
+        for upstream in list(sidecars.streams):
+            upstream.close()
 
     app.cleanup_ctx.append(sidecar_links)
-    app.on_shutdown.append(end_watches)
+    app.on_shutdown.append(end_streams)
     add_routes(app)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from kod import errors
@@ -28,6 +29,9 @@ class Sidecars:
     health: dict[str, LinkHealth] = field(default_factory=dict)
     #: When the links were started (loop time), for the initial-sync grace period.
     started: float = 0.0
+    #: Upstream streams open now (logs), closed at shutdown so their clients learn at once.
+    streams: set[aiohttp.ClientResponse] = field(default_factory=set)
+    stopping: bool = False
 
     def for_new_pod(self, pod: Pod) -> SidecarClient:
         """The sidecar the routing rules pick for a pod that no sidecar holds yet."""

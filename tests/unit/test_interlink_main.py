@@ -17,7 +17,7 @@ from interlink.settings import ENV_PREFIX, InterlinkSettings
 from kod import errors
 from kod.http import ApiClient
 from kod.settings import load_settings
-from kod.wire import NodeInfo
+from kod.wire import NodeInfo, WatchEvent
 from tests.unit.interlink_fake_sidecar import FakeSidecar, wait_for
 
 SCRIPT = Path(sys.executable).with_name("kod-interlink")
@@ -72,8 +72,25 @@ async def test_the_service_runs_on_a_private_socket_and_stops_cleanly_on_sigterm
                 await ApiClient(f"unix://{sock}", "wrong").request("GET", "/v1/ping")
         finally:
             await api.close()
+        # Streams are open when the signal comes: a watch and a log that follows a quiet container.
+        fake.add_pod("default", "quiet", "u-quiet")
+        watcher = ApiClient(f"unix://{sock}", token_file.read_text().strip())
+        lines = watcher.lines("/v1/watch")
+        assert b'"SYNC"' in await anext(lines)
+        follow = watcher.stream("GET", "/v1/pods/default/quiet/containers/main/logs", params={"follow": True})
+        follow_task = asyncio.create_task(anext(follow, b"<end>"))
+        await wait_for(lambda: fake.open_log_streams == 1, what="the log stream to open")
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        rest = [WatchEvent.model_validate_json(line) async for line in lines]  # the watch ends cleanly
+        assert all(e.type in ("STATUS", "HEARTBEAT") for e in rest)
+        with pytest.raises(errors.Unavailable):  # the follower is cut, not ended as if complete
+            await follow_task
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert loop.time() - signalled < 1.5  # nobody waited for the shutdown timeout
+        await watcher.close()
+        await wait_for(lambda: fake.open_log_streams == 0, what="the sidecar's log stream to close")
         assert not sock.exists()
         _, err = await proc.communicate()
         assert b"interlink shutting down" in err
