@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -116,3 +117,12 @@ async def test_bad_log_options_are_400_with_a_message(interlink: TestClient, fak
 async def test_logs_of_an_unknown_pod_are_404(interlink: TestClient) -> None:
     resp = await interlink.get("/v1/pods/default/nope/containers/main/logs", headers=AUTH)
     assert resp.status == 404
+
+
+async def test_a_log_whose_sidecar_goes_away_is_cut_not_ended_cleanly(interlink: TestClient, fake: FakeSidecar) -> None:
+    fake.append_log("default", "app", "main", b"before\n")
+    resp = await interlink.get(LOGS, params={"follow": "true"}, headers=AUTH)
+    assert await asyncio.wait_for(resp.content.readline(), 5) == b"before\n"
+    await fake.stop()  # the sidecar dies mid-stream
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(resp.content.read(), 10)
