@@ -33,6 +33,11 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--cluster-cidr={s.cluster_cidr}",
         f"--node-cidr-mask-size={s.node_cidr_mask}",
         f"--service-cluster-ip-range={s.service_cidr}",
+        # Nodes turn NotReady 30-32 s after their last Lease renewal (default 50 s). Issue 3 wants a
+        # dead virtual kubelet's node NotReady within 45 s; kubelets renew every 10 s, so 30 s still
+        # tolerates two missed renewals, and on a one-machine cluster the API server is on loopback.
+        "--node-monitor-grace-period=30s",
+        "--node-monitor-period=2s",
         "--leader-elect=false",
         "--profiling=false",
         "--v=1",
