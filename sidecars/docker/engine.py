@@ -114,20 +114,20 @@ class Engine:
     # ---------------------------------------------------------------- system
 
     async def version(self) -> dict[str, Any]:
-        return await self._call("GET", "/version")
+        return dict(await self._call("GET", "/version"))
 
     async def info(self) -> dict[str, Any]:
-        return await self._call("GET", "/info")
+        return dict(await self._call("GET", "/info"))
 
     # ---------------------------------------------------------------- containers
 
     async def containers(self, label_filters: list[str]) -> list[dict[str, Any]]:
         """All containers (running or not) carrying every label filter ("key=value")."""
         filters = json.dumps({"label": label_filters})
-        return await self._call("GET", "/containers/json", params={"all": "1", "filters": filters})
+        return list(await self._call("GET", "/containers/json", params={"all": "1", "filters": filters}))
 
     async def inspect_container(self, ref: str) -> dict[str, Any]:
-        return await self._call("GET", f"/containers/{_q(ref)}/json")
+        return dict(await self._call("GET", f"/containers/{_q(ref)}/json"))
 
     async def create_container(self, name: str, body: dict[str, Any]) -> str:
         result = await self._call("POST", "/containers/create", params={"name": name}, body=body)
@@ -212,7 +212,7 @@ class Engine:
     # ---------------------------------------------------------------- images
 
     async def inspect_image(self, ref: str) -> dict[str, Any]:
-        return await self._call("GET", f"/images/{_q(ref)}/json")
+        return dict(await self._call("GET", f"/images/{_q(ref)}/json"))
 
     # ---------------------------------------------------------------- volumes
 
@@ -221,10 +221,10 @@ class Engine:
     ) -> dict[str, Any]:
         """Create (or, when it exists, return) the local volume `name`."""
         body = {"Name": name, "Driver": "local", "Labels": dict(labels), "DriverOpts": dict(driver_opts or {})}
-        return await self._call("POST", "/volumes/create", body=body)
+        return dict(await self._call("POST", "/volumes/create", body=body))
 
     async def inspect_volume(self, name: str) -> dict[str, Any]:
-        return await self._call("GET", f"/volumes/{_q(name)}")
+        return dict(await self._call("GET", f"/volumes/{_q(name)}"))
 
     async def volumes(self, label_filters: list[str]) -> list[dict[str, Any]]:
         result = await self._call("GET", "/volumes", params={"filters": json.dumps({"label": label_filters})})

@@ -99,8 +99,8 @@ async def serve(settings: DockerSidecarSettings, *, ready: asyncio.Event | None 
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
             await site.start()
-            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-            port = sockets[0].getsockname()[1] if sockets else settings.listen.port
+            # With port 0 the kernel picks one: report the real one.
+            port = next((addr[1] for addr in runner.addresses if isinstance(addr, tuple)), settings.listen.port)
             where = f"http://{settings.listen.host}:{port}"
         log.info("kod-docker-sidecar listening", url=where, docker=settings.docker_url, name=settings.name)
         if ready is not None:

@@ -168,11 +168,11 @@ class Runtime:
             return
         if attrs.get(kl.D_MANAGED_BY) != naming.MANAGED_BY_VALUE or attrs.get(naming.SIDECAR) != self.settings.name:
             return
-        pod = self.pods.get(attrs.get(kl.D_POD_UID, ""))
-        if pod is None:
+        target = self.pods.get(attrs.get(kl.D_POD_UID, ""))
+        if target is None:
             return  # not ours (yet): a resync finds orphans
-        pod.stale.add(str(actor.get("ID", "")))
-        self.kick(pod)
+        target.stale.add(str(actor.get("ID", "")))
+        self.kick(target)
 
     # ------------------------------------------------------------------ resync
 
@@ -216,7 +216,10 @@ class Runtime:
             log.info("removing orphaned Docker objects", containers=len(orphans), volumes=len(orphan_volumes))
             await asyncio.gather(*(self.engine.remove_container(c["Id"]) for c in orphans), return_exceptions=True)
             await asyncio.gather(*(self.engine.remove_volume(v) for v in orphan_volumes), return_exceptions=True)
-        await asyncio.gather(*(self._refresh_locked(pod) for pod in list(self.pods.values())))
+        # Refresh now what is free (on the first sync: everything, so the first SYNC is right);
+        # a pod whose worker or delete holds its lock refreshes when that is done (kicked below).
+        # Never wait for a lock here: a graceful delete may hold one for its whole grace period.
+        await asyncio.gather(*(self._refresh_locked(p) for p in list(self.pods.values()) if not p.lock.locked()))
         for pod in list(self.pods.values()):
             if pod.deleting and pod.deletion is None:
                 log.info("resuming an interrupted delete", **pod_context(pod.namespace, pod.name, pod.uid))
@@ -630,7 +633,10 @@ class Runtime:
         await self.wait_ready()
         existing = self.pods.get(meta.uid)
         if existing is not None:
-            return await self._create_again(existing, request), False
+            again = await self._create_again(existing, request)
+            if again is not None:
+                return again, False
+            return await self.create(request)  # the first create failed and cleaned up meanwhile
         other_uid = self._by_name.get((meta.namespace, meta.name))
         other = self.pods.get(other_uid or "")
         if other is not None and not other.deleting:
@@ -672,11 +678,14 @@ class Runtime:
         assert pod.status is not None
         return pod.status, True
 
-    async def _create_again(self, pod: PodState, request: wire.PodCreateRequest) -> wire.PodStatus:
-        """Create for a known uid: idempotent; completes a set-up a crash interrupted."""
+    async def _create_again(self, pod: PodState, request: wire.PodCreateRequest) -> wire.PodStatus | None:
+        """Create for a known uid: idempotent; completes a set-up a crash interrupted. None when
+        the pod vanished meanwhile (a concurrent first create failed and removed it)."""
         if pod.deleting:
             raise errors.Conflict(f"pod {pod.namespace}/{pod.name} (uid {pod.uid}) is being deleted")
         async with pod.lock:
+            if self.pods.get(pod.uid) is not pod:
+                return None
             if not pod.populated and pod.infra is not None:
                 pod.contents = list(request.volumes)
                 if pod.infra.started_at is None:

@@ -108,9 +108,10 @@ def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
                 yield f"volumes[{i}].files[{j}].path {f.path!r} is given twice"
             paths.add(f.path)
     for v in spec.volumes:
-        kind = content_kind(v)
-        if kind is None or v.name in given:
+        content = content_kind(v)
+        if content is None or v.name in given:
             continue
+        kind = content
         source = getattr(v, kind)
         optional = getattr(source, "optional", None) if kind in ("secret", "configMap") else None
         if not optional:

@@ -87,7 +87,12 @@ def plan(spec: wire.PodSpec, policy: PolicySettings) -> dict[str, PlannedVolume]
 def areas(planned: dict[str, PlannedVolume]) -> list[Literal["mem", "disk"]]:
     """The private volumes the pod needs."""
     kinds = {p.kind for p in planned.values()}
-    return [k for k in ("mem", "disk") if k in kinds]  # type: ignore[misc]
+    out: list[Literal["mem", "disk"]] = []
+    if "mem" in kinds:
+        out.append("mem")
+    if "disk" in kinds:
+        out.append("disk")
+    return out
 
 
 def claims(planned: dict[str, PlannedVolume]) -> list[str]:
@@ -283,9 +288,10 @@ def population_tar(
             tar.file(f"{root}/{f.path}", base64.b64decode(f.data), mode, gid)
     for c in [*spec.initContainers, *spec.containers]:
         for m in c.volumeMounts:
-            pv = planned.get(m.name)
-            if pv is None or pv.kind not in ("mem", "disk") or not m.subPath:
+            target = planned.get(m.name)
+            if target is None or target.kind not in ("mem", "disk") or not m.subPath:
                 continue
+            pv = target
             sub = m.subPath.strip("/")
             existing = by_name.get(pv.name)
             if existing is not None and any(f.path == sub or f.path.startswith(sub + "/") for f in existing.files):
