@@ -80,7 +80,11 @@ def load(args: argparse.Namespace) -> DockerSidecarSettings:
 async def serve(settings: DockerSidecarSettings, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_seconds)
+    # handler_cancellation: a client that goes away cancels its handler at once, so a `logs -f`
+    # of a silent container does not keep its engine stream open until the container prints.
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_seconds, handler_cancellation=True
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -672,9 +672,12 @@ class Runtime:
                 await self._refresh(pod)
             except (EngineError, errors.Unavailable) as exc:
                 log.warning("starting the pod's containers failed; retrying on the next event", error=str(exc), **ctx)
+            finally:
+                # Also when the caller went away meanwhile: the pod exists, its worker goes on.
+                pod.dirty = True
+                self.kick(pod)
             self._publish(pod)
         log.info("pod created", pod_ip=pod.last_ip, **ctx)
-        self.kick(pod)
         assert pod.status is not None
         return pod.status, True
 

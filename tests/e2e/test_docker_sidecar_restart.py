@@ -220,3 +220,19 @@ async def _drain(lines: AsyncIterator[bytes]) -> None:
             pass
     except errors.Unavailable:
         pass
+
+
+async def test_a_follower_that_goes_away_closes_the_log_stream_of_a_silent_container(
+    process: SidecarProcess, client: SidecarClient
+) -> None:
+    await client.create(client.request("silent", [container("main", "exec sleep 3600")], restartPolicy="Always"))
+    await client.wait("silent", lambda s: converged("long", s))
+    path = f"/v1/pods/{client.namespace}/silent/containers/main/logs"
+    reader = asyncio.ensure_future(_drain(client.api.stream("GET", path, params={"follow": True})))
+    await asyncio.sleep(1)  # the stream is open and idle: the container prints nothing
+    assert not reader.done()
+    reader.cancel()  # the client goes away (^C on `kubectl logs -f`)
+    deadline = asyncio.get_running_loop().time() + 10
+    while "log stream closed" not in process.log_text():
+        assert asyncio.get_running_loop().time() < deadline, "the sidecar kept the log stream open"
+        await asyncio.sleep(0.1)

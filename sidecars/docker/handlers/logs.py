@@ -13,7 +13,10 @@ from aiohttp import web
 
 from kod import wire
 from kod.http import parse_query
+from kod.log import get_logger, pod_context
 from sidecars.docker.handlers.keys import RUNTIME
+
+log = get_logger(__name__)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -22,13 +25,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
     container = request.match_info["container"]
     stream = await request.app[RUNTIME].logs(ns, name, container, opts)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
-        await response.prepare(request)
-        try:
-            async for chunk in stream:
-                if chunk:
-                    await response.write(chunk)
-        except ConnectionResetError:
-            return response  # the client went away
-    await response.write_eof()
-    return response
+    ctx = pod_context(ns, name, container=container, follow=opts.follow)
+    try:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            await response.prepare(request)
+            try:
+                async for chunk in stream:
+                    if chunk:
+                        await response.write(chunk)
+            except ConnectionResetError:
+                return response  # the client went away
+        await response.write_eof()
+        return response
+    finally:
+        log.debug("log stream closed", **ctx)
