@@ -268,6 +268,8 @@ class PodController:
     async def _start(self, pod: Mapping[str, Any]) -> None:
         uid = _uid(pod)
         token = request_id_var.set(new_request_id())
+        clock = asyncio.get_running_loop().time
+        t0 = clock()
         try:
             try:
                 request = await self.resolver.pod_create_request(pod)
@@ -279,6 +281,7 @@ class PodController:
             except errors.InvalidInput as exc:
                 await self._fail(pod, "InvalidPod", str(exc))
                 return
+            t1 = clock()
             try:
                 log.info("starting pod")
                 status = await self.provider.create_pod(request)
@@ -288,9 +291,12 @@ class PodController:
             except errors.InvalidInput as exc:
                 await self._fail(pod, "InvalidPod", exc.message)
                 return
+            t2 = clock()
             self._remember(status)
             await self._write_status(pod, self.remote.get(uid, status))
             self._failures.pop(uid, None)
+            log.debug("pod started", phase=status.phase, resolve_ms=round((t1 - t0) * 1000, 1),
+                      create_ms=round((t2 - t1) * 1000, 1), status_ms=round((clock() - t2) * 1000, 1))
         finally:
             request_id_var.reset(token)
 
@@ -315,6 +321,7 @@ class PodController:
         if patch is None:
             return
         meta = pod.get("metadata") or {}
+        log.debug("writing pod status", phase=desired.get("phase"))
         try:
             updated = await self.kube.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", patch)
         except errors.NotFound:
