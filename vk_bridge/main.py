@@ -81,6 +81,7 @@ class VirtualKubelet:
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
         self.node: NodeController | None = None
         self.pods: PodController | None = None
         self.kube: KubeClient | None = None
@@ -178,6 +179,7 @@ async def serve(
             await runner.cleanup()
         await provider.close()
         await kube.close()
+        state.stopped.set()
         log.info("stopped")
 
 

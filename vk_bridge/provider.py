@@ -82,6 +82,7 @@ class InterLinkProvider:
     ) -> None:
         self.url = url
         self._api = ApiClient(url, token, timeout=timeout)
+        self._timeout = timeout
         self._backoff = tuple(backoff)
 
     async def close(self) -> None:
@@ -109,7 +110,7 @@ class InterLinkProvider:
     async def delete_pod(self, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None) -> wire.PodStatus | None:
         params = wire.DeleteOptions(uid=uid, gracePeriodSeconds=grace_period_seconds).model_dump(exclude_none=True)
         # The call lasts as long as the grace period: give it that much on top of the usual timeout.
-        timeout = self._api._timeout + (grace_period_seconds or 30)
+        timeout = self._timeout + (grace_period_seconds or 30)
         try:
             result: wire.PodStatus = await self._retrying(
                 "delete",

@@ -5,12 +5,14 @@ container once it runs again."""
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
 import pytest
 
 from kod import labels
+from localenv import desktop_stack
 from tests.fixtures.virtual_node import VirtualNode
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +108,19 @@ def test_kill_9_during_activity_leaves_no_duplicate_or_orphan(
         assert status["containerID"].endswith(mains[0].id)
         if pod["metadata"]["name"] in running:
             assert mains[0].status == "running" and status["restartCount"] == 0
+
+
+def test_sigterm_stops_vk_cleanly_and_the_node_says_so_at_once(vnode_processes: VirtualNode) -> None:
+    vn = vnode_processes
+    assert vn.node_ready() == "True"
+    pid = vn.kill("vk", signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while desktop_stack.pid("vk", vn.stack) == pid:
+        assert time.monotonic() < deadline, "vk_bridge did not stop within 20 s of SIGTERM"
+        time.sleep(0.2)
+    ready = next(c for c in vn.node()["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"] == "kod-vk stopped"
+    last = vn.stack.log_file("vk").read_text().strip().splitlines()[-1]
+    assert '"event": "stopped"' in last
+    vn.restart("vk")
+    assert vn.node_ready() == "True"
