@@ -129,7 +129,7 @@ async def test_two_containers_share_an_empty_dir_and_localhost(sidecar: SidecarC
                        volumeMounts=[{"name": "data", "mountPath": "/data"}])
     client = container(
         "client",
-        "until wget -q -O /tmp/got http://localhost:8080/f; do sleep 0.2; done; cat /tmp/got /data/f; "
+        "until wget -q -O /tmp/got http://localhost:8080/f 2>/dev/null; do sleep 0.2; done; cat /tmp/got /data/f; "
         "stat -f -c %T /fast; id -u; echo written > /fast/by-1000 && echo ok; hostname",
         volumeMounts=[{"name": "data", "mountPath": "/data"}, {"name": "fast", "mountPath": "/fast"}],
         securityContext={"runAsUser": 1000},
