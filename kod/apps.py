@@ -123,7 +123,9 @@ APPS: dict[str, App] = {
             image="firefox",
             window_title="Mozilla Firefox",
             local_commands=("firefox-esr", "firefox"),
-            persist_paths=(".mozilla", "Downloads"),
+            # Firefox 153 ESR keeps new profiles in ~/.config/mozilla (XDG); ~/.mozilla only when it
+            # already has one.
+            persist_paths=(".config/mozilla", ".mozilla", "Downloads"),
             description="Firefox ESR web browser",
         ),
         App(
