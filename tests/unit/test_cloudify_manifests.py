@@ -116,12 +116,12 @@ def test_persistence_mounts_the_users_volume_on_the_apps_settings() -> None:
     pod = m.app_job(p)["spec"]["template"]["spec"]
     mounts = [vm for vm in pod["containers"][0]["volumeMounts"] if vm["name"] == m.DATA_VOLUME]
     assert mounts == [
-        {"name": "data", "mountPath": "/home/kod/.mozilla", "subPath": ".mozilla"},
-        {"name": "data", "mountPath": "/home/kod/Downloads", "subPath": "Downloads"},
+        {"name": "data", "mountPath": f"/home/kod/{path}", "subPath": path} for path in apps.APPS["firefox"].persist_paths
     ]
+    assert ".config/mozilla" in apps.APPS["firefox"].persist_paths  # where Firefox ESR keeps its profile
     assert pod["volumes"][-1]["persistentVolumeClaim"]["claimName"] == "kod-alice-firefox-data"
     init = pod["initContainers"][0]
-    assert init["command"][-2:] == ["/data/.mozilla", "/data/Downloads"]
+    assert init["command"][-3:] == ["/data/.config/mozilla", "/data/.mozilla", "/data/Downloads"]
     claim = m.data_claim(p)
     assert claim["metadata"]["name"] == "kod-alice-firefox-data"
     assert labels.SESSION not in claim["metadata"]["labels"]  # it belongs to no session
