@@ -15,7 +15,6 @@ Kubernetes semantics, as the kubelet gives them:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -248,8 +247,3 @@ def _may_escalate(sc: wire.SecurityContext | None, settings: DockerSidecarSettin
     """Only a container that asks for privilege escalation, on a node whose policy allows it,
     runs without no-new-privileges."""
     return bool(sc and sc.allowPrivilegeEscalation and settings.policy.allow_privilege_escalation)
-
-
-def describe(body: dict[str, Any]) -> str:
-    """A short, secret-free description of a create body for debug logs (no env values)."""
-    return json.dumps({"Image": body.get("Image"), "Entrypoint": body.get("Entrypoint"), "User": body.get("User")})
