@@ -91,6 +91,11 @@ class SessionRunner:
         self.record: HeldRecord | None = None
         self.docker: Any = None
         self._log_task: asyncio.Task[None] | None = None
+        self._frame_task: asyncio.Task[None] | None = None
+        self._gc_task: asyncio.Task[None] | None = None
+        #: Where cloudify's port-forward listens (None: the viewer uses a NodePort).
+        self._bind: str | None = None
+        self._fallback_reason = ""
         self.first_frame = asyncio.Event()
 
     # ------------------------------------------------------------------ the whole session
@@ -446,10 +451,10 @@ class SessionRunner:
 
     async def _cleanup(self) -> None:
         """Remove everything the session made; each step runs even when another failed."""
-        for task in (self._log_task, getattr(self, "_frame_task", None)):
+        for task in (self._log_task, self._frame_task):
             if task is not None:
                 task.cancel()
-        gc_task = getattr(self, "_gc_task", None)
+        gc_task = self._gc_task
         if gc_task is not None and not gc_task.done():
             # Let a collection under way finish (bounded): a half-collected session stays recorded anyway.
             with contextlib.suppress(Exception):
