@@ -69,6 +69,21 @@ async def vnc_answers(connect: Connect, *, timeout: float = 2.0) -> bool:
         writer.close()
 
 
+async def ssh_answers(host: str, port: int, *, timeout: float = 2.0) -> bool:
+    """Whether an SSH server greets ('SSH-2.0-...') at host:port."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line: bytes = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"SSH-")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
 async def http_answers(host: str, port: int, *, timeout: float = 2.0) -> bool:
     """Whether noVNC's web server answers at host:port."""
     try:
@@ -117,7 +132,10 @@ class NativeViewer:
         self._viewer: asyncio.subprocess.Process | None = None
         self._ssh_task: asyncio.Task[None] | None = None
         self._ssh_failed = asyncio.Event()
+        self._ssh_error = ""
         self._stopping = False
+        self._local: tuple[str, int] | str = ""
+        self._viewer_task: asyncio.Task[None] | None = None
         self.url: str | None = None
 
     # --- checks, before anything is created ---
@@ -140,7 +158,6 @@ class NativeViewer:
         forwards: list[str] = []
         if self.pulse_socket:
             forwards += ["-R", f"{apps.AUDIO_PORT}:{self.pulse_socket}"]
-        self._local: tuple[str, int] | str
         if opts.secure and opts.protocol == "vnc":
             assert self._dir is not None
             sock = str(self._dir / "vnc.sock")
@@ -162,6 +179,7 @@ class NativeViewer:
 
     async def wait_running(self, timeout: float) -> str:
         """Returns once the viewer (vncviewer, or the browser's URL) is up."""
+        assert self._viewer_task is not None
         waiter = asyncio.ensure_future(self._viewer_task)
         failed = asyncio.ensure_future(self._ssh_failed.wait())
         try:
@@ -203,7 +221,7 @@ class NativeViewer:
                 except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-        for task in (self._ssh_task, getattr(self, "_viewer_task", None)):
+        for task in (self._ssh_task, self._viewer_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -247,8 +265,16 @@ class NativeViewer:
     async def _keep_ssh(self, target: Target, forwards: list[str]) -> None:
         """Run ssh; while the app starts its sshd is not there yet, so retry until it holds or
         the timeout passes. A tunnel that breaks later is not restarted: the session is over."""
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        self._ssh_error = ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        # Spawning ssh while the app's sshd is not up yet costs a process per attempt: wait for
+        # its greeting first (a cheap TCP probe).
+        while not await ssh_answers(target.host, target.ssh_port):
+            if loop.time() > deadline:
+                self._ssh_error = f"no SSH server answered at {target.host}:{target.ssh_port}"
+                self._ssh_failed.set()
+                return
+            await asyncio.sleep(RETRY_SECONDS)
         while not self._stopping:
             self._ssh = await asyncio.create_subprocess_exec(
                 *self.ssh_argv(target, forwards),
