@@ -37,6 +37,9 @@ from kod import errors
 #: watch at `timeoutSeconds`; bookmarks keep a healthy stream talking meanwhile.
 WATCH_SERVER_TIMEOUT = 240
 WATCH_IDLE_SECONDS = WATCH_SERVER_TIMEOUT + 30
+#: Backoff between attempts to list again when the API server does not answer.
+WATCH_RETRY_SECONDS = 0.2
+WATCH_RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -256,12 +259,21 @@ class Kube:
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """List, then watch, forever: yields ("ADDED"|"MODIFIED"|"DELETED", object). The initial
         list comes as ADDED events; after a broken stream or a 410 it lists again (objects that
-        vanished meanwhile come as DELETED), so the caller never misses a final state. The caller
-        bounds it with a timeout or stops iterating."""
+        vanished meanwhile come as DELETED), so the caller never misses a final state; an API
+        server that does not answer is retried with backoff. Refusals (403, 401) are raised. The
+        caller bounds it with a timeout or stops iterating."""
         known: dict[str, dict[str, Any]] = {}
         sel = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        backoff = WATCH_RETRY_SECONDS
         while True:
-            listing = await self.request("GET", path, params=sel)
+            try:
+                listing = await self.request("GET", path, params=sel)
+            except errors.Unavailable:
+                # The API server restarts, or the network blinks: a session outlives that.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, WATCH_RETRY_MAX_SECONDS)
+                continue
+            backoff = WATCH_RETRY_SECONDS
             rv = listing.get("metadata", {}).get("resourceVersion")
             seen: dict[str, dict[str, Any]] = {}
             for obj in listing.get("items", []):
@@ -283,7 +295,7 @@ class Kube:
                         known[uid] = obj
                     yield kind, obj
             except (Gone, errors.Unavailable, aiohttp.ClientPayloadError, TimeoutError):
-                await asyncio.sleep(0.2)  # then list again: a fresh, complete picture
+                await asyncio.sleep(WATCH_RETRY_SECONDS)  # then list again: a fresh, complete picture
 
     async def watch_from(
         self, path: str, rv: str | None, *, labelSelector: str | None = None, fieldSelector: str | None = None  # noqa: N803

@@ -118,6 +118,16 @@ class SessionPods:
                 await self._task
 
     async def _run(self) -> None:
+        try:
+            await self._follow()
+        except errors.KodError as exc:
+            # The watch was refused (permissions): whoever waits learns it now, not at a timeout.
+            for state in (self.app, self.viewer):
+                if state.failure is None:
+                    state.failure = errors.Unavailable(f"cannot watch the session's pods: {exc}", hint=exc.hint)
+                    state.failed.set()
+
+    async def _follow(self) -> None:
         path = f"/api/v1/namespaces/{self.namespace}/pods"
         async for kind, pod in self.kube.watch(path, label_selector=f"{labels.SESSION}={self.session}"):
             role = pod["metadata"].get("labels", {}).get(labels.ROLE)

@@ -371,8 +371,11 @@ class SessionRunner:
         assert self.pods is not None and self.viewer is not None
         viewer_done = asyncio.ensure_future(self.viewer.wait_done())
         app_done = asyncio.ensure_future(self.pods.app.finished.wait())
+        watch_failed = asyncio.ensure_future(self.pods.app.failed.wait())
         try:
-            await asyncio.wait({viewer_done, app_done}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({viewer_done, app_done, watch_failed}, return_when=asyncio.FIRST_COMPLETED)
+            if watch_failed.done() and self.pods.app.failure is not None and not app_done.done():
+                raise self.pods.app.failure
             if not viewer_done.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(viewer_done), VIEWER_AFTER_APP_SECONDS)
@@ -380,6 +383,7 @@ class SessionRunner:
                     pass
         finally:
             app_done.cancel()
+            watch_failed.cancel()
             if not viewer_done.done():
                 viewer_done.cancel()
         app_code = self.pods.app.exit_code()

@@ -30,6 +30,7 @@ class FakeApi:
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.gone_once = False
         self.lists = 0
+        self.unavailable = 0  # answer this many lists with 503 first
 
     def pod(self, name: str, phase: str) -> dict[str, Any]:
         self.rv += 1
@@ -75,6 +76,9 @@ class FakeApi:
 
     async def list_or_watch(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("watch") != "1":
+            if self.unavailable:
+                self.unavailable -= 1
+                return status(503, "the API server is starting")
             self.lists += 1
             return web.json_response({"metadata": {"resourceVersion": str(self.rv)}, "items": list(self.pods.values())})
         resp = web.StreamResponse()
@@ -161,6 +165,16 @@ async def test_exec_yields_the_commands_output_lines(api: Any) -> None:
     _, kube = api
     lines = [line async for line in kube.exec_lines("ns", "app", "app", ["sh", "-c", "echo hi"])]
     assert lines == ["sh -c echo hi", "second line"]
+
+
+async def test_watch_waits_out_an_api_server_that_does_not_answer(api: Any) -> None:
+    fake, kube = api
+    fake.pods["a"] = fake.pod("a", "Running")
+    fake.unavailable = 2
+    stream = kube.watch("/api/v1/namespaces/ns/pods")
+    kind, pod = await asyncio.wait_for(stream.__anext__(), 10)
+    assert (kind, pod["metadata"]["name"]) == ("ADDED", "a")
+    await stream.aclose()
 
 
 async def test_port_forward_carries_bytes_and_reports_a_closed_port(api: Any) -> None:
