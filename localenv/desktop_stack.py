@@ -441,20 +441,20 @@ def pid(name: str, stack: Stack | None = None) -> int | None:
     return procs.running_pid(_pid_file(stack or stack_for(), name))
 
 
-def kill(name: str, sig: int = signal.SIGKILL, stack: Stack | None = None) -> int | None:
-    """Send `sig` to one of the stack's processes (by its PID file, verified); returns the PID.
-    For tests: SIGKILL is a crash, SIGTERM a clean stop."""
+def kill(name: str, sig: int = signal.SIGKILL, stack: Stack | None = None, *, timeout: float = 30.0) -> int | None:
+    """Send `sig` to one of the stack's processes (by its PID file, verified) and wait until it
+    is gone; returns the PID. For tests: SIGKILL is a crash, SIGTERM a clean stop."""
     stack = stack or stack_for()
     record = procs.read_record(_pid_file(stack, name))
     if record is None or not procs.is_alive(record):
         return None
     os.kill(record.pid, sig)
-    if sig == signal.SIGKILL:
-        for _ in range(100):
-            procs._reap(record.pid)
-            if not procs.is_alive(record):
-                break
-            time.sleep(0.02)
+    deadline = time.monotonic() + timeout
+    while procs.is_alive(record):
+        procs._reap(record.pid)
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"{SCRIPTS[name]} (pid {record.pid}) still runs {timeout:.0f} s after signal {sig}")
+        time.sleep(0.02)
     return record.pid
 
 
