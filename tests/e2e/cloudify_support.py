@@ -32,17 +32,12 @@ FIREFOX_WINDOW = r"^firefox - TigerVNC"
 
 
 def ensure_images(cluster: Any) -> None:
-    """The app and viewer images, built (by the images' own builder) and in the cluster."""
-    try:
-        from localenv import images  # type: ignore[attr-defined]
-    except ImportError:
-        images = None
-    missing = [ref for ref in APP_IMAGES if subprocess.run(
-        ["/usr/bin/docker", "image", "inspect", ref], capture_output=True, check=False).returncode != 0]
-    if missing:
-        if images is None:
-            pytest.fail(f"images {missing} are not built and localenv.images does not exist to build them")
-        images.build_all()
+    """The app and viewer images, built by the images' own builder (skipped when up to date)
+    and imported into the cluster (skipped when it has them)."""
+    from localenv import images
+    from localenv.progress import Progress
+
+    images.build_all(Progress(quiet=True), only=[ref.split("/", 1)[1].split(":", 1)[0] for ref in APP_IMAGES])
     cluster.import_images(list(APP_IMAGES))
 
 
