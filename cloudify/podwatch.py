@@ -24,6 +24,11 @@ FATAL_WAITING = frozenset({
     "CreateContainerError", "CrashLoopBackOff", "RunContainerError", "PreCreateHookError", "PostStartHookError",
 })
 TERMINAL = ("Succeeded", "Failed")
+#: What to look at first when a pod of this role does not start.
+HINTS = {
+    n.ROLE_VIEWER: "is the desktop stack running and its node Ready (`python -m localenv status`)? ",
+    n.ROLE_APP: "is a node free to run it (`kubectl get nodes`)? ",
+}
 
 
 @dataclass
@@ -67,7 +72,7 @@ class PodState:
         if self.pod is None:
             return "the pod does not exist yet (the Job controller has not made it)"
         status = self.pod.get("status", {})
-        parts = [f"phase {status.get('phase', '?')}"]
+        parts = [f"phase {status.get('phase', '?')}" + (f" on node {self.node}" if self.node else "")]
         if status.get("reason") or status.get("message"):
             parts.append(f"{status.get('reason', '')}: {status.get('message', '')}".strip(": "))
         for cond in status.get("conditions", []):
@@ -176,7 +181,8 @@ async def wait_for(state: PodState, event: asyncio.Event, *, timeout: float, wha
     if state.failure is not None:
         raise state.failure
     if not event.is_set():
+        hint = HINTS.get(state.role, "")
         raise errors.Unavailable(
-            f"{what} did not happen within {timeout:g} s: {state.describe()}",
-            hint="raise the timeout with -t, or look at `kubectl describe pod` in the session's namespace",
+            f"waited {timeout:g} s for {what}: {state.describe()}",
+            hint=f"{hint}raise the timeout with -t, or see `kubectl describe pod {state.name or ''}` in the session's namespace",
         )

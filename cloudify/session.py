@@ -342,7 +342,7 @@ class SessionRunner:
         app = self.pods.app
 
         async def app_running() -> None:
-            await wait_for(app, app.running, timeout=timeout, what="the app pod running")
+            await wait_for(app, app.running, timeout=timeout, what="the app pod to run")
             for fwd in self.forwarders:
                 fwd.set_pod(app.name or "")
             self.tl.mark("app pod running", f"on node {app.node}")

@@ -57,7 +57,7 @@ class PodViewer:
         self._created = True
 
     async def wait_running(self, timeout: float) -> str:
-        await wait_for(self.pods.viewer, self.pods.viewer.running, timeout=timeout, what="the viewer pod running")
+        await wait_for(self.pods.viewer, self.pods.viewer.running, timeout=timeout, what="the viewer pod to run")
         return f"on your virtual node {self.node}"
 
     async def wait_done(self) -> int:

@@ -45,14 +45,14 @@ async def test_running_then_finished_with_an_exit_code() -> None:
 async def test_a_pod_that_cannot_start_fails_at_once_with_its_reason(reason: str) -> None:
     s = feed(PodState("app"), pod("Pending", waiting=reason))
     with pytest.raises(errors.Unavailable, match=reason):
-        await wait_for(s, s.running, timeout=30, what="the app pod running")
+        await wait_for(s, s.running, timeout=30, what="the app pod to run")
 
 
 async def test_a_stuck_pod_times_out_saying_why() -> None:
     s = feed(PodState("app"), pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                                           "message": "0/2 nodes are available: node(s) had untolerated taint"}]))
     with pytest.raises(errors.Unavailable, match="untolerated taint"):
-        await wait_for(s, s.running, timeout=0.05, what="the app pod running")
+        await wait_for(s, s.running, timeout=0.05, what="the app pod to run")
     assert "does not exist yet" in PodState("viewer").describe()
 
 
