@@ -107,6 +107,15 @@ def one_run(desktop: Desktop, env: dict[str, str], mode: str, workdir: Path, tim
             "session_end": round(time.monotonic() - t0, 3)}
 
 
+def attempt(desktop: Desktop, env: dict[str, str], mode: str, workdir: Path, save: Path | None = None) -> dict[str, Any]:
+    """One run; a failure is recorded (with cloudify's last words) instead of ending the bench."""
+    try:
+        return one_run(desktop, env, mode, workdir, save=save)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        tail = (workdir / "cloudify.err").read_text().strip().splitlines()[-3:]
+        return {"error": str(exc), "cloudify": tail}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -138,9 +147,14 @@ def main() -> int:
     try:
         for mode in modes:
             for _ in range(args.warmup):
-                one_run(desktop, env, mode, workdir)
-            runs = [one_run(desktop, env, mode, workdir, save=RESULTS / f"cloudify_first_frame-{mode}-{i}.png")
+                attempt(desktop, env, mode, workdir)
+            runs = [attempt(desktop, env, mode, workdir, save=RESULTS / f"cloudify_first_frame-{mode}-{i}.png")
                     for i in range(args.runs)]
+            failed = [r for r in runs if "error" in r]
+            runs = [r for r in runs if "error" not in r]
+            if not runs:
+                results["modes"][mode] = {"failed": failed}
+                continue
             frames = [r["first_frame"] for r in runs]
             phase_medians = {
                 phase: round(statistics.median(r["phases"][phase] for r in runs if phase in r["phases"]), 3)
@@ -150,7 +164,7 @@ def main() -> int:
             results["modes"][mode] = {
                 "first_frame_median": round(statistics.median(frames), 3),
                 "first_frame_min": min(frames), "first_frame_max": max(frames),
-                "phase_medians": phase_medians, "runs": runs,
+                "phase_medians": phase_medians, "runs": runs, "failed": failed,
                 "original_seconds": ORIGINAL.get(mode),
             }
     finally:
@@ -166,12 +180,17 @@ def main() -> int:
           f"(warm, images present); load average before {results['load_before'][0]:.1f}")
     print(f"{'mode':<8}{'median':>8}{'min':>7}{'max':>7}{'prepare':>9}{'app run':>9}{'viewer':>8}{'original':>10}")
     for mode, r in results["modes"].items():
+        if "first_frame_median" not in r:
+            print(f"{mode:<8} every run failed: {r['failed'][-1]}")
+            continue
+        if r["failed"]:
+            print(f"{mode:<8} ({len(r['failed'])} failed run(s) not counted: {r['failed'][-1]['error']})")
         p = r["phase_medians"]
         original = f"{r['original_seconds']:.1f}s" if r["original_seconds"] else "-"
         print(f"{mode:<8}{r['first_frame_median']:>7.2f}s{r['first_frame_min']:>6.2f}s{r['first_frame_max']:>6.2f}s"
               f"{p.get('prepare', 0):>8.2f}s{p.get('app pod running', 0):>8.2f}s{p.get('viewer running', 0):>7.2f}s"
               f"{original:>10}")
-    if "pod" in results["modes"]:
+    if "first_frame_median" in results["modes"].get("pod", {}):
         verdict = "met" if results["modes"]["pod"]["first_frame_median"] <= GOAL_POD else "NOT met"
         print(f"goal (pod mode median <= {GOAL_POD:.0f} s): {verdict}")
     print(f"written to {RESULTS / 'cloudify_first_frame.json'}")
