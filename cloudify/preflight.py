@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class NodeView:
     images: frozenset[str]
     kubelet_port: int | None
     allocatable: dict[str, str] = field(default_factory=dict)
+    created: str = ""
 
     @classmethod
     def of(cls, node: dict[str, Any]) -> NodeView:
@@ -56,6 +58,7 @@ class NodeView:
             images=images,
             kubelet_port=endpoints.get("Port"),
             allocatable=status.get("allocatable") or {},
+            created=node["metadata"].get("creationTimestamp") or "",
         )
 
     @property
@@ -90,10 +93,23 @@ def eligible_app_nodes(nodes: list[NodeView], settings: CloudifySettings) -> lis
     ]
 
 
-def find_virtual_node(nodes: list[NodeView], user: str) -> NodeView | None:
-    """The user's virtual node (type=virtual-kubelet, kod.io/desktop-of=<user>), a ready one first."""
+def default_virtual_node_name(hostname: str) -> str:
+    """The desktop stack's default name for this desktop's node: desktop-<host name> (the rule of
+    localenv.desktop_stack and vk_bridge)."""
+    host = re.sub(r"[^a-z0-9.-]+", "-", hostname.lower()).strip("-.") or "localhost"
+    return f"desktop-{host}"[:253].rstrip("-.")
+
+
+def find_virtual_node(nodes: list[NodeView], user: str, *, name: str | None = None,
+                      hostname: str = "") -> NodeView | None:
+    """The user's virtual node (type=virtual-kubelet, kod.io/desktop-of=<user>): the one named
+    `name` when given; else, of several, the one with this desktop's default name, then a ready
+    one, then the oldest (a test or second desktop of the same user registers others)."""
     mine = [n for n in nodes if n.is_virtual and n.labels.get(labels.DESKTOP_OF) == user]
-    mine.sort(key=lambda n: not n.ready)
+    if name is not None:
+        return next((n for n in mine if n.name == name), None)
+    default = default_virtual_node_name(hostname) if hostname else None
+    mine.sort(key=lambda n: (n.name != default, not n.ready, n.created))
     return mine[0] if mine else None
 
 
@@ -106,7 +122,8 @@ async def measure(kube: Kube, *, timeout: float) -> tuple[float, list[NodeView]]
 
 
 def check(
-    pre: Preflight, options: SessionOptions, settings: CloudifySettings, user: str, *, app_image: str
+    pre: Preflight, options: SessionOptions, settings: CloudifySettings, user: str, *, app_image: str,
+    hostname: str = "",
 ) -> None:
     """Fill in the eligible app nodes and the virtual node; raise a clear error when the session
     cannot start. Run before anything is created."""
@@ -131,7 +148,12 @@ def check(
             "registry, set check_images = false in the config file",
         )
     if options.run_mode == "pod":
-        pre.virtual_node = find_virtual_node(pre.nodes, user)
+        pre.virtual_node = find_virtual_node(pre.nodes, user, name=settings.virtual_node, hostname=hostname)
+        if pre.virtual_node is None and settings.virtual_node:
+            raise errors.Unavailable(
+                f"there is no virtual node {settings.virtual_node!r} of user {user!r}",
+                hint="check virtual_node in the config file against `kubectl get nodes -l type=virtual-kubelet`",
+            )
         if pre.virtual_node is None:
             raise errors.Unavailable(
                 f"there is no virtual node for user {user!r} (a node labelled {labels.NODE_TYPE}="

@@ -120,7 +120,8 @@ class SessionRunner:
             if pre is None:
                 creds_task.cancel()
                 return await self._run_locally(local)
-            preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image))
+            preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image),
+                            hostname=self.ctx.hostname)
             if docker_task is not None:
                 await docker_task
                 self._step("docker ready")

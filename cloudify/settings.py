@@ -61,6 +61,7 @@ class CloudifySettings(BaseModel):
     namespace: str = Field(default="kod", description="Namespace of the sessions; created when missing.")
     user: str | None = Field(default=None, description="Your user name in the cluster (labels, volume names, your virtual node); default your login name.")
     user_node: str | None = Field(default=None, description="Name of the cluster node that is this desktop, if any: apps never run there.")
+    virtual_node: str | None = Field(default=None, description="Your virtual node for -r pod, when you have several; default the one named desktop-<this host's name>, else a ready one.")
     reach: Reach = Field(default="auto", description="How the viewer reaches the app: a NodePort, the API server's port-forward, or auto (NodePort when a node address answers).")
     slow_threshold: float = Field(default=SLOW_CLUSTER_SECONDS, gt=0, description="A cluster that takes longer to answer is too slow: run the app locally when it is installed.")
     fallback: bool = Field(default=True, description="Run the app locally when the cluster is unreachable or slow and the app is installed.")

@@ -70,6 +70,15 @@ def test_a_session_that_cannot_start_is_refused_before_anything_is_created(nodes
         check(nodes, **kwargs)
 
 
+def test_of_several_virtual_nodes_this_desktops_is_chosen() -> None:
+    nodes = [node("desktop-other", virtual_of="alice"), node("desktop-my-host", virtual_of="alice"),
+             node("vn-bench", virtual_of="alice")]
+    assert p.find_virtual_node(nodes, "alice", hostname="My_Host").name == "desktop-my-host"  # type: ignore[union-attr]
+    assert p.find_virtual_node(nodes, "alice", name="vn-bench").name == "vn-bench"  # type: ignore[union-attr]
+    assert p.find_virtual_node(nodes, "alice", name="missing") is None
+    assert p.find_virtual_node(nodes, "bob") is None
+
+
 def test_docker_and_native_modes_need_no_virtual_node_and_images_can_be_pulled() -> None:
     assert check([node("w", images=("kod/firefox:0.1.0",))], run_mode="docker").virtual_node is None
     assert check([node("w")], run_mode="native", check_images=False).app_nodes
