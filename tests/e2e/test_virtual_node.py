@@ -80,7 +80,7 @@ def test_two_containers_share_an_empty_dir_and_localhost(virtual_node: VirtualNo
     }
     client = {
         "name": "main",
-        "command": ["sh", "-c", "for i in $(seq 50); do [ -f /shared/note ] && wget -qO- http://127.0.0.1:8080/ && break; "
+        "command": ["sh", "-c", "for i in $(seq 100); do [ -f /shared/note ] && wget -qO- http://127.0.0.1:8080/ 2>/dev/null && break; "
                                 "sleep 0.2; done; cat /shared/note"],
         "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
     }
