@@ -7,6 +7,9 @@
     GET /healthz        -> 200 "ok"
     /exec, /attach, /portForward, /run -> 501 (not supported on the desktop node)
 
+Errors are Kubernetes Status bodies (kind Status, reason, message, code), which the API server
+relays and kubectl prints.
+
 Only callers the cluster authenticates get in, as with the kubelet's webhook mode: a client
 certificate signed by the cluster's client CA (the API server's own `--kubelet-client-certificate`)
 or a bearer token the TokenReview API accepts; then a SubjectAccessReview must allow the verb on
@@ -28,7 +31,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from kod import errors, wire
-from kod.http import error_middleware, request_id_middleware
+from kod.http import request_id_middleware
 from kod.log import get_logger
 from vk_bridge.kube import KubeClient
 from vk_bridge.provider import Provider
@@ -173,6 +176,38 @@ def user_from_peercert(peercert: Mapping[str, Any] | None) -> UserInfo | None:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Kubernetes' reason for each status code, for Status bodies.
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+            409: "Conflict", 501: "NotImplemented", 503: "ServiceUnavailable"}
+
+
+def status_response(code: int, message: str) -> web.Response:
+    """A Kubernetes Status body: the API server relays it and kubectl prints its message (any
+    other body becomes "the server rejected our request for an unknown reason")."""
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": _REASONS.get(code, "InternalError"), "code": code}
+    return web.json_response(body, status=code)
+
+
+@web.middleware
+async def status_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The vocabulary's errors as Status bodies; never a 500 for bad input."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return status_response(exc.status, exc.reason or "error")
+    except errors.KodError as exc:
+        if exc.status >= 500:
+            log.warning("kubelet API request failed", error=exc.code, message=str(exc), path=request.path)
+        return status_response(exc.status, str(exc))
+    except ConnectionResetError:
+        raise
+    except Exception:
+        log.exception("unhandled error in the kubelet API", path=request.path)
+        return status_response(500, "internal error; see vk_bridge's log")
+
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -248,20 +283,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def not_supported(request: web.Request) -> web.Response:
     what = request.path.strip("/").split("/", 1)[0]
-    message = (
+    return status_response(
+        501,
         f"{what} is not supported on the desktop's virtual node: its containers run in the desktop's "
-        "Docker engine; use `kubectl logs`, or `docker exec` on the desktop"
+        "Docker engine; use `kubectl logs`, or `docker exec` on the desktop",
     )
-    # A Kubernetes Status body: the API server's stream proxies (exec, attach, port-forward) show
-    # its message to kubectl users; other bodies become "unknown error".
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": "NotImplemented", "code": 501}
-    return web.json_response(body, status=501)
 
 
 def create_app(*, provider: Provider, kube: KubeClient, auth: Authenticator) -> web.Application:
     """The kubelet API application (TLS is added by the server that runs it)."""
-    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
+    app = web.Application(middlewares=[request_id_middleware, status_error_middleware, auth_middleware])
     app[PROVIDER] = provider
     app[KUBE] = kube
     app[AUTH] = auth

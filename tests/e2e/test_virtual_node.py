@@ -327,4 +327,4 @@ def test_the_kubelet_api_refuses_callers_the_cluster_does_not_authenticate(virtu
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, context=ctx, timeout=10)
         assert info.value.code == 401
-        assert json.loads(info.value.read())["error"] == "Unauthorized"
+        assert json.loads(info.value.read())["reason"] == "Unauthorized"

@@ -5,6 +5,7 @@ query becomes typed LogOptions; bad input is 400, unknown pods 404, exec 501 - n
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,8 @@ async def test_a_token_the_cluster_accepts_reads_logs_and_follow_streams(setup: 
 async def test_bad_requests_get_clear_answers_never_500(setup: Setup, token: str | None, path: str, status: int) -> None:
     got, body = await setup.get(path, token=token)
     assert got == status, body
-    assert body  # always a message
+    answer = json.loads(body)  # a Kubernetes Status, which kubectl prints
+    assert answer["kind"] == "Status" and answer["code"] == status and answer["message"]
 
 
 async def test_a_certificate_from_another_ca_is_refused(setup: Setup, tmp_path: Path) -> None:
