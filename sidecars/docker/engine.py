@@ -56,10 +56,10 @@ class Engine:
     def __init__(self, url: str, *, timeout: float = 60.0) -> None:
         connector: aiohttp.BaseConnector
         if url.startswith("unix://"):
-            connector = aiohttp.UnixConnector(path=url[len("unix://"):], limit=64)
+            connector = aiohttp.UnixConnector(path=url[len("unix://"):], limit=256)
             base = "http://docker"
         else:
-            connector = aiohttp.TCPConnector(limit=64)
+            connector = aiohttp.TCPConnector(limit=256)
             base = "http://" + url.split("://", 1)[1]
         self.url = url
         self._base = f"{base.rstrip('/')}/{API_VERSION}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -76,6 +77,8 @@ class Runtime:
         self.engine_error: str | None = "not connected yet"
         self.engine_info: dict[str, Any] = {}
         self.engine_version: str = ""
+        #: The engine runs on this machine (a unix socket): its event times and ours compare.
+        self._same_clock = settings.docker_url.startswith("unix://")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,7 +174,13 @@ class Runtime:
         target = self.pods.get(attrs.get(kl.D_POD_UID, ""))
         if target is None:
             return  # not ours (yet): a resync finds orphans
-        target.stale.add(str(actor.get("ID", "")))
+        cid = str(actor.get("ID", ""))
+        if action == "create" and target.knows(cid):
+            return  # this process created it and knows its state
+        when = float(event.get("timeNano") or 0) / 1e9
+        if self._same_clock and when and when < target.inspected.get(cid, 0.0):
+            return  # an inspect sent after the event already saw its effect
+        target.stale.add(cid)
         self.kick(target)
 
     # ------------------------------------------------------------------ resync
@@ -244,7 +253,7 @@ class Runtime:
         pod = PodState.new(record, created, planned)
         pod.infra_id = infra["Id"]
         names = infra.get("Names") or []
-        pod.deleting = any(naming.is_deleting(n) for n in names)
+        pod.deleting = pod.renamed = any(naming.is_deleting(n) for n in names)
         for m in infra.get("Mounts") or []:
             dest, name, source = m.get("Destination", ""), m.get("Name", ""), m.get("Source", "")
             if dest == naming.INFRA_MEM:
@@ -335,6 +344,7 @@ class Runtime:
         pod.stale.clear()
         if not ids:
             return
+        sent = time.time()
         results = await asyncio.gather(*(self.engine.inspect_container(i) for i in ids), return_exceptions=True)
         for cid, result in zip(ids, results, strict=True):
             if isinstance(result, EngineError) and result.not_found:
@@ -343,8 +353,10 @@ class Runtime:
                 raise result
             else:
                 self._apply(pod, result)
+                pod.inspected[cid] = sent
 
     def _forget(self, pod: PodState, cid: str) -> None:
+        pod.inspected.pop(cid, None)
         if cid == pod.infra_id:
             pod.infra = None
             return
@@ -362,7 +374,7 @@ class Runtime:
             if pod.infra.ip:
                 pod.last_ip = pod.infra.ip
             if naming.is_deleting(str(data.get("Name", ""))):
-                pod.deleting = True
+                pod.deleting = pod.renamed = True
             return
         slot = pod.slots.get(labels.get(kl.D_CONTAINER, ""))
         if slot is None:
@@ -575,10 +587,16 @@ class Runtime:
                 self._images.pop(slot.spec.image, None)
                 pod.dirty = True
                 return
+            # As the kubelet does, try again later (the cause may go away: a host path that
+            # appears, a name the engine still holds), with a back-off.
             slot.waiting = ("CreateContainerError", exc.message)
-            log.warning("container create failed", error=exc.message, **ctx)
+            slot.create_failures += 1
+            delay = min(2.0 ** (slot.create_failures - 1), self.settings.restart.max_seconds)
+            self._schedule(pod, delay)
+            log.warning("container create failed", error=exc.message, retry_in=delay, **ctx)
             return
         slot.waiting = None
+        slot.create_failures = 0
         run = Run(id=cid, attempt=attempt, state="created")
         slot.runs[attempt] = run
         log.debug("container created", attempt=attempt, **ctx)
@@ -586,6 +604,7 @@ class Runtime:
         old = [r for a, r in slot.runs.items() if a < attempt - 1]
         for r in old:
             del slot.runs[r.attempt]
+            pod.inspected.pop(r.id, None)
         if old:
             self._spawn(asyncio.gather(*(self.engine.remove_container(r.id) for r in old)), f"gc-{pod.uid}")
         if start:
@@ -722,9 +741,10 @@ class Runtime:
                 raise
             pod.infra_id = (await self.engine.inspect_container(name))["Id"]
         steps = [self._start_infra(pod, new_claims)]
-        if not pod.spec.initContainers:
-            # Creating the containers needs only the infra container's id: do it while the
-            # engine starts the infra container (their start waits for it).
+        if not pod.spec.initContainers and not volumes.areas(pod.planned) and not volumes.claims(pod.planned):
+            # Creating the containers then needs only the infra container's id: do it while the
+            # engine starts the infra container (their start waits for it). With volumes, the
+            # engine checks bind sources at create: those exist once the contents are written.
             steps += [self._run(pod, slot, 0, start=False) for slot in pod.slots.values()]
         await asyncio.gather(*steps)
 
@@ -736,7 +756,9 @@ class Runtime:
 
     async def _refresh_infra(self, pod: PodState) -> None:
         assert pod.infra_id is not None
+        sent = time.time()
         self._apply(pod, await self.engine.inspect_container(pod.infra_id))
+        pod.inspected[pod.infra_id] = sent
 
     async def _create_area(self, pod: PodState, area: str, labels: dict[str, str]) -> None:
         name = naming.volume_name(pod.namespace, pod.name, pod.uid, area)  # type: ignore[arg-type]
@@ -791,14 +813,16 @@ class Runtime:
 
     async def _mark_deleting(self, pod: PodState) -> None:
         """Rename the infra container: a restarted sidecar then finishes the delete."""
-        if pod.infra_id is None or pod.infra is None:
+        if pod.infra_id is None or pod.infra is None or pod.renamed:
             return
         deleting_name = naming.infra_name(pod.namespace, pod.name, pod.uid) + naming.DELETING_SUFFIX
         try:
             await self.engine.rename_container(pod.infra_id, deleting_name)
         except EngineError as exc:
-            if not (exc.not_found or exc.conflict):
+            # Gone, or renamed already (by an earlier process): nothing to mark.
+            if not (exc.not_found or exc.conflict or "same name" in exc.message):
                 raise
+        pod.renamed = True
 
     # ------------------------------------------------------------------ delete
 

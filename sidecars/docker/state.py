@@ -103,6 +103,8 @@ class Slot:
     runs: dict[int, Run] = field(default_factory=dict)
     #: Why the next run could not be created (reason, message), e.g. ErrImageNeverPull.
     waiting: tuple[str, str] | None = None
+    #: Creates the engine refused in a row (CreateContainerError), for the retry back-off.
+    create_failures: int = 0
 
     @property
     def latest(self) -> Run | None:
@@ -126,8 +128,10 @@ class PodState:
     locations: Locations = field(default_factory=Locations)
     infra_id: str | None = None
     infra: Run | None = None
-    #: The infra container was renamed: a delete is under way (possibly by an earlier process).
+    #: A delete is under way (possibly started by an earlier process).
     deleting: bool = False
+    #: The infra container carries the `_deleting` name already.
+    renamed: bool = False
     #: The private volumes hold their complete contents.
     populated: bool = False
     #: Volume contents from the create request, held in memory only until they are written.
@@ -146,6 +150,12 @@ class PodState:
     grace: int | None = None
     #: Container ids whose inspect data is stale (an event arrived).
     stale: set[str] = field(default_factory=set)
+    #: Container id -> wall-clock time an inspect of it was last sent: an event from before that
+    #: is already reflected, so it needs no second inspect.
+    inspected: dict[str, float] = field(default_factory=dict)
+
+    def knows(self, container_id: str) -> bool:
+        return container_id == self.infra_id or self.slot_by_id(container_id) is not None
 
     @property
     def uid(self) -> str:

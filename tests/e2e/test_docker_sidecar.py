@@ -507,3 +507,22 @@ async def test_sub_path_of_a_claim_and_of_an_empty_dir(sidecar: SidecarClient) -
     st = await sidecar.phase("subpaths", "Succeeded", "Failed")
     assert st.phase == "Succeeded", await sidecar.logs("subpaths", "main")
     assert (await sidecar.logs("subpaths", "main")).split() == ["a", "one", "777"]
+
+
+async def test_a_create_error_is_retried_until_its_cause_goes_away(sidecar: SidecarClient) -> None:
+    import shutil
+    from pathlib import Path
+
+    host_dir = Path(f"/run/kod/pulse/t-{uuid.uuid4().hex[:8]}")  # below an allowed host path
+    c = container("main", "ls /snd", volumeMounts=[{"name": "snd", "mountPath": "/snd"}])
+    await sidecar.create(sidecar.request("later-dir", [c], volumes=[{"name": "snd", "hostPath": {"path": str(host_dir)}}]))
+    st = await sidecar.wait("later-dir", lambda s: status_of(s, "main").state.waiting is not None
+                            and status_of(s, "main").state.waiting.reason == "CreateContainerError")
+    assert str(host_dir) in (status_of(st, "main").state.waiting.message or "")  # type: ignore[union-attr]
+    host_dir.mkdir(parents=True)
+    try:
+        (host_dir / "native").write_text("")
+        st = await sidecar.phase("later-dir", "Succeeded", "Failed", timeout=60)
+        assert st.phase == "Succeeded" and await sidecar.logs("later-dir", "main") == "native\n"
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)

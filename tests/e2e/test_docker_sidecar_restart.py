@@ -236,3 +236,31 @@ async def test_a_follower_that_goes_away_closes_the_log_stream_of_a_silent_conta
     while "log stream closed" not in process.log_text():
         assert asyncio.get_running_loop().time() < deadline, "the sidecar kept the log stream open"
         await asyncio.sleep(0.1)
+
+
+async def test_kill_9_during_a_graceful_delete_then_restart_finishes_the_delete(
+    process: SidecarProcess, client: SidecarClient
+) -> None:
+    req = client.request("stubborn", [container("main", 'trap "" TERM; while true; do sleep 0.1; done')])
+    await client.create(req)
+    await client.wait("stubborn", lambda s: status_of(s, "main").state.running is not None)
+    uid = req.pod.metadata.uid
+    deleting = asyncio.ensure_future(client.delete("stubborn", grace=60))
+    # Wait until the delete marked the pod (renamed its infra container), then kill the sidecar.
+    deadline = asyncio.get_running_loop().time() + 20
+    while not any(c.name.endswith("_deleting") for c in client.containers(uid)):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    process.kill(signal.SIGKILL)
+    with pytest.raises(errors.Unavailable):
+        await deleting
+    process.start()
+    await until_healthy(process)
+    # The new process finishes the delete by itself (at once: the grace period was spent waiting).
+    deadline = asyncio.get_running_loop().time() + 30
+    while client.containers(uid) or client.volumes(uid):
+        assert asyncio.get_running_loop().time() < deadline, [c.name for c in client.containers(uid)]
+        await asyncio.sleep(0.2)
+    with pytest.raises(errors.NotFound):
+        await client.get("stubborn")
+    assert "refused deleting" not in process.log_text()
