@@ -82,7 +82,13 @@ class StackSettings(BaseModel):
 
     node_name: str = Field(default_factory=default_node_name, description="The virtual node's name.")
     user: str = Field(default_factory=lambda: os.environ.get("USER") or "root", description="kod.io/desktop-of label.")
-    interlink_port: int = Field(default=3000, ge=1, le=65535, description="interlink's TCP port (127.0.0.1).")
+    interlink_port: int = Field(default=3000, ge=1, le=65535, description="interlink's TCP port.")
+    interlink_host: str = Field(
+        default="127.0.0.1",
+        description="interlink's address. 0.0.0.0 serves a vk_bridge that runs in the cluster "
+        "(kustomizations/in-cluster); its bearer token then crosses the network in clear: use it on a "
+        "trusted network or behind TLS.",
+    )
     sidecar_port: int = Field(default=4000, ge=1, le=65535, description="The Docker sidecar's TCP port (127.0.0.1).")
     kubelet_port: int = Field(default=10260, ge=1, le=65535, description="vk_bridge's kubelet HTTPS API port.")
     max_pods: int = Field(
@@ -248,7 +254,7 @@ def configs(stack: Stack) -> dict[str, dict[str, Any]]:
             "token_file": stack.interlink_token_file,
             "create_token": False,
             "log_level": s.log_level,
-            "listen": {"host": "127.0.0.1", "port": s.interlink_port},
+            "listen": {"host": s.interlink_host, "port": s.interlink_port},
             "sidecars": [{"name": "docker", "url": stack.sidecar_url, "token_file": str(stack.sidecar_token_file)}],
         },
         "vk": {
@@ -484,9 +490,10 @@ def start(name: str, stack: Stack | None = None) -> tuple[procs.Outcome, int]:
 
 
 def up(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | None = None,
-       settings: StackSettings | None = None) -> Stack:
+       settings: StackSettings | None = None, with_vk: bool = True) -> Stack:
     """Bring the desktop stack up (idempotent) and return where it is. The cluster must run
-    (`python -m localenv up`)."""
+    (`python -m localenv up`). `with_vk=False` starts only the sidecar and interlink, for a
+    vk_bridge that runs elsewhere (in the cluster: kustomizations/in-cluster)."""
     progress = progress or Progress()
     stack = stack_for(cluster, settings)
     if not handle_mod.reachable(stack.cluster.kubeconfig, stack.cluster.kubectl_path):
@@ -495,12 +502,13 @@ def up(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | 
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(stack.config_dir, 0o700)
     with _locked(stack):
-        _up(stack, progress)
-    progress.line(f"    virtual node {stack.node_name} is Ready")
+        _up(stack, progress, NAMES if with_vk else NAMES[:2])
+    if with_vk:
+        progress.line(f"    virtual node {stack.node_name} is Ready")
     return stack
 
 
-def _up(stack: Stack, progress: Progress) -> None:
+def _up(stack: Stack, progress: Progress, names: tuple[str, ...]) -> None:
     with progress.step("desktop stack: tokens") as step:
         made = [p.name for p in (stack.interlink_token_file, stack.sidecar_token_file) if ensure_token(p)]
         step.done(f"made {', '.join(made)} (0600)" if made else "present")
@@ -508,7 +516,7 @@ def _up(stack: Stack, progress: Progress) -> None:
         step.done(apply_rbac(stack))
     with progress.step("desktop stack: vk_bridge's kubeconfig") as step:
         step.done(ensure_vk_kubeconfig(stack))
-    for name in NAMES:
+    for name in names:
         with progress.step(f"desktop stack: {SCRIPTS[name]}") as step:
             outcome, pid_ = procs.ensure(daemon(stack, name))
             step.done(f"{outcome}, pid {pid_}, log {stack.log_file('docker-sidecar' if name == 'sidecar' else name)}")
