@@ -4,6 +4,7 @@
     build_all(progress=Progress())              # every image; up-to-date ones are skipped
     build_all(only=["viewer", "firefox"])       # some images (and the ones they build FROM)
     build_all(no_cache=True)                    # from scratch, e.g. to take Debian security updates
+    build_all(force=True)                       # rebuild even when up to date (Docker's cache helps)
 
     python -m localenv.images --help            # the same from the shell
 
@@ -287,14 +288,15 @@ def build_all(
     *,
     only: Iterable[str] | None = None,
     no_cache: bool = False,
+    force: bool = False,
     cuda_parent: str | None = None,
     base_cache_dir: Path | None = None,
     logs_dir: Path | None = None,
 ) -> list[BuildResult]:
     """Builds the project's images, parents first, skipping those whose inputs are unchanged.
 
-    `only` limits the build to these image names and what they build FROM; `no_cache` rebuilds
-    every chosen image without Docker's cache; `cuda_parent` names a local NVIDIA CUDA image for
+    `only` limits the build to these image names and what they build FROM; `force` builds them even
+    when up to date (with Docker's layer cache); `no_cache` rebuilds without that cache; `cuda_parent` names a local NVIDIA CUDA image for
     cuda-blender's base. Returns what was done per image; raises kod.errors on failure."""
     progress = progress or Progress()
     client = _docker()
@@ -318,7 +320,7 @@ def build_all(
                     raise errors.NotFound(f"{spec.ref} builds FROM {spec.parent}, which is not in the local Docker engine",
                                           hint="build it first: python -m localenv images")
                 want = input_hash(spec, parent_id)
-                if not no_cache and _label(client, spec.ref) == want:
+                if not (no_cache or force) and _label(client, spec.ref) == want:
                     action = "up to date"
                 else:
                     if spec.name == "cuda-blender" and not cuda_parent:
@@ -334,7 +336,7 @@ def build_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m localenv.images [--only NAME ...] [--no-cache] [--cuda-parent IMAGE]"""
+    """python -m localenv.images [--only NAME ...] [--force] [--no-cache] [--cuda-parent IMAGE]"""
     names = [s.name for s in specs()]
     parser = argparse.ArgumentParser(
         prog="python -m localenv.images",
@@ -345,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"build only these images and their parents ({', '.join(names)})")
     parser.add_argument("--no-cache", action="store_true",
                         help="rebuild without Docker's cache (takes Debian's latest security updates)")
+    parser.add_argument("--force", action="store_true",
+                        help="build even the images that are up to date (Docker's layer cache still applies)")
     parser.add_argument("--cuda-parent", metavar="IMAGE",
                         help="a local NVIDIA CUDA image (e.g. nvidia/cuda:12.4.1-runtime-ubuntu22.04) to build "
                              "cuda-blender's app base on; without it cuda-blender builds on the Debian base")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
     args = parser.parse_args(argv)
     try:
-        build_all(Progress(quiet=args.quiet), only=args.only, no_cache=args.no_cache, cuda_parent=args.cuda_parent)
+        build_all(Progress(quiet=args.quiet), only=args.only, no_cache=args.no_cache, force=args.force,
+                  cuda_parent=args.cuda_parent)
     except errors.KodError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -289,7 +289,8 @@ class Session:
                 continue
             sys.stderr.write(f"Xvnc: {line}\n")
             sys.stderr.flush()
-            if "Client pixel format" in line:  # sent only after a successful authentication
+            # Logged when the server sends its ServerInit: after a successful authentication.
+            if "Server default pixel format" in line:
                 self.viewer_seen.set()
             elif "MaxDisconnectionTime reached" in line:
                 self.gave_up.set()

@@ -86,6 +86,10 @@ if [[ -n ${XAUTHORITY:-} && ! -r $XAUTHORITY ]]; then
     fail $EXIT_USAGE "XAUTHORITY=$XAUTHORITY is not readable by uid $(id -u) (groups $(id -G)): mount it readable for the viewer"
 fi
 
+# What this container may do on the desktop, said once at start (docs/security.md has the details).
+log "note: drawing on the desktop's X display $display: X gives every client on a display the means to read the others' input and windows; this viewer is the only client of the session that touches it"
+[[ $encrypt == 1 ]] || log "note: VNC is not encrypted in this session (only the one-time password protects it); encryption (-s) sends it through SSH"
+
 # The VNC password, obfuscated as vncviewer reads it, in a file only this user can read.
 password=${KOD_VNC_PASSWORD:-}
 if [[ -z $password ]]; then
@@ -104,6 +108,8 @@ if [[ -n $pulse ]]; then
     elif ! err=$(PULSE_SERVER="unix:$pulse" timeout 5 pactl info 2>&1 >/dev/null); then
         log "warning: no sound: the desktop's PulseAudio does not answer on $pulse: $err"
         pulse=
+    else
+        log "note: the app's sound goes to the desktop's kod PulseAudio socket through ssh -R; that socket also records: while the session lasts, processes in the app container could record the desktop's microphone through it"
     fi
 else
     log "no KOD_PULSE_SOCKET: the app's sound stays in the app container"

@@ -40,6 +40,27 @@ PAGES_MOUNT = "/kod-test"
 #: The app's display size (KOD_GEOMETRY); the viewer's window on the desktop has this size.
 GEOMETRY = (1280, 800)
 
+GREEN = (18, 171, 52)               # tests/e2e/pages/colour.html's background
+LO_START_CENTER = (102, 102, 102)   # LibreOffice's Start Center backdrop
+BLENDER_ORANGE = (244, 152, 46)     # outline of Blender's selected default cube
+#: What each app shows at start in the tests (KOD_APP_ARGS), and its own window's title.
+APP_ARGS = {"firefox": f"file://{PAGES_MOUNT}/colour.html", "libreoffice": "", "blender": ""}
+APP_TITLES = {"firefox": r"kod colour page .* Mozilla Firefox", "libreoffice": r"^LibreOffice$", "blender": r"^Blender"}
+
+
+def dark_share(img: Image) -> float:
+    """Share of pixels darker than 80 on every channel."""
+    mv = img.rgb
+    return sum(1 for i in range(0, len(mv), 3) if mv[i] < 80 and mv[i + 1] < 80 and mv[i + 2] < 80) / (img.width * img.height)
+
+
+#: The app has drawn its first screen: cheap checks on a sampled capture of the viewer window.
+DRAWN = {
+    "firefox": lambda s: s.fraction_near(GREEN) > 0.5,
+    "libreoffice": lambda s: s.fraction_near(LO_START_CENTER, 6) > 0.3,
+    "blender": lambda s: dark_share(s) > 0.6 and s.distinct_colours() > 50,
+}
+
 
 @dataclass(frozen=True)
 class SessionFiles:
@@ -95,7 +116,7 @@ class Lab:
         return {LABEL: LABEL_VALUE, RUN_LABEL: RUN_ID, "kod.test.role": role, "kod.test.name": self.test_name[:60]}
 
     def run_app(self, app: str, files: SessionFiles, *, encrypt: bool = False, env: dict[str, str] | None = None,
-                pages: Path | None = None, command: list[str] | None = None) -> Any:
+                pages: Path | None = None, command: list[str] | None = None, user: str | None = None) -> Any:
         """Starts the app image `app` (kod/<app>) as cloudify would, with the session Secret."""
         environment = {
             apps.ENV_VNC_PASSWORD_FILE: f"{apps.APP_SECRET_DIR}/{apps.SECRET_VNC_PASSWORD}",
@@ -113,7 +134,7 @@ class Lab:
             apps.image_ref(app), command=command, detach=True, environment=environment, volumes=volumes,
             labels=self._labels("app"), name=f"kod-test-{RUN_ID}-{len(self.containers)}-{app}",
             # A pod's /dev/shm is 64 MiB too: cloudify gives the app an emptyDir (memory) there.
-            shm_size="512m", group_add=[str(apps.APP_UID)],
+            shm_size="512m", group_add=[str(apps.APP_UID)], user=user,
         )
         self.containers.append(container)
         return container

@@ -9,21 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.images_support import (  # noqa: F401  (fixtures)
-    GEOMETRY, PAGES_MOUNT, Lab, SessionFiles, built_images, close_through_viewer, lab, pages, session_files,
-    viewer_window, wait_exits, wait_for_content,
+    APP_ARGS, APP_TITLES, BLENDER_ORANGE, DRAWN, GEOMETRY, GREEN, LO_START_CENTER, PAGES_MOUNT, Lab, SessionFiles,
+    built_images, close_through_viewer, dark_share, lab, pages, session_files, viewer_window, wait_exits,
+    wait_for_content,
 )
-from tests.fixtures.desktop import Box, Desktop, Image, wait_for
+from tests.fixtures.desktop import Desktop, Image, wait_for
 
 pytestmark = pytest.mark.e2e
-
-GREEN = (18, 171, 52)          # tests/e2e/pages/colour.html's background
-LO_START_CENTER = (102, 102, 102)  # LibreOffice's Start Center backdrop
-BLENDER_ORANGE = (244, 152, 46)    # outline of Blender's selected default cube
-
-
-def dark_share(img: Image) -> float:
-    mv = img.rgb
-    return sum(1 for i in range(0, len(mv), 3) if mv[i] < 80 and mv[i + 1] < 80 and mv[i + 2] < 80) / (img.width * img.height)
 
 
 @dataclass(frozen=True)
@@ -55,14 +47,8 @@ def check_blender(img: Image) -> None:
     assert img.distinct_colours() > 1000, "the 3D viewport and panels are not drawn"
 
 
-CASES = [
-    AppCase("firefox", r"kod colour page .* Mozilla Firefox", f"file://{PAGES_MOUNT}/colour.html",
-            lambda s: s.fraction_near(GREEN) > 0.5, check_firefox),
-    AppCase("libreoffice", r"^LibreOffice$", "",
-            lambda s: s.fraction_near(LO_START_CENTER, 6) > 0.3, check_libreoffice),
-    AppCase("blender", r"^Blender", "",
-            lambda s: dark_share(s) > 0.6 and s.distinct_colours() > 50, check_blender),
-]
+CHECKS = {"firefox": check_firefox, "libreoffice": check_libreoffice, "blender": check_blender}
+CASES = [AppCase(app, APP_TITLES[app], APP_ARGS[app], DRAWN[app], CHECKS[app]) for app in CHECKS]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.app for c in CASES])
