@@ -429,7 +429,7 @@ class Runtime:
         if failure is not None:
             await self._stop_everything(pod, reason=failure[0])
             return
-        if status.main_done(pod):
+        if status.main_done(pod) or status.init_failed(pod):
             # The pod is finished: stop restartable init containers, then the infra container
             # (which also drops the tmpfs holding the pod's secrets).
             running = [r for s in pod.slots.values() for r in s.runs.values() if r.running]

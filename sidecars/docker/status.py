@@ -171,6 +171,19 @@ def main_done(pod: PodState) -> bool:
     return True
 
 
+def init_failed(pod: PodState) -> bool:
+    """A regular init container failed and the restart policy (Never) runs it no more: the pod is
+    Failed and its main containers never start."""
+    if pod.spec.restartPolicy != "Never":
+        return False
+    for slot in pod.slots.values():
+        if slot.role == "init" and not slot.restartable:
+            run = slot.latest
+            if run is not None and run.finished and failed(run):
+                return True
+    return False
+
+
 def kubelet_phase(
     spec: wire.PodSpec, init: list[wire.ContainerStatus], main: list[wire.ContainerStatus]
 ) -> wire.PodPhase:
@@ -271,7 +284,7 @@ def pod_failure(pod: PodState, now: datetime) -> tuple[str, str] | None:
         end = _latest_finish(pod)
         infra_end = pod.infra.finished_at
         stopped_after_pod = (
-            main_done(pod)
+            (main_done(pod) or init_failed(pod))
             and (end is None or (infra_end is not None and end <= infra_end))
         )
         if not stopped_after_pod:
@@ -319,6 +332,7 @@ __all__ = [
     "compute",
     "container_status",
     "deadline",
+    "init_failed",
     "kubelet_phase",
     "main_done",
     "pod_failure",

@@ -177,6 +177,15 @@ async def test_config_map_and_secret_volumes_are_right_byte_for_byte(sidecar: Si
     assert lines[2:7] == ["/s/blob.bin 400", "/s/deep/er/key 440", "/c/app.conf 644", "/c/x.sh 755", "/etc/app.conf 644"]
     assert lines[7] == b64(b"a = 1\nb = \xc3\xa9\n")
     assert lines[8:] == ["run", "tmpfs", "read-only"]
+    # Once the pod is finished its infra container stops, and the secrets' tmpfs is gone with it.
+    deadline = time.monotonic() + 30
+    while any(c.status != "exited" for c in sidecar.containers(st.uid) if c.labels.get("io.kod.role") == "infra"):
+        assert time.monotonic() < deadline, "the infra container of a finished pod keeps running"
+        await asyncio.sleep(0.2)
+    (mem,) = [v for v in sidecar.volumes(st.uid) if v.attrs["Labels"].get("io.kod.volume.kind") == "mem"]
+    left = sidecar.docker.containers.run(TESTBOX, ["ls", "-A", "/m"], volumes={mem.name: {"bind": "/m", "mode": "ro"}},
+                                         remove=True, labels={"io.kod.sidecar": sidecar.name})
+    assert left == b""
 
 
 async def test_three_init_containers_run_in_order_before_the_main_one(sidecar: SidecarClient) -> None:
@@ -204,6 +213,13 @@ async def test_failing_init_container_fails_the_pod_and_the_main_one_never_runs(
     assert st.phase == "Failed" and terminated(st, "init").exitCode == 7  # type: ignore[union-attr]
     assert status_of(st, "main").state.waiting is not None
     assert len(sidecar.containers(st.uid)) == 2  # infra + init: nothing else was created
+    # The finished pod's infra container is stopped (its tmpfs, with any secrets, is gone).
+    deadline = time.monotonic() + 30
+    while any(c.status != "exited" for c in sidecar.containers(st.uid) if c.labels.get("io.kod.role") == "infra"):
+        assert time.monotonic() < deadline, "the infra container of a failed pod keeps running"
+        await asyncio.sleep(0.2)
+    after = await sidecar.get("badinit")
+    assert after.phase == "Failed" and after.reason is None
 
 
 async def test_memory_limit_exceeded_gives_oom_killed(sidecar: SidecarClient) -> None:

@@ -127,6 +127,11 @@ def test_init_containers_gate_the_main_ones() -> None:
     pod.slots["i1"].runs[0] = run(code=5)
     st = status.compute(pod, at(3), RESTART)
     assert st.phase == "Failed"  # an init container failed and the pod never restarts
+    assert status.init_failed(pod)
+    # Its infra container is then stopped: still Failed for the init container, not a dead sandbox.
+    pod.infra = Run(id="infra", attempt=0, state="exited", started_at=T0, finished_at=at(4))
+    st = status.compute(pod, at(5), RESTART)
+    assert st.phase == "Failed" and st.reason is None
 
 
 def test_failed_init_container_restarts_unless_never() -> None:
