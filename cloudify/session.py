@@ -49,7 +49,8 @@ VIEWER_AFTER_APP_SECONDS = 5.0
 #: Seconds cleanup waits for the session's pods to be gone.
 CLEANUP_WAIT_SECONDS = 20.0
 #: Log lines of the app entrypoint (images/base/entrypoint.py) that mark the first frame.
-VIEWER_CONNECTED_MARK = "Connections: accepted"
+#: Xvnc logs it when it sends ServerInit: a viewer logged in (a bare TCP probe does not count).
+VIEWER_CONNECTED_MARK = "Server default pixel format"
 APP_WINDOW_MARK = "kod: app window shown"
 #: Run in the app container when its log does not say when the window is shown: waits until the
 #: display has a visible, named window (the app's: openbox shows none of its own).
