@@ -8,7 +8,9 @@ import bpy
 
 
 def register() -> None:
-    bpy.context.preferences.view.show_splash = False
+    view = bpy.context.preferences.view
+    if view.show_splash:  # only then: a change makes Blender save the preferences when it quits
+        view.show_splash = False
 
 
 def unregister() -> None:
