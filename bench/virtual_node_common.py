@@ -33,6 +33,7 @@ from vk_bridge.watch import list_and_watch  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 IMAGE = "kod/testbox:0.1.0"
+PAUSE = "kod/pause:3.10"
 DOCKER = "http://docker/v1.41"
 SIDECAR_LABEL = f"{labels.DOCKER_PREFIX}.sidecar"
 
