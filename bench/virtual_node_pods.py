@@ -119,7 +119,7 @@ async def burst_docker_pods(b: Bench, n: int) -> float:
         return str(cid)
 
     async def pod(i: int) -> list[str]:
-        infra = await run({"Image": PAUSE, "Labels": {"kod.bench": "pod-baseline"}})
+        infra = await run({"Image": PAUSE, "Labels": {"kod.bench": "pod-baseline"}, "HostConfig": {"IpcMode": "shareable"}})
         main = await run({"Image": IMAGE, "Cmd": ["sleep", "3600"], "Labels": {"kod.bench": "pod-baseline"},
                           "HostConfig": {"NetworkMode": f"container:{infra}", "IpcMode": f"container:{infra}"}})
         return [main, infra]
