@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import ssl
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from kod import errors
+from kod.http import _clean_params
 from kod.log import get_logger
 
 log = get_logger(__name__)
@@ -194,7 +194,7 @@ class KubeClient:
                 async with self.session.request(
                     method,
                     self.conn.host + path,
-                    params=_params(params),
+                    params=_clean_params(params),
                     data=data,
                     headers=self._headers(content_type if data is not None else None),
                     timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
@@ -247,7 +247,7 @@ class KubeClient:
         try:
             async with self.session.get(
                 self.conn.host + path,
-                params=_params({**params, "watch": "true"}),
+                params=_clean_params({**params, "watch": "true"}),
                 headers=self._headers(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=inactivity_timeout),
             ) as resp:
@@ -282,17 +282,6 @@ def _resource_of(path: str) -> str:
     return resource
 
 
-def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
-    if not params:
-        return None
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        if value is None:
-            continue
-        out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return out
-
-
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -301,15 +290,3 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
 
-
-class RateWindow:
-    """Requests per minute over a sliding window, from a client's `stats` counter."""
-
-    def __init__(self, client: KubeClient) -> None:
-        self._client = client
-        self._mark = (time.monotonic(), sum(client.stats.values()))
-
-    def per_minute(self) -> float:
-        now, total = time.monotonic(), sum(self._client.stats.values())
-        t0, c0 = self._mark
-        return (total - c0) * 60.0 / max(now - t0, 1e-6)

@@ -324,10 +324,6 @@ class NodeController:
             except errors.KodError as exc:
                 log.warning("node status update failed", error=str(exc))
 
-    def poke(self) -> None:
-        """Ask for a ping and status update now (e.g. the provider's watch reconnected)."""
-        self._changed.set()
-
     async def mark_not_ready(self, message: str) -> None:
         """On shutdown: say so at once instead of letting the Lease expire."""
         self.provider_ok, self.provider_message = False, message

@@ -19,7 +19,6 @@ volume contents are resolved once, at creation (no live update of ConfigMap/Secr
 from __future__ import annotations
 
 import base64
-import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -516,11 +515,3 @@ def _dedupe(files: list[wire.FileItem]) -> list[wire.FileItem]:
         by_path[f.path] = f
     return list(by_path.values())
 
-
-def is_ip(value: str) -> bool:
-    """True when `value` is an IPv4 or IPv6 address."""
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
