@@ -171,7 +171,9 @@ class PodController:
             for uid, old in self.remote.items():
                 if uid in fresh and old.version > fresh[uid].version:
                     fresh[uid] = old
-            changed = set(fresh) | set(self.remote)
+            # Every known pod, not only InterLink's: a pod whose start failed while InterLink was
+            # away is retried now that it is back, not after its backoff.
+            changed = set(fresh) | set(self.remote) | set(self.pods)
             self.remote = fresh
             for uid in changed:
                 self.queue.add(uid)
