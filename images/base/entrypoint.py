@@ -247,10 +247,8 @@ class Session:
             "DBUS_SESSION_BUS_ADDRESS": f"unix:path={RUN_DIR / 'bus'}",
             "HOME": self.env.get("HOME", "/home/kod"),
         })
-        for name in list(self.env):
-            # The session's secrets stay out of the app's environment.
-            if name in ("KOD_VNC_PASSWORD",):
-                del self.env[name]
+        # The session's password stays out of the app's environment.
+        self.env.pop("KOD_VNC_PASSWORD", None)
 
     def spawn(self, name: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
