@@ -175,6 +175,11 @@ def main() -> int:
         subprocess.run([str(KUBECTL), f"--kubeconfig={KUBECONFIG}", "delete", "namespace", namespace, "--wait=false"],
                        capture_output=True, check=False)
         shutil.rmtree(pulse_dir, ignore_errors=True)
+    failures = [f for r in results["modes"].values() for f in r.get("failed", [])]
+    if failures:
+        print(f"cloudify's messages and the desktop's logs are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     results["load_after"] = os.getloadavg()
     # Modes measured now replace their earlier results; the others are kept (one file, every mode).
     out = RESULTS / "cloudify_first_frame.json"
