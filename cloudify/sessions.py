@@ -157,9 +157,9 @@ async def collect(kube: Kube | None, namespace: str, session: str, *, docker_url
         await wait_gone(kube, namespace, session, timeout=20.0)
 
 
-def remove_local_containers(docker_url: str | None, session: str | None) -> list[str]:
-    """Remove cloudify's viewer containers (all of them with session=None); their names.
-    A desktop without Docker has none: that is not an error."""
+def remove_local_containers(docker_url: str | None, session: str | None, *, user: str | None = None) -> list[str]:
+    """Remove cloudify's viewer containers of a session (or, with session=None, all of a user's);
+    their names. A desktop without Docker has none: that is not an error."""
     try:
         import docker
 
@@ -167,6 +167,8 @@ def remove_local_containers(docker_url: str | None, session: str | None) -> list
         filters = {"label": [f"{labels.D_MANAGED_BY}={n.D_MANAGED_BY_CLOUDIFY}"]}
         if session:
             filters["label"].append(f"{labels.D_SESSION}={session}")
+        if user:
+            filters["label"].append(f"{labels.DOCKER_PREFIX}.user={user}")
         containers = client.containers.list(all=True, filters=filters)
     except Exception:  # noqa: BLE001 - no engine, no containers
         return []

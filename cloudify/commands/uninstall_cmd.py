@@ -50,7 +50,7 @@ async def _uninstall(ctx: Context, args: argparse.Namespace, stdin: TextIO) -> i
             except errors.KodError as exc:
                 print(f"cloudify: {exc}", file=ctx.err)
         await sessions.gc(kube, settings.namespace, ctx.user, ctx.registry, hostname=ctx.hostname, docker_url=docker_url)
-        removed = sessions.remove_local_containers(docker_url, None)
+        removed = sessions.remove_local_containers(docker_url, None, user=ctx.user)
         for name in removed:
             print(f"removed container {name}", file=ctx.out)
         claims = await sessions.user_volumes(kube, settings.namespace, ctx.user)
