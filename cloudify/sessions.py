@@ -180,15 +180,15 @@ def remove_local_containers(docker_url: str | None, session: str | None, *, user
     return removed
 
 
-def local_container_sessions(docker_url: str | None) -> set[str]:
-    """Session ids of cloudify's viewer containers on this desktop."""
+def local_container_sessions(docker_url: str | None, user: str) -> set[str]:
+    """Session ids of the user's cloudify viewer containers on this desktop."""
     try:
         import docker
 
         client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
-        containers = client.containers.list(
-            all=True, filters={"label": [f"{labels.D_MANAGED_BY}={n.D_MANAGED_BY_CLOUDIFY}"]}
-        )
+        containers = client.containers.list(all=True, filters={"label": [
+            f"{labels.D_MANAGED_BY}={n.D_MANAGED_BY_CLOUDIFY}", f"{labels.DOCKER_PREFIX}.user={user}",
+        ]})
     except Exception:  # noqa: BLE001
         return set()
     return {c.labels.get(labels.D_SESSION, "") for c in containers} - {""}
@@ -266,7 +266,7 @@ async def gc(kube: Kube | None, namespace: str, user: str, registry: Registry, *
         else:
             report.kept_running.append(f"{info.session} ({info.app})")
     live = {i.session for i in sessions if i.session not in {c.split(" ")[0] for c in report.collected}}
-    for sid in local_container_sessions(docker_url) - live:
+    for sid in local_container_sessions(docker_url, user) - live:
         if not registry.is_running_here(sid):
             report.containers += await asyncio.to_thread(remove_local_containers, docker_url, sid)
     return report
