@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from kod import errors, labels, wire
+from kod import errors, labels, quantity, wire
 from kod.log import get_logger
-from vk_bridge import quantity
 from vk_bridge.kube import KubeClient
 from vk_bridge.provider import Provider
 from vk_bridge.settings import NodeSettings

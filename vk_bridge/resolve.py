@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
-from kod import errors, wire
-from vk_bridge import quantity
+from kod import errors, quantity, wire
 from vk_bridge.expansion import expand, mapping_for
 
 #: The projected-token expiry the kubelet asks for when a pod does not say.

@@ -12,11 +12,10 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from kod import __version__, errors
+from kod import __version__, errors, quantity
 from kod.http import json_model
 from kod.wire import NodeInfo, SidecarHealth, Taint
 
-from interlink import quantity
 from interlink.state import SETTINGS, SIDECARS
 
 

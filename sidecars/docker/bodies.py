@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from kod import labels as kl
-from kod import wire
-from sidecars.docker import naming, quantity
+from kod import quantity, wire
+from sidecars.docker import naming
 from sidecars.docker.commands import resolve_argv
 from sidecars.docker.policy import GPU_RESOURCE
 from sidecars.docker.record import PodRecord

@@ -34,12 +34,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from kod import __version__, errors, wire
+from kod.quantity import format_bytes, to_bytes
 from kod import labels as kl
 from kod.log import get_logger, pod_context
 from sidecars.docker import bodies, logs, naming, policy, status, validation, volumes
 from sidecars.docker.engine import Engine, EngineError
 from sidecars.docker.hub import Hub
-from sidecars.docker.quantity import format_bytes, to_bytes
 from sidecars.docker.record import PodRecord
 from sidecars.docker.settings import DockerSidecarSettings
 from sidecars.docker.state import PodState, Run, Slot

@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from kod import errors, wire
-from sidecars.docker import quantity
+from kod import errors, quantity, wire
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -81,7 +80,7 @@ def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
                         try:
                             if quantity.parse(value) < 0:
                                 yield f"{where}.resources.{section}.{name} must not be negative"
-                        except ValueError as exc:
+                        except errors.InvalidInput as exc:
                             yield f"{where}.resources.{section}.{name}: {exc}"
 
     resolved_names: set[str] = set()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kod import wire
-from sidecars.docker import bodies, naming, quantity
+from sidecars.docker import bodies, naming
 from sidecars.docker.commands import resolve_argv
 from sidecars.docker.record import PodRecord
 from sidecars.docker.settings import DockerSidecarSettings
@@ -36,27 +36,6 @@ def test_image_without_entrypoint_runs_its_cmd_or_the_args() -> None:
     assert resolve_argv(None, ["sh"], None, None) == ["sh"]
     assert resolve_argv(None, ["sh"], None, ["ls"]) == ["ls"]
     assert resolve_argv(None, None, None, None) == []
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [("500m", 0.5), ("2", 2), ("1.5", 1.5), ("128Mi", 128 * 2**20), ("1G", 10**9), ("1e3", 1000), ("1Ki", 1024),
-     (".5", 0.5), ("100u", 0.0001), (3, 3)],
-)
-def test_quantities_parse_like_kubernetes(text, value) -> None:
-    assert float(quantity.parse(text)) == pytest.approx(value)
-
-
-@pytest.mark.parametrize("bad", ["", "1Mb", "abc", "1.2.3", "Gi", "--1"])
-def test_malformed_quantities_are_refused(bad) -> None:
-    with pytest.raises(ValueError):
-        quantity.parse(bad)
-
-
-def test_memory_is_reported_in_ki_like_the_kubelet() -> None:
-    assert quantity.format_bytes(25276502016) == "24684084Ki"
-    assert quantity.format_bytes(8 * 2**30) == "8Gi"
-    assert quantity.to_millicores("250m") == 250 and quantity.to_bytes("1.5Ki") == 1536
 
 
 def record(container: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,

@@ -1,13 +1,11 @@
-"""The pod store and quantities: the rules that keep pushed status right and ping's sums exact."""
+"""The pod store: the rules that keep pushed status right."""
 
 from __future__ import annotations
 
 import pytest
 
-from interlink import quantity
 from interlink.hub import Hub
 from interlink.store import PodStore
-from kod import errors
 from kod.wire import PodStatus, WatchEvent
 
 
@@ -56,25 +54,3 @@ def test_sync_reports_only_differences_and_marks_the_sidecar_synced() -> None:
     assert sorted((e.type, e.pod.name) for e in hub.events if e.pod) == [("DELETED", "y"), ("STATUS", "z")]
     assert store.all_synced.is_set()
     assert {p.sidecar for p in store.snapshot()} == {"a"}
-
-
-@pytest.mark.parametrize(
-    ("inputs", "total"),
-    [
-        (["2", "1500m"], "3500m"),
-        (["4Gi", "512Mi"], "4608Mi"),
-        (["1G", "500M"], "1500000000"),
-        (["110", "110"], "220"),
-        (["0.5", "0.25"], "750m"),
-        (["1e3", "1k"], "2000"),
-        (["1Ki", "1024"], "2Ki"),
-    ],
-)
-def test_quantities_add_up_exactly(inputs: list[str], total: str) -> None:
-    assert quantity.add(inputs) == total
-
-
-@pytest.mark.parametrize("bad", ["", "lots", "4GB", "1..2", "Gi"])
-def test_a_malformed_quantity_is_invalid_input(bad: str) -> None:
-    with pytest.raises(errors.InvalidInput):
-        quantity.parse(bad)
