@@ -27,6 +27,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "desktop": (
         "xvfb", "x11-utils", "xauth", "xdotool", "pulseaudio", "pulseaudio-utils", "sox",
         "tigervnc-viewer", "tigervnc-tools", "openssh-client", "chromium", "imagemagick",
+        # X0tigervnc: `make demo` on a headless machine shows its virtual desktop over VNC
+        "tigervnc-scraping-server",
     ),
 }
 
