@@ -25,9 +25,15 @@ def image_ref(name: str) -> str:
 VNC_PORT = 5900
 NOVNC_PORT = 6080
 SSH_PORT = 2222
-#: Port in the app container that the viewer's `ssh -R` forwards to the desktop's PulseAudio;
-#: the app container exports PULSE_SERVER=tcp:localhost:<AUDIO_PORT>.
+#: Port, on the app container's 127.0.0.1 only, of its sound stream: the monitor of the app's own
+#: PulseAudio null sink as raw PCM in AUDIO_FORMAT (silence is not sent). Viewers fetch it with
+#: `ssh -L` and play it on the desktop (`pacat --playback --raw`): sound is playback-only, the app
+#: never reaches the desktop's PulseAudio.
 AUDIO_PORT = 4713
+#: The sound stream's sample format, rate and channels (pacat's --format, --rate, --channels).
+AUDIO_FORMAT, AUDIO_RATE, AUDIO_CHANNELS = "s16le", 48000, 2
+#: The viewer's playback buffer on the desktop (pacat --latency-msec), in milliseconds.
+AUDIO_LATENCY_MS = 60
 
 #: Non-root user of the app image; its home holds the app's settings and documents.
 APP_USER = "kod"
@@ -75,8 +81,9 @@ ENV_PULSE_SOCKET = "KOD_PULSE_SOCKET"              #: path, in the viewer, of th
 ENV_SSH_KEY_FILE = "KOD_SSH_KEY_FILE"              #: the session's private key
 ENV_KNOWN_HOSTS_FILE = "KOD_KNOWN_HOSTS_FILE"      #: pins the app's host key
 ENV_VIEWER_ARGS = "KOD_VIEWER_ARGS"                #: extra vncviewer arguments
+ENV_AUDIO_LATENCY_MS = "KOD_AUDIO_LATENCY_MS"      #: playback buffer on the desktop (default AUDIO_LATENCY_MS)
 # The viewer also reads ENV_ENCRYPT, ENV_VNC_PASSWORD(_FILE), ENV_VNC_PORT and ENV_AUDIO_PORT (the
-# ports inside the app container: the -L target and the -R listen port), and ENV_CONNECT_TIMEOUT
+# ports inside the app container: both -L targets), and ENV_CONNECT_TIMEOUT
 # (how long to wait for the app to accept connections), plus DISPLAY and XAUTHORITY.
 #: Where cloudify mounts the viewer's session Secret.
 VIEWER_SECRET_DIR = "/run/secrets/kod"
