@@ -2,9 +2,15 @@
 """kod app entrypoint: one app on a virtual X display, shown over VNC and noVNC, ending with the app.
 
 Runs as the image's non-root user (kod, uid 1000) and starts, in order: Xvnc (the X server and
-VNC server in one), a D-Bus session bus, openbox, websockify serving noVNC, sshd (only when the
-session has a key) and the app, which is the container command (CMD, or a pod's `args`) plus
-KOD_APP_ARGS. It supervises them as PID 1 and ends with the app.
+VNC server in one), a D-Bus session bus, openbox, websockify serving noVNC, PulseAudio (the app's
+own sound server: a null sink), the sound stream, sshd (only when the session has a key) and the
+app, which is the container command (CMD, or a pod's `args`) plus KOD_APP_ARGS. It supervises them
+as PID 1 and ends with the app.
+
+Sound is playback-only by construction: the app plays into this container's own PulseAudio, and
+whoever connects to 127.0.0.1:KOD_AUDIO_PORT gets the null sink's monitor as raw PCM (s16le,
+48 kHz, stereo; silence is not sent). The viewer brings that stream over its `ssh -L` and plays it
+on the desktop; nothing here can reach the desktop's sound server, so nothing here can record it.
 
 Configuration (the contract with cloudify; the names are in kod/apps.py):
   KOD_VNC_PASSWORD | KOD_VNC_PASSWORD_FILE  the session's one-time VNC password (required; VNC
@@ -12,7 +18,8 @@ Configuration (the contract with cloudify; the names are in kod/apps.py):
   KOD_ENCRYPT=1          VNC and noVNC listen on 127.0.0.1 only, so they are reachable only
                          through an `ssh -L` of the session's key
   KOD_GEOMETRY=1280x800  KOD_DEPTH=24 (16, 24 or 32)
-  KOD_VNC_PORT=5900  KOD_NOVNC_PORT=6080  KOD_SSH_PORT=2222  KOD_AUDIO_PORT=4713
+  KOD_VNC_PORT=5900  KOD_NOVNC_PORT=6080  KOD_SSH_PORT=2222
+  KOD_AUDIO_PORT=4713    the sound stream's port (127.0.0.1 only; reached through ssh -L)
   KOD_CONNECT_TIMEOUT=60 seconds without a viewer after which the session gives up (0: never);
                          the same time applies after the last viewer disconnects
   KOD_AUTHORIZED_KEYS_FILE  the session's public key(s); sshd starts only when present
@@ -29,10 +36,13 @@ configuration; 1 when a part of the session (X server, sshd, websockify, ...) fa
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import select
 import shlex
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -45,6 +55,24 @@ RUN_DIR = Path("/run/kod")
 SECRET_DIR = Path("/run/secrets/kod")
 NOVNC_DIR = "/usr/share/novnc"
 OPENBOX_CONFIG = "/etc/kod/openbox.xml"
+#: The app's PulseAudio: its socket (PULSE_SERVER) and runtime/state files, in the session's dir.
+PULSE_DIR = RUN_DIR / "pulse"
+PULSE_SOCKET = PULSE_DIR / "native"
+#: The null sink of pulse.pa: the app's "speakers"; its monitor is the stream the viewer plays.
+PULSE_SINK = "kod"
+#: The stream's format (kod.apps.AUDIO_FORMAT/RATE/CHANNELS; the viewer plays it as such).
+AUDIO_FORMAT, AUDIO_RATE, AUDIO_CHANNELS = "s16le", 48000, 2
+#: parec's buffer: small, so that the stream follows the app within a few tens of milliseconds.
+AUDIO_RECORD_LATENCY_MS = 20
+#: Seconds PulseAudio gets to answer on its socket at start.
+PULSE_START_TIMEOUT = 10.0
+#: The log line that says the app's first window is shown (cloudify matches this prefix).
+WINDOW_SHOWN = "app window shown"
+#: Seconds after the app's start during which its first window is looked for.
+WINDOW_WATCH_LIMIT = 600.0
+PROPERTY_CHANGE_MASK = 1 << 22
+#: Parts of the session whose end does not end it (the app goes on without sound).
+OPTIONAL = frozenset({"pulseaudio"})
 DISPLAY_NUMBER = 0
 APP_USER = "kod"
 EXIT_FAILURE = 1
@@ -179,10 +207,10 @@ def write_xauthority(path: Path, display: int) -> None:
 
 
 def sshd_config(cfg: Config) -> str:
-    """sshd as the session user: only the session key, only the forwards a viewer needs (VNC and
-    noVNC to this container's localhost, the audio port back from the viewer); no shell, no pty,
-    no agent, X11 or unix-socket forwarding."""
-    opens = " ".join(f"{h}:{p}" for p in (cfg.vnc_port, cfg.novnc_port) for h in ("localhost", "127.0.0.1"))
+    """sshd as the session user: only the session key, only the forwards a viewer needs (VNC,
+    noVNC and the sound stream on this container's localhost, with -L); no remote forwarding, no
+    shell, no pty, no agent, X11 or unix-socket forwarding."""
+    opens = " ".join(f"{h}:{p}" for p in (cfg.vnc_port, cfg.novnc_port, cfg.audio_port) for h in ("localhost", "127.0.0.1"))
     return "\n".join([
         f"Port {cfg.ssh_port}",
         f"HostKey {RUN_DIR / 'ssh_host_key'}",
@@ -203,15 +231,31 @@ def sshd_config(cfg: Config) -> str:
         "AllowStreamLocalForwarding no",
         "PermitTunnel no",
         "GatewayPorts no",
-        "AllowTcpForwarding yes",
+        # Only -L (the viewer reaching VNC, noVNC and the sound stream here); no -R: nothing in
+        # this container may reach back into the viewer's side (the desktop).
+        "AllowTcpForwarding local",
         f"PermitOpen {opens}",
-        f"PermitListen localhost:{cfg.audio_port} 127.0.0.1:{cfg.audio_port}",
+        "PermitListen none",
         'ForceCommand echo "kod: this session key only carries port forwards"; exit 1',
         "ClientAliveInterval 10",
         "ClientAliveCountMax 3",
         "LoginGraceTime 20",
         "MaxAuthTries 3",
         "LogLevel VERBOSE",
+        "",
+    ])
+
+
+def pulse_script() -> str:
+    """The app's PulseAudio: a null sink as its speakers (whose monitor is the stream the viewer
+    plays) and a socket for this container's processes. No module reaches outside the container."""
+    return "\n".join([
+        f"load-module module-null-sink sink_name={PULSE_SINK} rate={AUDIO_RATE} format={AUDIO_FORMAT} "
+        f"channels={AUDIO_CHANNELS} sink_properties=device.description={PULSE_SINK}",
+        f"set-default-sink {PULSE_SINK}",
+        f"set-default-source {PULSE_SINK}.monitor",
+        # Anonymous: the socket's directory is the session user's own (0700).
+        f"load-module module-native-protocol-unix socket={PULSE_SOCKET} auth-anonymous=1 auth-cookie-enabled=0",
         "",
     ])
 
@@ -243,7 +287,11 @@ class Session:
         self.env.update({
             "DISPLAY": f":{DISPLAY_NUMBER}",
             "XAUTHORITY": str(RUN_DIR / "Xauthority"),
-            "PULSE_SERVER": f"tcp:localhost:{cfg.audio_port}",
+            "PULSE_SERVER": f"unix:{PULSE_SOCKET}",
+            # The daemon's runtime and state files stay in the session's directory, not in a
+            # home that may be a persistent volume (or not writable).
+            "PULSE_RUNTIME_PATH": str(PULSE_DIR),
+            "PULSE_STATE_PATH": str(PULSE_DIR),
             "DBUS_SESSION_BUS_ADDRESS": f"unix:path={RUN_DIR / 'bus'}",
             "HOME": self.env.get("HOME", "/home/kod"),
         })
@@ -311,6 +359,67 @@ class Session:
             raise RuntimeError(f"sshd refuses its configuration: {check.stderr.strip()}")
         self.spawn("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(RUN_DIR / "sshd_config")])
 
+    def start_sound(self) -> bool:
+        """The app's own PulseAudio (a null sink, see pulse.pa) and the stream of its monitor on
+        127.0.0.1:audio_port. Without them the app is silent but the session goes on."""
+        PULSE_DIR.mkdir(mode=0o700, exist_ok=True)
+        PULSE_SOCKET.unlink(missing_ok=True)
+        script = PULSE_DIR / "kod.pa"
+        script.write_text(pulse_script())
+        # -n: only the script's modules (none of a desktop session's: X11 bell, D-Bus, ALSA, ...).
+        pulse = self.spawn("pulseaudio", [
+            "pulseaudio", "-n", "-F", str(script), "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
+            "--use-pid-file=no", "--realtime=no", "--high-priority=no", "--log-target=stderr", "--log-level=error",
+        ])
+        deadline = time.monotonic() + PULSE_START_TIMEOUT
+        while not _answers(PULSE_SOCKET):
+            if pulse.poll() is not None or time.monotonic() > deadline:
+                log("warning: PulseAudio did not start (see its messages above): the app has no sound")
+                return False
+            time.sleep(0.02)
+        try:
+            server = socket.create_server(("127.0.0.1", self.cfg.audio_port))
+        except OSError as exc:
+            log(f"warning: cannot serve the sound stream on 127.0.0.1:{self.cfg.audio_port}: {exc}; the app has no sound")
+            return False
+        threading.Thread(target=self._serve_sound, args=(server,), daemon=True).start()
+        return True
+
+    def _serve_sound(self, server: socket.socket) -> None:
+        """Each connection gets the null sink's monitor, from the moment it connects."""
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=self._stream_sound, args=(conn,), daemon=True).start()
+
+    def _stream_sound(self, conn: socket.socket) -> None:
+        # parec is not one of self.children: PID 1 reaps it as an orphan, it ends nothing.
+        argv = ["parec", "--raw", f"--device={PULSE_SINK}.monitor", f"--format={AUDIO_FORMAT}",
+                f"--rate={AUDIO_RATE}", f"--channels={AUDIO_CHANNELS}", f"--latency-msec={AUDIO_RECORD_LATENCY_MS}",
+                "--client-name=kod-sound-stream"]
+        try:
+            rec = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        except OSError as exc:
+            log(f"warning: parec could not start: {exc}")
+            conn.close()
+            return
+        assert rec.stdout is not None
+        log("a viewer takes the sound stream")
+        try:
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Silence is not sent: no bandwidth while the app is quiet, and any lag the
+                # viewer's side built up (its sound card's clock against ours) drains in each
+                # pause. The player treats the gap as an underrun and starts again on new data.
+                while chunk := os.read(rec.stdout.fileno(), 16384):
+                    if chunk.count(0) != len(chunk):
+                        conn.sendall(chunk)
+        except OSError:
+            pass  # the viewer went away
+        finally:
+            rec.kill()
+            rec.stdout.close()
+        log("a viewer left the sound stream")
+
     def start(self) -> None:
         cfg = self.cfg
         write_vnc_password(cfg.password, RUN_DIR / "vncpasswd")
@@ -321,18 +430,65 @@ class Session:
         listen = f"127.0.0.1:{cfg.novnc_port}" if cfg.encrypt else str(cfg.novnc_port)
         self.spawn("websockify", ["websockify", "--web", NOVNC_DIR, listen, f"127.0.0.1:{cfg.vnc_port}"],
                    stdout=subprocess.DEVNULL)
+        sound = self.start_sound()
         if cfg.authorized_keys is not None:
             self.start_sshd()
         else:
             log("no authorized key (KOD_AUTHORIZED_KEYS_FILE): sshd not started, so no sound and no encrypted access")
         where = "127.0.0.1 only (reach them through ssh -L)" if cfg.encrypt else "all addresses"
         log(f"display :{DISPLAY_NUMBER} {cfg.width}x{cfg.height}x{cfg.depth}; VNC on {cfg.vnc_port} and noVNC on "
-            f"{cfg.novnc_port} at {where}; sshd on {cfg.ssh_port}" + ("" if cfg.authorized_keys else " (off)"))
+            f"{cfg.novnc_port} at {where}; sshd on {cfg.ssh_port}" + ("" if cfg.authorized_keys else " (off)")
+            + (f"; sound stream on 127.0.0.1:{cfg.audio_port} (playback only)" if sound else "; no sound"))
+        threading.Thread(target=self._watch_app_window, daemon=True).start()
         app = self.spawn("app", cfg.command)
         self.app_pid = app.pid
         log(f"started {cfg.app}: {shlex.join(cfg.command)} (pid {app.pid})")
         if self.stop_signal is not None:  # a stop signal came while the session was starting
             self._stop_app()
+
+    def _watch_app_window(self) -> None:
+        """Logs WINDOW_SHOWN and the title once the app's first top-level window is shown (cloudify
+        reads it for its "first frame" timing). Looks when the window manager changes a property
+        of the root window (it does when it manages, maps and focuses a window), and once a second
+        in case a change was missed; gives up after WINDOW_WATCH_LIMIT seconds."""
+        try:
+            xlib = ctypes.CDLL("libX11.so.6")
+        except OSError:
+            return
+        xlib.XOpenDisplay.restype = ctypes.c_void_p
+        xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        xlib.XDefaultRootWindow.restype = ctypes.c_ulong
+        xlib.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+        xlib.XSelectInput.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_long]
+        xlib.XConnectionNumber.argtypes = [ctypes.c_void_p]
+        xlib.XPending.argtypes = [ctypes.c_void_p]
+        xlib.XNextEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        display = xlib.XOpenDisplay(f":{DISPLAY_NUMBER}".encode())
+        if not display:
+            return
+        try:
+            xlib.XSelectInput(display, xlib.XDefaultRootWindow(display), PROPERTY_CHANGE_MASK)
+            event = ctypes.create_string_buffer(192)  # sizeof(XEvent)
+            fd = xlib.XConnectionNumber(display)
+            deadline = time.monotonic() + WINDOW_WATCH_LIMIT
+            while time.monotonic() < deadline:
+                title = self._shown_window()
+                if title is not None:
+                    log(f"{WINDOW_SHOWN}: {title}")
+                    return
+                select.select([fd], [], [], 1.0)
+                while xlib.XPending(display):
+                    xlib.XNextEvent(display, event)
+        finally:
+            xlib.XCloseDisplay(display)
+
+    def _shown_window(self) -> str | None:
+        """The title of a visible named window on the display, if there is one."""
+        out = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", ".", "getwindowname", "%1"],
+                             env=self.env, capture_output=True, text=True, check=False)
+        lines = out.stdout.splitlines()
+        return lines[0] if out.returncode == 0 and lines else None
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_signal is not None:
@@ -377,6 +533,9 @@ class Session:
                     return 128 + self.stop_signal
                 log(f"the app ended with exit code {code}; ending the session")
                 return code if code >= 0 else 128 - code
+            if name in OPTIONAL:
+                log(f"{name} ended (exit code {code}): the app has no sound from now on")
+                continue
             # When Xvnc gives up, its X clients (openbox, the app) may be reaped before it: give
             # the log reader a moment to see Xvnc's last line, which says why.
             if self.gave_up.wait(0.5):
@@ -408,6 +567,16 @@ class Session:
             self.children.pop(pid, None)
         for pid in list(self.children):
             _kill(pid, signal.SIGKILL)
+
+
+def _answers(path: Path) -> bool:
+    """Whether a server accepts connections on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -1,6 +1,11 @@
 #!/bin/bash
-# kod viewer entrypoint: shows a kod app's display on the desktop's X server and carries its sound
-# to the desktop's PulseAudio; ends with the viewer's exit code.
+# kod viewer entrypoint: shows a kod app's display on the desktop's X server and plays its sound
+# on the desktop's PulseAudio; ends with the viewer's exit code.
+#
+# Sound is playback-only: the app container serves its sound as a raw PCM stream on its own
+# 127.0.0.1 (s16le, 48 kHz, stereo: kod.apps.AUDIO_*); this viewer fetches it through `ssh -L` and
+# plays it with `pacat --playback`. The app never reaches the desktop's PulseAudio (no `ssh -R`; the
+# app's sshd refuses remote forwards), so it cannot record the desktop's microphone.
 #
 # Configuration (the contract with cloudify; the names are in kod/apps.py):
 #   KOD_TARGET_HOST          where the app is reachable (node IP, service name, localhost, ...)
@@ -8,7 +13,8 @@
 #   KOD_TARGET_VNC_PORT=5900 VNC's port at that address (unencrypted mode only)
 #   KOD_ENCRYPT=1            VNC through `ssh -L` to the app's localhost (the app then listens only there)
 #   KOD_VNC_PORT=5900        VNC's port inside the app container (the -L target)
-#   KOD_AUDIO_PORT=4713      the app container's PULSE_SERVER port (the -R listen port)
+#   KOD_AUDIO_PORT=4713      the app container's sound stream port (an -L target on its 127.0.0.1)
+#   KOD_AUDIO_LATENCY_MS=60  the playback buffer on the desktop (pacat --latency-msec)
 #   KOD_VNC_PASSWORD | KOD_VNC_PASSWORD_FILE   the session's one-time VNC password (required)
 #   KOD_SSH_KEY_FILE         the session's private key (needed for encryption and sound)
 #   KOD_KNOWN_HOSTS_FILE     pins the app's host key: known_hosts lines, or just the public key
@@ -26,6 +32,8 @@ set -uo pipefail
 
 readonly RUN_DIR=/run/kod SECRET_DIR=/run/secrets/kod HOST_ALIAS=kod-app
 readonly EXIT_USAGE=2 EXIT_AUTH=3 EXIT_SSH=4 EXIT_UNREACHABLE=5
+# The app's sound stream format (kod.apps.AUDIO_FORMAT, AUDIO_RATE, AUDIO_CHANNELS).
+readonly AUDIO_FORMAT=s16le AUDIO_RATE=48000 AUDIO_CHANNELS=2
 
 log() { printf 'kod-viewer: %s\n' "$*" >&2; }
 fail() { local code=$1; shift; log "error: $*"; exit "$code"; }
@@ -70,6 +78,7 @@ ssh_port=$(number KOD_TARGET_SSH_PORT 2222 1 65535) || exit
 target_vnc_port=$(number KOD_TARGET_VNC_PORT 5900 1 65535) || exit
 vnc_port=$(number KOD_VNC_PORT 5900 1 65535) || exit
 audio_port=$(number KOD_AUDIO_PORT 4713 1 65535) || exit
+audio_latency=$(number KOD_AUDIO_LATENCY_MS 60 10 5000) || exit
 wait_s=$(number KOD_CONNECT_TIMEOUT 30 1 86400) || exit
 quality= compression=
 [[ -n ${KOD_QUALITY:-} ]] && { quality=$(number KOD_QUALITY 0 0 9) || exit; }
@@ -109,13 +118,13 @@ if [[ -n $pulse ]]; then
         log "warning: no sound: the desktop's PulseAudio does not answer on $pulse: $err"
         pulse=
     else
-        log "note: the app's sound goes to the desktop's kod PulseAudio socket through ssh -R; that socket also records: while the session lasts, processes in the app container could record the desktop's microphone through it"
+        log "note: the app's sound is played on the desktop's kod PulseAudio socket by this viewer (playback only: the app cannot reach the socket)"
     fi
 else
     log "no KOD_PULSE_SOCKET: the app's sound stays in the app container"
 fi
 
-# SSH carries VNC when encrypted, and the sound back to the desktop (ssh -R) in every mode.
+# SSH carries VNC when encrypted, and the app's sound stream (ssh -L) in every mode.
 if [[ $encrypt == 1 || -n $pulse ]]; then
     key=$(secret_file KOD_SSH_KEY_FILE id_ed25519) || exit
     [[ -n $key ]] || fail $EXIT_USAGE "no session key: set KOD_SSH_KEY_FILE (needed for encryption and sound)"
@@ -143,7 +152,8 @@ if [[ $encrypt == 1 || -n $pulse ]]; then
     )
     forwards=()
     [[ $encrypt == 1 ]] && forwards+=(-L "127.0.0.1:$vnc_port:localhost:$vnc_port")
-    [[ -n $pulse ]] && forwards+=(-R "localhost:$audio_port:$pulse")
+    # The sound stream, on this container's own loopback: only this container reaches it.
+    [[ -n $pulse ]] && forwards+=(-L "127.0.0.1:$audio_port:localhost:$audio_port")
     # -f with ExitOnForwardFailure returns once every forward is set up, or fails.
     if ! ssh "${ssh_args[@]}" "${forwards[@]}" "$host" 2>"$RUN_DIR/ssh.log"; then
         err=$(tr '\n' ' ' <"$RUN_DIR/ssh.log")
@@ -159,6 +169,22 @@ if [[ $encrypt == 1 || -n $pulse ]]; then
         esac
     fi
     log "ssh tunnels up: ${forwards[*]}"
+fi
+
+# play_sound: the app's stream into the desktop's PulseAudio for the whole session. A stream ends
+# when the connection breaks (the app's side restarts, or was not serving yet): reconnect after a
+# pause. pacat's and bash's complaints go to $RUN_DIR/sound.log, not to the session's log.
+play_sound() {
+    while :; do
+        pacat --playback --raw --format="$AUDIO_FORMAT" --rate="$AUDIO_RATE" --channels="$AUDIO_CHANNELS" \
+            --latency-msec="$audio_latency" --client-name=kod-viewer --stream-name="${KOD_APP:-kod app}" \
+            --server="unix:$pulse" <"/dev/tcp/127.0.0.1/$audio_port"
+        sleep 0.5
+    done
+}
+if [[ -n $pulse ]]; then
+    play_sound 2>>"$RUN_DIR/sound.log" &
+    log "sound: playing the app's stream on the desktop (pacat, latency ${audio_latency} ms)"
 fi
 if [[ $encrypt == 1 ]]; then
     server="127.0.0.1::$vnc_port"

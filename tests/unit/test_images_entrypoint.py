@@ -37,6 +37,23 @@ def test_the_contract_constants_match_kod_apps(ep: ModuleType) -> None:
     assert (ep.EXIT_USAGE, ep.EXIT_FAILURE, ep.EXIT_NO_VIEWER) == (
         apps.APP_EXIT_CONFIG, apps.APP_EXIT_FAILURE, apps.APP_EXIT_NO_VIEWER)
     assert ep.APP_USER == apps.APP_USER
+    assert (ep.AUDIO_FORMAT, ep.AUDIO_RATE, ep.AUDIO_CHANNELS) == (apps.AUDIO_FORMAT, apps.AUDIO_RATE, apps.AUDIO_CHANNELS)
+
+
+def test_the_viewer_plays_the_stream_in_the_contract_format() -> None:
+    viewer = (ENTRYPOINT.parents[1] / "viewer" / "entrypoint.sh").read_text()
+    assert (f"readonly AUDIO_FORMAT={apps.AUDIO_FORMAT} AUDIO_RATE={apps.AUDIO_RATE} "
+            f"AUDIO_CHANNELS={apps.AUDIO_CHANNELS}") in viewer
+    assert f"number KOD_AUDIO_PORT {apps.AUDIO_PORT} " in viewer
+    assert f"number KOD_AUDIO_LATENCY_MS {apps.AUDIO_LATENCY_MS} " in viewer
+    assert "forwards+=(-R" not in viewer, "the viewer must not open remote forwards"
+
+
+def test_the_app_pulseaudio_has_a_null_sink_and_no_way_out(ep: ModuleType) -> None:
+    script = ep.pulse_script()
+    modules = [line.split()[1] for line in script.splitlines() if line.startswith("load-module")]
+    assert modules == ["module-null-sink", "module-native-protocol-unix"]
+    assert f"socket={ep.PULSE_SOCKET}" in script and "set-default-sink kod" in script
 
 
 def test_defaults(ep: ModuleType, secrets: Path) -> None:
@@ -98,8 +115,9 @@ def test_sshd_allows_only_the_session_forwards(ep: ModuleType, secrets: Path) ->
     lines = ep.sshd_config(cfg).splitlines()
     assert "PasswordAuthentication no" in lines and "PermitTTY no" in lines
     assert "AllowStreamLocalForwarding no" in lines and "X11Forwarding no" in lines
-    assert "PermitOpen localhost:5901 127.0.0.1:5901 localhost:6080 127.0.0.1:6080" in lines
-    assert "PermitListen localhost:4800 127.0.0.1:4800" in lines
+    assert "PermitOpen localhost:5901 127.0.0.1:5901 localhost:6080 127.0.0.1:6080 localhost:4800 127.0.0.1:4800" in lines
+    # Local forwards only: the app side may never open a forward back into the viewer's side.
+    assert "AllowTcpForwarding local" in lines and "PermitListen none" in lines
     assert any(line.startswith("ForceCommand ") for line in lines)
     assert "AllowUsers kod" in lines
 
