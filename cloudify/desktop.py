@@ -3,10 +3,11 @@
 - The X display: a viewer in a container reaches it through the socket directory
   /tmp/.X11-unix, and needs a cookie it can use from another host name: the display's entries of
   the Xauthority file, rewritten to FamilyWild (what `xauth nlist | sed 's/^..../ffff/'` does).
-- PulseAudio: the app's sound comes back through `ssh -R <port>:<socket>`. A viewer in a
-  container uses the dedicated kod socket (anonymous auth, in a directory only the desktop group
-  may enter, which viewers join): cloudify sets it up in the session's PulseAudio when it is not
-  there. The native viewer (ssh runs as the user) may use the session's own socket.
+- PulseAudio: the viewer plays the app's sound stream (fetched with `ssh -L`) into it with pacat;
+  the app itself never reaches it. A viewer in a container uses the dedicated kod socket
+  (anonymous auth, in a directory only the desktop group may enter, which viewers join): cloudify
+  sets it up in the session's PulseAudio when it is not there. The native viewer (pacat runs as
+  the user) may use the session's own socket.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _ports(options: SessionOptions) -> list[tuple[str, int]]:
 
 
 def app_service(plan: SessionPlan, owner: dict[str, Any], *, node_port: bool) -> dict[str, Any]:
-    """The app's Service: SSH always (the audio tunnel, and VNC with -s); VNC or noVNC only
+    """The app's Service: SSH always (the sound stream's tunnel, and VNC with -s); VNC or noVNC only
     without -s. NodePort when the desktop reaches node addresses, else ClusterIP."""
     return {
         "apiVersion": "v1",
@@ -313,6 +313,7 @@ def viewer_env(plan: SessionPlan, target: Target, *, display: str, pulse_socket:
         env[apps.ENV_TARGET_VNC_PORT] = target.vnc_port
     if pulse_socket:
         env[apps.ENV_PULSE_SOCKET] = pulse_socket
+        env[apps.ENV_AUDIO_LATENCY_MS] = apps.AUDIO_LATENCY_MS
     if xauthority:
         env["XAUTHORITY"] = xauthority
     return {k: str(v) for k, v in env.items()}

@@ -1,7 +1,9 @@
 """Native run mode: the desktop's own ssh, vncviewer and browser.
 
-- ssh carries the sound back (`-R <audio port>:<PulseAudio socket>`) and, with -s, VNC or noVNC
-  out (`-L`), authenticated by the session key and pinned to the session's host key.
+- ssh brings the app's sound stream here (`-L <socket>:localhost:<audio port>`) and, with -s, VNC
+  or noVNC (`-L`), authenticated by the session key and pinned to the session's host key.
+- Sound: pacat plays that stream (raw PCM, kod.apps.AUDIO_*) into the desktop's PulseAudio. The
+  app only sends; it never reaches the desktop's sound server, so it cannot record from it.
 - VNC: vncviewer, once the server answers (a viewer that cannot connect would show an error
   dialog instead of retrying); the password goes in its environment (VNC_PASSWORD), not on its
   command line.
@@ -110,6 +112,7 @@ class NativeViewer:
         *,
         ssh: str,
         vncviewer: str,
+        pacat: str = "pacat",
         browser: str | None,
         pulse_socket: Path | None,
         runtime_dir: str | None,
@@ -120,7 +123,7 @@ class NativeViewer:
         print_line: Callable[[str], None] = print,
     ) -> None:
         self.plan, self.timeout = plan, timeout
-        self.ssh_tool, self.vncviewer_tool, self.browser = ssh, vncviewer, browser
+        self.ssh_tool, self.vncviewer_tool, self.browser, self.pacat_tool = ssh, vncviewer, browser, pacat
         self.pulse_socket, self.runtime_dir, self.display = pulse_socket, runtime_dir, display
         #: The desktop session's environment (from `main`): what the viewer and browser need.
         self.env = dict(env)
@@ -130,6 +133,8 @@ class NativeViewer:
         self._dir: Path | None = None
         self._ssh: asyncio.subprocess.Process | None = None
         self._viewer: asyncio.subprocess.Process | None = None
+        self._pacat: asyncio.subprocess.Process | None = None
+        self._sound_task: asyncio.Task[None] | None = None
         self._ssh_task: asyncio.Task[None] | None = None
         self._ssh_failed = asyncio.Event()
         self._ssh_error = ""
@@ -156,8 +161,13 @@ class NativeViewer:
         self._prepare_files()
         opts = self.plan.options
         forwards: list[str] = []
-        if self.pulse_socket:
-            forwards += ["-R", f"{apps.AUDIO_PORT}:{self.pulse_socket}"]
+        assert self._dir is not None
+        if self.pulse_socket and shutil.which(self.pacat_tool):
+            sound = self._dir / "sound.sock"
+            forwards += ["-L", f"{sound}:localhost:{apps.AUDIO_PORT}"]
+            self._sound_task = asyncio.create_task(self._play_sound(sound, self.pulse_socket))
+        elif self.pulse_socket:
+            self._print(f"  ! no sound: {self.pacat_tool} is not installed (apt-get install pulseaudio-utils)")
         if opts.secure and opts.protocol == "vnc":
             assert self._dir is not None
             sock = str(self._dir / "vnc.sock")
@@ -210,18 +220,18 @@ class NativeViewer:
 
     async def stop(self) -> None:
         self._stopping = True
-        for proc in (self._viewer, self._ssh):
+        for proc in (self._viewer, self._ssh, self._pacat):
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
-        for proc in (self._viewer, self._ssh):
+        for proc in (self._viewer, self._ssh, self._pacat):
             if proc is not None:
                 try:
                     await asyncio.wait_for(proc.wait(), 3)
                 except TimeoutError:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-        for task in (self._ssh_task, self._viewer_task):
+        for task in (self._ssh_task, self._viewer_task, self._sound_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -294,6 +304,34 @@ class NativeViewer:
             if asyncio.get_running_loop().time() > deadline:
                 self._ssh_failed.set()
                 return
+            await asyncio.sleep(RETRY_SECONDS)
+
+    async def _play_sound(self, stream: Path, pulse: Path) -> None:
+        """pacat plays the app's stream (through ssh's -L socket `stream`) into the PulseAudio at
+        `pulse`, for the whole session. A stream ends when its connection breaks (ssh not up yet,
+        the app's side not serving yet): connect again after a pause."""
+        argv = [
+            self.pacat_tool, "--playback", "--raw", f"--format={apps.AUDIO_FORMAT}", f"--rate={apps.AUDIO_RATE}",
+            f"--channels={apps.AUDIO_CHANNELS}", f"--latency-msec={apps.AUDIO_LATENCY_MS}",
+            "--client-name=kod-viewer", f"--stream-name={self.plan.options.app.name}", f"--server=unix:{pulse}",
+        ]
+        while not self._stopping:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(str(stream))
+            except OSError:
+                conn.close()
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            try:
+                # pacat reads the connection itself: no copy through this process.
+                self._pacat = await asyncio.create_subprocess_exec(
+                    *argv, stdin=conn.fileno(), stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+                )
+            finally:
+                conn.close()
+            await self._pacat.wait()
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _launch_viewer(self) -> None:

@@ -19,7 +19,7 @@ from tests.e2e.cloudify_support import (  # noqa: F401 - fixtures
     keys,
     wait_gone,
 )
-from tests.e2e.test_cloudify_session import close_firefox, see_firefox
+from tests.e2e.test_cloudify_session import close_firefox, hear_the_app, see_firefox
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +39,8 @@ def test_docker_run_mode(cloudify: Cloudify, desktop: Any) -> None:
     assert docker_containers(f"io.kod.session={session.session_id}") == [f"kod-firefox-{session.session_id}-viewer"]
     # No viewer pod: the virtual node is not involved.
     assert cloudify.kubectl_json("get", "pods", "-n", cloudify.namespace, "-l", "kod.io/role=viewer")["items"] == []
+    # The viewer container plays the app's sound stream on the desktop.
+    hear_the_app(cloudify, desktop, cloudify.app_pod(session.session_id))
     assert close_firefox(desktop, window, session) == 0, session.stderr
     assert wait_gone(cloudify, timeout=30) == {}
 
@@ -47,6 +49,8 @@ def test_docker_run_mode(cloudify: Cloudify, desktop: Any) -> None:
 def test_native_run_mode(cloudify: Cloudify, desktop: Any, secure: bool) -> None:
     args = ["-r", "native"] + (["-s"] if secure else [])
     session, window = see_firefox(cloudify, desktop, f"native-{'secure' if secure else 'clear'}", *args)
+    # The desktop's own pacat plays the app's sound stream, fetched by the desktop's ssh.
+    hear_the_app(cloudify, desktop, cloudify.app_pod(session.session_id))
     assert close_firefox(desktop, window, session) == 0, session.stderr
     assert wait_gone(cloudify, timeout=30) == {}
     assert not list(cloudify.state_dir.rglob("*.json"))

@@ -35,6 +35,27 @@ TONE_PAGE = (
 )
 
 
+#: A 1.5 s, 440 Hz tone at half of full scale, played with paplay in the app container.
+PLAY_TONE = (
+    "python3 -c \"import math, struct, wave; w = wave.open('/tmp/kod-beep.wav', 'wb'); w.setnchannels(1); "
+    "w.setsampwidth(2); w.setframerate(44100); w.writeframes(b''.join(struct.pack('<h', int(16384 * "
+    "math.sin(2 * math.pi * 440 * i / 44100))) for i in range(int(44100 * 1.5))))\" && paplay /tmp/kod-beep.wav"
+)
+
+
+def hear_the_app(cloudify: Cloudify, desktop: Any, pod: str, timeout: float = 60) -> float:
+    """A tone played in the app pod comes out of the desktop's speakers (the viewer may still be
+    connecting the sound stream: play it again until it does). Returns its amplitude there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with desktop.record() as rec:
+            cloudify.exec_app(pod, PLAY_TONE)
+        amplitude = rec.tone(440)
+        if amplitude > 0.3 and abs(rec.frequency() - 440) < 5:
+            return float(amplitude)
+        assert time.monotonic() < deadline, f"no 440 Hz tone in the speakers (amplitude {amplitude:.3f}, rms {rec.rms():.4f})"
+
+
 def see_firefox(cloudify: Cloudify, desktop: Any, name: str, *args: str) -> tuple[Session, Any]:
     """Start `cloudify ARGS firefox`; wait until Firefox is drawn in the viewer on the desktop;
     keep a screenshot of it."""
