@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from interlink.tokens import create_token_file  # noqa: E402
 from kod import errors  # noqa: E402
 from kod.http import ApiClient  # noqa: E402
+from kod.tokens import create_token_file  # noqa: E402
 from kod.wire import PodCreateRequest, PodStatus, PodStatusList, WatchEvent  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

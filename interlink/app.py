@@ -16,18 +16,18 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from kod.http import bearer_auth_middleware, error_middleware, request_id_middleware
+from kod.tokens import server_token
 from interlink.hub import Hub
 from interlink.routes import OPEN_PATHS, add_routes
 from interlink.settings import InterlinkSettings
 from interlink.sidecar import SidecarClient
 from interlink.state import HUB, SETTINGS, SIDECARS, STORE, Sidecars
 from interlink.store import PodStore
-from interlink.tokens import resolve_token
 from interlink.upstream import LinkHealth, follow_sidecar
 
 def create_app(settings: InterlinkSettings) -> web.Application:
     """The interlink app. Raises InvalidInput when the token cannot be read or created."""
-    token = resolve_token(settings.token, settings.token_file, create=settings.create_token)
+    token = server_token(settings.token, settings.token_file, create=settings.create_token)
     app = web.Application(
         middlewares=[
             request_id_middleware,

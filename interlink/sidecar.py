@@ -17,10 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from kod import errors
 from kod.log import get_logger, request_id_var
+from kod.tokens import resolve_token
 from kod.wire import REQUEST_ID_HEADER, ErrorBody
 
 from interlink.settings import SidecarSettings
-from interlink.tokens import resolve_token
 
 M = TypeVar("M", bound=BaseModel)
 log = get_logger(__name__)

@@ -22,6 +22,7 @@ from typing import TypeVar
 from kod import __version__, errors
 from kod.log import configure, get_logger
 from kod.settings import load_settings
+from kod.tokens import resolve_token
 from vk_bridge.certs import ServingCert, client_ca_pem, obtain_serving_cert, server_ssl_context
 from vk_bridge.events import EventRecorder
 from vk_bridge.kube import KubeClient, load_connection
@@ -37,22 +38,6 @@ from vk_bridge.watch import ObjectCache
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-def read_token(path: Path | None) -> str | None:
-    """The InterLink bearer token from its file (which should be 0600)."""
-    if path is None:
-        return None
-    path = path.expanduser()
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise errors.InvalidInput(f"cannot read the InterLink token file {path}: {exc.strerror}") from exc
-    if path.stat().st_mode & 0o077:
-        log.warning("the InterLink token file is readable by others; chmod 600 it", path=str(path))
-    if not token:
-        raise errors.InvalidInput(f"the InterLink token file {path} is empty")
-    return token
 
 
 #: Delays between attempts of a start-up step whose dependency is not there yet (the API server
@@ -239,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.node.user = os.environ.get("USER") or getpass.getuser()
     configure(level=settings.log_level, component="kod-vk")
     try:
-        token = read_token(settings.interlink.token_file)
+        # strict=False: in the cluster the token is a Secret volume, group-readable by the fsGroup.
+        token_file = settings.interlink.token_file
+        token = resolve_token(None, token_file.expanduser() if token_file else None, strict=False)
         return asyncio.run(_run(settings, token))
     except errors.KodError as exc:
         log.error("kod-vk failed", error=str(exc))

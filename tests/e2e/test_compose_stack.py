@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from interlink.tokens import create_token_file
 from kod import apps, errors
 from kod.http import ApiClient
+from kod.tokens import create_token_file
 from kod.wire import NodeInfo, PodCreateRequest, PodStatus
 from localenv import cluster_images
 from localenv import settings as localenv_settings

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from interlink.tokens import create_token_file
 from kod import errors
 from kod.http import ApiClient
+from kod.tokens import create_token_file
 from kod.wire import NodeInfo, PodCreateRequest, PodStatus, PodStatusList, WatchEvent
 from localenv import cluster_images
 from localenv.paths import paths_for

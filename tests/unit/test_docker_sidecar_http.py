@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from sidecars.docker.app import create_app, resolve_token
+from kod.tokens import server_token
+from sidecars.docker.app import create_app
 from sidecars.docker.settings import DockerSidecarSettings
 
 TOKEN = "s3cret-token"
@@ -234,9 +235,9 @@ async def test_a_lost_event_stream_is_reopened_and_everything_listed_again(engin
 def test_token_file_is_created_random_and_private(tmp_path) -> None:
     path = tmp_path / "kod" / "docker-sidecar.token"
     s = DockerSidecarSettings(token_file=path)
-    token = resolve_token(s)
+    token = server_token(s.token, s.token_file, create=s.create_token)
     assert len(token) >= 32 and path.read_text().strip() == token
     assert path.stat().st_mode & 0o777 == 0o600
-    assert resolve_token(s) == token  # read back, not replaced
+    assert server_token(s.token, s.token_file, create=s.create_token) == token  # read back, not replaced
     other = DockerSidecarSettings(token_file=tmp_path / "other.token")
-    assert resolve_token(other) != token
+    assert server_token(other.token, other.token_file, create=other.create_token) != token

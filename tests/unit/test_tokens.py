@@ -1,0 +1,48 @@
+"""Token files: private, created once, refused (or warned about) when others can read them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from kod import errors, tokens
+
+
+def test_a_created_token_is_random_private_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "kod" / "x.token"
+    token = tokens.create_token_file(path)
+    assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert tokens.create_token_file(path) == token
+
+
+def test_a_token_file_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "x.token"
+    path.write_text("abc\n")
+    path.chmod(0o640)
+    with pytest.raises(errors.InvalidInput, match=f"chmod 600 {path}"):
+        tokens.read_token_file(path)
+    assert tokens.read_token_file(path, strict=False) == "abc"  # a group-readable Secret volume
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_token_file_is_invalid_input(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "x.token"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(errors.InvalidInput, match="is empty"):
+        tokens.read_token_file(path)
+
+
+def test_a_server_without_token_file_or_create_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(errors.InvalidInput, match="create_token = true"):
+        tokens.server_token(None, tmp_path / "missing.token", create=False)
+
+
+def test_an_inline_token_wins_and_must_not_be_empty(tmp_path: Path) -> None:
+    assert tokens.server_token(SecretStr(" t "), tmp_path / "missing.token", create=False) == "t"
+    assert tokens.resolve_token(None, None) is None
+    with pytest.raises(errors.InvalidInput, match="empty"):
+        tokens.resolve_token(SecretStr(" "), None)
