@@ -163,7 +163,7 @@ async def run(pods: int, concurrency: int, idle: float) -> dict[str, object]:
         for proc in (interlink, sidecar):
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        for c in dclient.containers.list(all=True, filters={"label": f"io.kod.sidecar={name}"}):
+        for c in dclient.containers.list(all=True, ignore_removed=True, filters={"label": f"io.kod.sidecar={name}"}):
             c.remove(force=True)
         for v in dclient.volumes.list(filters={"label": f"io.kod.sidecar={name}"}):
             v.remove(force=True)

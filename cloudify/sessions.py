@@ -169,7 +169,7 @@ def remove_local_containers(docker_url: str | None, session: str | None, *, user
             filters["label"].append(f"{labels.D_SESSION}={session}")
         if user:
             filters["label"].append(f"{labels.DOCKER_PREFIX}.user={user}")
-        containers = client.containers.list(all=True, filters=filters)
+        containers = client.containers.list(all=True, ignore_removed=True, filters=filters)
     except Exception:  # noqa: BLE001 - no engine, no containers
         return []
     removed = []
@@ -186,7 +186,7 @@ def local_container_sessions(docker_url: str | None, user: str) -> set[str]:
         import docker
 
         client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
-        containers = client.containers.list(all=True, filters={"label": [
+        containers = client.containers.list(all=True, ignore_removed=True, filters={"label": [
             f"{labels.D_MANAGED_BY}={n.D_MANAGED_BY_CLOUDIFY}", f"{labels.DOCKER_PREFIX}.user={user}",
         ]})
     except Exception:  # noqa: BLE001

@@ -120,7 +120,7 @@ class SidecarClient:
 
     def containers(self, uid: str | None = None) -> list[Any]:
         filters = [f"{naming.SIDECAR}={self.name}"] + ([f"io.kod.pod.uid={uid}"] if uid else [])
-        return self.docker.containers.list(all=True, filters={"label": filters})
+        return self.docker.containers.list(all=True, ignore_removed=True, filters={"label": filters})
 
     def volumes(self, uid: str | None = None) -> list[Any]:
         filters = [f"{naming.SIDECAR}={self.name}"] + ([f"io.kod.pod.uid={uid}"] if uid else [])
@@ -142,7 +142,7 @@ class SidecarClient:
 def sweep(docker: Any, sidecar_name: str) -> None:
     """Remove every container and volume labelled with `sidecar_name` (the test's own)."""
     flt = {"label": [f"{naming.SIDECAR}={sidecar_name}"]}
-    for c in docker.containers.list(all=True, filters=flt):
+    for c in docker.containers.list(all=True, ignore_removed=True, filters=flt):
         c.remove(force=True)
     for v in docker.volumes.list(filters=flt):
         v.remove(force=True)

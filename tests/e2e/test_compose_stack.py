@@ -109,7 +109,7 @@ def stack(tmp_path: Path, docker_compose: str, stack_images: list[str], docker_e
         yield s
     finally:
         s.run("down", "--remove-orphans", "-t", "5", check=False)
-        for c in docker_engine.containers.list(all=True, filters={"label": f"io.kod.sidecar={sidecar_name}"}):
+        for c in docker_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"io.kod.sidecar={sidecar_name}"}):
             c.remove(force=True)
         for v in docker_engine.volumes.list(filters={"label": f"io.kod.sidecar={sidecar_name}"}):
             v.remove(force=True)
@@ -180,15 +180,15 @@ async def test_the_stack_comes_up_runs_a_pod_in_docker_and_leaves_nothing(stack:
         await _wait(succeeded, timeout=60, what="the pod to succeed")
         log = b"".join([c async for c in api.stream("GET", "/v1/pods/compose/hello/containers/main/logs")])
         assert log == b"hello from compose\n"
-        labelled = docker_engine.containers.list(all=True, filters={"label": [f"io.kod.sidecar={stack.sidecar_name}",
+        labelled = docker_engine.containers.list(all=True, ignore_removed=True, filters={"label": [f"io.kod.sidecar={stack.sidecar_name}",
                                                                               f"io.kod.pod.uid={uid}"]})
         assert labelled, "the pod's containers carry the stack's sidecar name"
         await api.request("DELETE", "/v1/pods/compose/hello", params={"uid": uid}, model=PodStatus)
-        assert not docker_engine.containers.list(all=True, filters={"label": f"io.kod.pod.uid={uid}"})
+        assert not docker_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"io.kod.pod.uid={uid}"})
     finally:
         await api.close()
 
     down = stack.run("down", "-t", "5")
     assert down.returncode == 0, down.stderr
-    left = docker_engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={stack.project}"})
+    left = docker_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"com.docker.compose.project={stack.project}"})
     assert left == []

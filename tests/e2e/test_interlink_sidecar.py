@@ -113,7 +113,7 @@ class Desk:
 
     def containers(self, uid: str | None = None) -> list[Any]:
         wanted = [f"{SIDECAR_LABEL}={self.name}"] + ([f"io.kod.pod.uid={uid}"] if uid else [])
-        return self.docker.containers.list(all=True, filters={"label": wanted})
+        return self.docker.containers.list(all=True, ignore_removed=True, filters={"label": wanted})
 
     def cleanup(self) -> None:
         for which in list(self.procs):
