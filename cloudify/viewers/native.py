@@ -39,6 +39,8 @@ _PR_SET_PDEATHSIG = 1
 #: Seconds between two attempts to reach the app while it starts.
 RETRY_SECONDS = 0.25
 SSH_CONNECT_TIMEOUT = 5
+#: Longest pause before the sound stream is fetched again after it ended at once.
+SOUND_RETRY_MAX = 8.0
 
 
 def die_with_parent() -> None:
@@ -309,12 +311,16 @@ class NativeViewer:
     async def _play_sound(self, stream: Path, pulse: Path) -> None:
         """pacat plays the app's stream (through ssh's -L socket `stream`) into the PulseAudio at
         `pulse`, for the whole session. A stream ends when its connection breaks (ssh not up yet,
-        the app's side not serving yet): connect again after a pause."""
+        the app's side restarted or serves no sound): connect again after a pause, longer each
+        time a stream ends at once (up to SOUND_RETRY_MAX), so that an app without sound does not
+        make the desktop's PulseAudio open streams in a loop."""
         argv = [
             self.pacat_tool, "--playback", "--raw", f"--format={apps.AUDIO_FORMAT}", f"--rate={apps.AUDIO_RATE}",
             f"--channels={apps.AUDIO_CHANNELS}", f"--latency-msec={apps.AUDIO_LATENCY_MS}",
             "--client-name=kod-viewer", f"--stream-name={self.plan.options.app.name}", f"--server=unix:{pulse}",
         ]
+        loop = asyncio.get_running_loop()
+        pause = RETRY_SECONDS
         while not self._stopping:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -331,8 +337,10 @@ class NativeViewer:
                 )
             finally:
                 conn.close()
+            started = loop.time()
             await self._pacat.wait()
-            await asyncio.sleep(RETRY_SECONDS)
+            pause = RETRY_SECONDS if loop.time() - started > 2 else min(pause * 2, SOUND_RETRY_MAX)
+            await asyncio.sleep(pause)
 
     async def _launch_viewer(self) -> None:
         opts = self.plan.options

@@ -172,14 +172,19 @@ if [[ $encrypt == 1 || -n $pulse ]]; then
 fi
 
 # play_sound: the app's stream into the desktop's PulseAudio for the whole session. A stream ends
-# when the connection breaks (the app's side restarts, or was not serving yet): reconnect after a
-# pause. pacat's and bash's complaints go to $RUN_DIR/sound.log, not to the session's log.
+# when the connection breaks (the app's side restarted, or serves no sound): reconnect after a
+# pause, longer each time a stream ends at once (up to 8 s), so that an app without sound does not
+# make the desktop's PulseAudio open a stream twice a second. pacat's and bash's complaints go to
+# $RUN_DIR/sound.log, not to the session's log.
 play_sound() {
+    local pause=1 started
     while :; do
+        started=$SECONDS
         pacat --playback --raw --format="$AUDIO_FORMAT" --rate="$AUDIO_RATE" --channels="$AUDIO_CHANNELS" \
             --latency-msec="$audio_latency" --client-name=kod-viewer --stream-name="${KOD_APP:-kod app}" \
             --server="unix:$pulse" <"/dev/tcp/127.0.0.1/$audio_port"
-        sleep 0.5
+        if (( SECONDS - started > 2 )); then pause=1; elif (( pause < 8 )); then pause=$(( pause * 2 )); fi
+        sleep "$pause"
     done
 }
 if [[ -n $pulse ]]; then

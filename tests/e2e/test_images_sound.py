@@ -70,8 +70,9 @@ MIC_FREQ = 1000
 MIC_SOURCE = "kod_test_microphone"
 
 
-def record_in(lab: Lab, container: Any, source: str, seconds: float = 1.5, rate: int = 44100) -> Recording:
-    """Records `source` from inside `container` with the app's own tools (its PULSE_SERVER)."""
+def record_in(lab: Lab, container: Any, source: str, seconds: float = 3.0, rate: int = 44100) -> Recording:
+    """Records `source` from inside `container` with the app's own tools (its PULSE_SERVER) for at
+    most `seconds` (parec's start in a busy container takes part of them)."""
     out = container.exec_run(
         ["timeout", str(seconds), "parec", "--raw", f"--device={source}", "--format=s16le", f"--rate={rate}",
          "--channels=1", "--latency-msec=50"], demux=True)
@@ -104,7 +105,7 @@ def test_the_app_container_cannot_record_the_desktop_but_its_sound_still_arrives
         # Its default source (and every source it has) hears nothing of the desktop's microphone.
         for source in ("@DEFAULT_SOURCE@", *names):
             heard = record_in(lab, app, source)
-            assert len(heard.samples) > 20000, f"recording {source} in the app container failed"
+            assert len(heard.samples) > 44100 // 2, f"recording {source} in the app container failed"
             assert heard.tone(MIC_FREQ) < 0.001, f"the app recorded the desktop's microphone through {source}"
         # The sound stream's port speaks raw PCM out, not PulseAudio's protocol.
         code, out = lab.exec(app, "env", f"PULSE_SERVER=tcp:127.0.0.1:{apps.AUDIO_PORT}", "timeout", "10", "pactl", "info")
