@@ -6,9 +6,9 @@ PY      = $(VENV)/bin/python
 .PHONY: demo test test-fast up down status images venv clean-venv
 
 ## demo: set up everything (Docker, local cluster, images, desktop stack) and run `cloudify firefox`
+## on your screen, or on a virtual one watched over VNC (`make demo ARGS="libreoffice --once"`)
 demo: venv
-	$(PY) -m localenv up --demo
-	$(VENV)/bin/cloudify firefox
+	$(PY) -m localenv demo $(ARGS)
 
 ## test: set up everything, then run the whole test suite (fast and end-to-end)
 test: venv

@@ -1,6 +1,7 @@
 """The command line of the local environment manager.
 
     python -m localenv up [--demo]       # everything, idempotently; a second run starts nothing
+    python -m localenv demo [APP]        # up --demo, then `cloudify APP` on your screen or a virtual one
     python -m localenv status [--json]   # what runs, the node, the paths
     python -m localenv images            # build the project's images (localenv.images)
     python -m localenv down [--wipe] [--docker]
@@ -13,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from kod import errors
@@ -54,6 +56,14 @@ def cmd_images(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress
         raise errors.Unavailable("localenv.images does not exist yet: there are no project images to build")
     images.build_all(progress=progress)
     return 0
+
+
+def cmd_demo(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    from localenv import demo
+
+    options = demo.DemoOptions(app=args.app, once=args.once,
+                               screenshot=Path(args.screenshot).expanduser().absolute() if args.screenshot else None)
+    return demo.run(s, options, progress, os.environ)
 
 
 def cmd_down(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
@@ -106,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="also build the project's images and start the desktop stack (for `make demo`)")
     p.set_defaults(func=cmd_up)
+    p = sub.add_parser(
+        "demo", help="`up --demo`, then run `cloudify APP` (Firefox by default) and show it",
+        description="Set up everything (`up --demo`: packages, Docker, the cluster, the app's and the viewer's "
+        "images, the desktop stack with the virtual node), then run `cloudify APP`. With a desktop (DISPLAY's X "
+        "server and PulseAudio answer) the app shows there. Without one, a virtual desktop is started (Xvfb, "
+        "PulseAudio with null-sink speakers; files under ~/.local/share/kod/demo/) with a VNC server on "
+        "127.0.0.1 and a random password: the command prints how to watch it live (vncviewer here, or "
+        "`ssh -L` from another machine); once the app's window shows, a screenshot is saved. The session "
+        "runs until the app is closed or Ctrl-C (passed on to cloudify, which removes what it created). "
+        "Exit code: cloudify's (0 for a --once session that ended as asked).",
+    )
+    p.add_argument("app", nargs="?", default="firefox", metavar="APP",
+                   help="the app: firefox (default), libreoffice, blender, cuda-blender")
+    p.add_argument("--once", action="store_true",
+                   help="end the session (as Ctrl-C does) right after the window showed and the screenshot was taken")
+    p.add_argument("--screenshot", metavar="PATH",
+                   help="where the screenshot of the app's window goes (PNG; default ~/.local/share/kod/demo/APP.png "
+                   "on a virtual desktop, none on your own)")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("down", help="stop the cluster's daemons (by PID)")
     p.add_argument("--wipe", action="store_true",
                    help="also delete the cluster's state (etcd data, certificates, volumes, containers) and "
@@ -131,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nerror: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"what to do: {exc.hint}", file=sys.stderr)
-        code = 1
+        code = getattr(exc, "exit_code", 1)  # a failed cloudify session (localenv.demo) passes on its own
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
