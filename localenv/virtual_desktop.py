@@ -82,6 +82,10 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+#: For other processes that must not outlive their starter (localenv.demo's cloudify).
+die_with_parent = _die_with_parent
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
     """Polls `condition` until it returns something truthy (returned); TimeoutError after `timeout` s."""
     deadline = time.monotonic() + timeout
