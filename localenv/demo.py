@@ -43,12 +43,14 @@ from localenv import cluster, desktop_stack, host, images
 from localenv.handle import ClusterHandle
 from localenv.progress import Progress
 from localenv.settings import LocalEnvSettings
-from localenv.virtual_desktop import (Box, Image, VirtualDesktop, Window, decode_png, display_opens, tool,
-                                      wait_for, window_title_pattern)
+from localenv.virtual_desktop import (Box, Image, VirtualDesktop, Window, decode_png, die_with_parent, display_opens,
+                                      tool, wait_for, window_title_pattern)
 
 #: Where the Docker sidecar lets viewer pods mount the desktop's kod sound socket from (its
 #: allow-list) and where cloudify looks for it (`kod_pulse_dir`).
 KOD_PULSE_DIR = Path("/run/kod/pulse")
+#: The demo's sound socket directories in KOD_PULSE_DIR: DEMO_SOUND_PREFIX + random hex.
+DEMO_SOUND_PREFIX = "demo-"
 #: cloudify's exit code after Ctrl-C (the shell's convention): what `--once` expects.
 EXIT_INTERRUPTED = 130
 #: Seconds for the app's viewer window to show (cloudify has its own per-phase timeouts: this
@@ -152,6 +154,15 @@ def exclusive(directory: Path) -> Iterator[None]:
         yield
 
 
+def remove_stale_sound_dirs() -> list[Path]:
+    """Sound socket directories of demos that were killed (SIGKILL leaves no time to clean up).
+    Called under the demo lock: no other demo's directory can be in use."""
+    stale = sorted(KOD_PULSE_DIR.glob(f"{DEMO_SOUND_PREFIX}*")) if KOD_PULSE_DIR.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def watch_instructions(vnc_port: int, password_file: Path, passwd_file: Path, address: str) -> str:
     """How to watch the virtual desktop live: on this machine, or from another one over SSH to
     `address` (the address other machines reach this one at)."""
@@ -194,11 +205,14 @@ def cloudify_env(environ: Mapping[str, str], target: ClusterHandle, stack: deskt
 class Session:
     """A running `cloudify APP`, in a process group of its own so that a Ctrl-C reaches it only
     through us: each SIGINT/SIGTERM we get is forwarded as one SIGINT (cloudify's first cleans
-    up, a second says cleanup is under way, a third abandons it, as in a terminal)."""
+    up, a second says cleanup is under way, a third abandons it, as in a terminal). Should we be
+    killed, cloudify gets SIGTERM (PR_SET_PDEATHSIG) and cleans up all the same."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
         sys.stdout.flush()
-        self.proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, start_new_session=True)
+        # SIGTERM (cloudify cleans up as after Ctrl-C) should the demo itself be killed.
+        self.proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         self.interrupted = False
         self.signalled = False
         self._previous: dict[int, Any] = {}
@@ -414,9 +428,10 @@ def on_virtual_desktop(settings: LocalEnvSettings, options: DemoOptions, target:
     root = demo_dir(settings)
     shot = options.screenshot or root / f"{options.app}.png"
     with exclusive(root):
+        remove_stale_sound_dirs()
         # The kod sound socket must be below KOD_PULSE_DIR (the sidecar's allow-list); a name of
         # its own keeps it apart from a real desktop's socket there.
-        desktop = VirtualDesktop(root / "desktop", pulse_dir=KOD_PULSE_DIR / f"demo-{secrets.token_hex(4)}")
+        desktop = VirtualDesktop(root / "desktop", pulse_dir=KOD_PULSE_DIR / f"{DEMO_SOUND_PREFIX}{secrets.token_hex(4)}")
         try:
             with progress.step("virtual desktop (Xvfb, PulseAudio with null-sink speakers, VNC)") as step:
                 desktop.start()

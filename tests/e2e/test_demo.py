@@ -90,27 +90,72 @@ def session_leftovers(cluster: Any, namespace: str) -> dict[str, list[str]]:
     return found
 
 
-def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothing(
-        cluster: Any, virtual_node: Any, kube_namespace: str, tmp_path: Path) -> None:
-    shot = tmp_path / "firefox.png"
+def demo_env(cluster: Any, namespace: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a headless machine (no DISPLAY), with this test's namespace."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "XAUTHORITY", "PULSE_SERVER") and not k.startswith("KOD_CLOUDIFY_")}
     env.update({
         "KUBECONFIG": str(cluster.kubeconfig),
-        "KOD_CLOUDIFY_NAMESPACE": kube_namespace,   # what is left is this test's own
+        "KOD_CLOUDIFY_NAMESPACE": namespace,   # what is left is this test's own
         "XDG_STATE_HOME": str(tmp_path / "state"),
         "PYTHONUNBUFFERED": "1",
     })
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "localenv", "demo", "firefox", "--once", "--screenshot", str(shot)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = Output(proc)
+    return env
+
+
+def start_demo(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], Output]:
+    proc = subprocess.Popen([sys.executable, "-m", "localenv", "demo", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, Output(proc)
+
+
+def wait_end(proc: subprocess.Popen[str], output: Output, timeout: float = 900) -> int:
     try:
-        code = proc.wait(timeout=900)
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=180)
-        pytest.fail(f"the demo did not end within 900 s:\n{output.join()}")
+        pytest.fail(f"the demo did not end within {timeout:.0f} s:\n{output.join()}")
+
+
+def cloudify_processes(namespace: str) -> list[int]:
+    """PIDs of cloudify processes of `namespace` (by their environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"cloudify" in cmdline and f"KOD_CLOUDIFY_NAMESPACE={namespace}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(cluster: Any, namespace: str, output: Output, text: str) -> None:
+    """Nothing of the session: in the cluster, in Docker, cloudify, the virtual desktop and its
+    VNC server and sound socket directory."""
+    deadline = time.monotonic() + 60
+    left = session_leftovers(cluster, namespace)
+    while (left or cloudify_processes(namespace)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = session_leftovers(cluster, namespace)
+    assert left == {}, left
+    assert cloudify_processes(namespace) == []
+    assert vnc_banner("127.0.0.1", output.vnc_port) == b"", "the VNC server still runs"
+    display = re.search(r"DISPLAY=:(\d+),", text)
+    assert display, text
+    assert not Path(f"/tmp/.X11-unix/X{display.group(1)}").exists(), "the virtual display still runs"
+
+
+def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothing(
+        cluster: Any, virtual_node: Any, kube_namespace: str, tmp_path: Path) -> None:
+    shot = tmp_path / "firefox.png"
+    started = time.monotonic()
+    proc, output = start_demo(demo_env(cluster, kube_namespace, tmp_path), "firefox", "--once", "--screenshot", str(shot))
+    code = wait_end(proc, output)
     text = output.join()
     print(f"demo: {time.monotonic() - started:.1f} s")
 
@@ -128,14 +173,36 @@ def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothin
     shutil.copy(shot, ARTIFACTS / "demo-firefox.png")
     assert shows_firefox(image), (f"{image.width}x{image.height}, {image.distinct_colours()} colours, "
                                   f"{image.fraction_near((0, 0, 0), 16):.0%} black: see {ARTIFACTS / 'demo-firefox.png'}")
-    # Nothing of the session is left: in the cluster, in Docker, the virtual desktop and its VNC server.
-    deadline = time.monotonic() + 60
-    left = session_leftovers(cluster, kube_namespace)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = session_leftovers(cluster, kube_namespace)
-    assert left == {}, left
-    assert vnc_banner("127.0.0.1", output.vnc_port) == b"", "the VNC server still runs"
+    assert_nothing_left(cluster, kube_namespace, output, text)
     sound_socket = re.search(r"sound socket (\S+?),", text)
     assert sound_socket, text
     assert not Path(sound_socket.group(1)).parent.exists(), "the virtual desktop's sound socket directory is left"
+
+
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
+                         ids=["ctrl-c", "kill-9"])
+def test_ending_the_demo_ends_the_session_and_leaves_nothing(
+        cluster: Any, virtual_node: Any, kube_namespace: str, tmp_path: Path, sig: int, exit_code: int) -> None:
+    """Ctrl-C reaches cloudify, which cleans up (exit 130, as cloudify's). A SIGKILL of the demo
+    leaves nothing either: cloudify gets SIGTERM (PR_SET_PDEATHSIG), and the virtual display it
+    shows on dies with the demo, which ends its viewer too. (The sound socket's directory of a
+    killed demo is removed by the next one.)"""
+    proc, output = start_demo(demo_env(cluster, kube_namespace, tmp_path), "firefox",
+                              "--screenshot", str(tmp_path / "firefox.png"))
+    deadline = time.monotonic() + 600
+    while "the session runs until" not in "".join(output.lines):
+        assert proc.poll() is None, output.join()
+        assert time.monotonic() < deadline, output.join()
+        time.sleep(0.2)
+    assert cloudify_processes(kube_namespace), "no cloudify runs during the session"
+    proc.send_signal(sig)
+    code = wait_end(proc, output, timeout=180)
+    text = output.join()
+    assert code == exit_code, text
+    assert_nothing_left(cluster, kube_namespace, output, text)
+    sound_socket = re.search(r"sound socket (\S+?),", text)
+    assert sound_socket, text
+    if sig == signal.SIGKILL:  # what the next demo would remove
+        shutil.rmtree(Path(sound_socket.group(1)).parent, ignore_errors=True)
+    else:
+        assert not Path(sound_socket.group(1)).parent.exists(), "the virtual desktop's sound socket directory is left"

@@ -122,3 +122,14 @@ def test_rows_changed_counts_the_rows_that_differ() -> None:
     after = Image(4, 3, bytes(12) + b"\x01" + bytes(23))
     assert demo.rows_changed(before, before) == 0
     assert demo.rows_changed(before, after) == 1
+
+
+def test_a_killed_demos_sound_directory_is_removed_by_the_next_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "KOD_PULSE_DIR", tmp_path)
+    (tmp_path / "demo-1a2b3c4d").mkdir()
+    (tmp_path / "demo-1a2b3c4d" / "native").touch()
+    (tmp_path / "native").touch()            # the user's own kod socket
+    (tmp_path / "test-99").mkdir()           # somebody else's
+    assert demo.remove_stale_sound_dirs() == [tmp_path / "demo-1a2b3c4d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native", "test-99"]
