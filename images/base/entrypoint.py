@@ -72,7 +72,9 @@ WINDOW_SHOWN = "app window shown"
 WINDOW_WATCH_LIMIT = 600.0
 PROPERTY_CHANGE_MASK = 1 << 22
 #: Parts of the session whose end does not end it (the app goes on without sound).
-OPTIONAL = frozenset({"pulseaudio"})
+OPTIONAL = frozenset({"pulseaudio", "window-watch"})
+#: Set in the environment of the entrypoint's own helper process (the window watch).
+ROLE_ENV, ROLE_WINDOW_WATCH = "KOD_ENTRYPOINT_ROLE", "window-watch"
 DISPLAY_NUMBER = 0
 APP_USER = "kod"
 EXIT_FAILURE = 1
@@ -299,7 +301,8 @@ class Session:
         self.env.pop("KOD_VNC_PASSWORD", None)
 
     def spawn(self, name: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+        kwargs.setdefault("env", self.env)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
         self.children[proc.pid] = name
         return proc
 
@@ -430,65 +433,25 @@ class Session:
         listen = f"127.0.0.1:{cfg.novnc_port}" if cfg.encrypt else str(cfg.novnc_port)
         self.spawn("websockify", ["websockify", "--web", NOVNC_DIR, listen, f"127.0.0.1:{cfg.vnc_port}"],
                    stdout=subprocess.DEVNULL)
-        sound = self.start_sound()
+        # sshd first: a viewer may be knocking already; the sound stream follows within a moment
+        # (the viewer fetches it again until it is there).
         if cfg.authorized_keys is not None:
             self.start_sshd()
         else:
             log("no authorized key (KOD_AUTHORIZED_KEYS_FILE): sshd not started, so no sound and no encrypted access")
+        sound = self.start_sound()
         where = "127.0.0.1 only (reach them through ssh -L)" if cfg.encrypt else "all addresses"
         log(f"display :{DISPLAY_NUMBER} {cfg.width}x{cfg.height}x{cfg.depth}; VNC on {cfg.vnc_port} and noVNC on "
             f"{cfg.novnc_port} at {where}; sshd on {cfg.ssh_port}" + ("" if cfg.authorized_keys else " (off)")
             + (f"; sound stream on 127.0.0.1:{cfg.audio_port} (playback only)" if sound else "; no sound"))
-        threading.Thread(target=self._watch_app_window, daemon=True).start()
+        # In a process of its own: libX11 ends the process that holds a connection when the X
+        # server goes away (as it does when no viewer comes), and PID 1 must stay to say why.
+        self.spawn("window-watch", [sys.executable, os.path.abspath(__file__)], env={**self.env, ROLE_ENV: ROLE_WINDOW_WATCH})
         app = self.spawn("app", cfg.command)
         self.app_pid = app.pid
         log(f"started {cfg.app}: {shlex.join(cfg.command)} (pid {app.pid})")
         if self.stop_signal is not None:  # a stop signal came while the session was starting
             self._stop_app()
-
-    def _watch_app_window(self) -> None:
-        """Logs WINDOW_SHOWN and the title once the app's first top-level window is shown (cloudify
-        reads it for its "first frame" timing). Looks when the window manager changes a property
-        of the root window (it does when it manages, maps and focuses a window), and once a second
-        in case a change was missed; gives up after WINDOW_WATCH_LIMIT seconds."""
-        try:
-            xlib = ctypes.CDLL("libX11.so.6")
-        except OSError:
-            return
-        xlib.XOpenDisplay.restype = ctypes.c_void_p
-        xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
-        xlib.XDefaultRootWindow.restype = ctypes.c_ulong
-        xlib.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
-        xlib.XSelectInput.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_long]
-        xlib.XConnectionNumber.argtypes = [ctypes.c_void_p]
-        xlib.XPending.argtypes = [ctypes.c_void_p]
-        xlib.XNextEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
-        display = xlib.XOpenDisplay(f":{DISPLAY_NUMBER}".encode())
-        if not display:
-            return
-        try:
-            xlib.XSelectInput(display, xlib.XDefaultRootWindow(display), PROPERTY_CHANGE_MASK)
-            event = ctypes.create_string_buffer(192)  # sizeof(XEvent)
-            fd = xlib.XConnectionNumber(display)
-            deadline = time.monotonic() + WINDOW_WATCH_LIMIT
-            while time.monotonic() < deadline:
-                title = self._shown_window()
-                if title is not None:
-                    log(f"{WINDOW_SHOWN}: {title}")
-                    return
-                select.select([fd], [], [], 1.0)
-                while xlib.XPending(display):
-                    xlib.XNextEvent(display, event)
-        finally:
-            xlib.XCloseDisplay(display)
-
-    def _shown_window(self) -> str | None:
-        """The title of a visible named window on the display, if there is one."""
-        out = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", ".", "getwindowname", "%1"],
-                             env=self.env, capture_output=True, text=True, check=False)
-        lines = out.stdout.splitlines()
-        return lines[0] if out.returncode == 0 and lines else None
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_signal is not None:
@@ -534,7 +497,8 @@ class Session:
                 log(f"the app ended with exit code {code}; ending the session")
                 return code if code >= 0 else 128 - code
             if name in OPTIONAL:
-                log(f"{name} ended (exit code {code}): the app has no sound from now on")
+                if name == "pulseaudio":
+                    log(f"PulseAudio ended (exit code {code}): the app has no sound from now on")
                 continue
             # When Xvnc gives up, its X clients (openbox, the app) may be reaped before it: give
             # the log reader a moment to see Xvnc's last line, which says why.
@@ -567,6 +531,50 @@ class Session:
             self.children.pop(pid, None)
         for pid in list(self.children):
             _kill(pid, signal.SIGKILL)
+
+
+def watch_app_window() -> int:
+    """Logs WINDOW_SHOWN and the title once the app's first top-level window is shown (cloudify
+    reads it for its "first frame" timing). Looks when the window manager changes a property of
+    the root window (it does when it manages, maps and focuses a window), and once a second in case
+    a change was missed; gives up after WINDOW_WATCH_LIMIT seconds. Runs as a child process (see
+    Session.start), with the session's DISPLAY and XAUTHORITY."""
+    try:
+        xlib = ctypes.CDLL("libX11.so.6")
+    except OSError:
+        return 0
+    xlib.XOpenDisplay.restype = ctypes.c_void_p
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XDefaultRootWindow.restype = ctypes.c_ulong
+    xlib.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+    xlib.XSelectInput.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_long]
+    xlib.XConnectionNumber.argtypes = [ctypes.c_void_p]
+    xlib.XPending.argtypes = [ctypes.c_void_p]
+    xlib.XNextEvent.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    display = xlib.XOpenDisplay(f":{DISPLAY_NUMBER}".encode())
+    if not display:
+        return 0
+    xlib.XSelectInput(display, xlib.XDefaultRootWindow(display), PROPERTY_CHANGE_MASK)
+    event = ctypes.create_string_buffer(192)  # sizeof(XEvent)
+    fd = xlib.XConnectionNumber(display)
+    deadline = time.monotonic() + WINDOW_WATCH_LIMIT
+    while time.monotonic() < deadline:
+        title = _shown_window()
+        if title is not None:
+            log(f"{WINDOW_SHOWN}: {title}")
+            return 0
+        select.select([fd], [], [], 1.0)
+        while xlib.XPending(display):
+            xlib.XNextEvent(display, event)
+    return 0
+
+
+def _shown_window() -> str | None:
+    """The title of a visible named window on the display, if there is one."""
+    out = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", ".", "getwindowname", "%1"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    lines = out.stdout.splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
 
 
 def _answers(path: Path) -> bool:
@@ -623,4 +631,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(watch_app_window() if os.environ.get(ROLE_ENV) == ROLE_WINDOW_WATCH else main())

@@ -154,9 +154,17 @@ if [[ $encrypt == 1 || -n $pulse ]]; then
     [[ $encrypt == 1 ]] && forwards+=(-L "127.0.0.1:$vnc_port:localhost:$vnc_port")
     # The sound stream, on this container's own loopback: only this container reaches it.
     [[ -n $pulse ]] && forwards+=(-L "127.0.0.1:$audio_port:localhost:$audio_port")
-    # -f with ExitOnForwardFailure returns once every forward is set up, or fails.
-    if ! ssh "${ssh_args[@]}" "${forwards[@]}" "$host" 2>"$RUN_DIR/ssh.log"; then
+    # -f with ExitOnForwardFailure returns once every forward is set up, or fails. A port that
+    # accepts before sshd answers (a port-forward through the API server, a NodePort) closes the
+    # first connections: try again until the sshd greets or the time is up.
+    deadline=$(( SECONDS + wait_s ))
+    until ssh "${ssh_args[@]}" "${forwards[@]}" "$host" 2>"$RUN_DIR/ssh.log"; do
         err=$(tr '\n' ' ' <"$RUN_DIR/ssh.log")
+        if [[ $err =~ kex_exchange_identification|Connection\ closed\ by|Connection\ reset|Connection\ refused ]] \
+                && (( SECONDS < deadline )); then
+            sleep 0.5
+            continue
+        fi
         case $err in
             *"Host key verification failed"*|*"REMOTE HOST IDENTIFICATION HAS CHANGED"*|*"No ED25519 host key is known"*|*"host key"*)
                 fail $EXIT_SSH "the app's SSH host key does not match the session's pinned key ($known): refusing to connect ($err)" ;;
@@ -167,7 +175,7 @@ if [[ $encrypt == 1 || -n $pulse ]]; then
             *)
                 fail $EXIT_UNREACHABLE "ssh to $host:$ssh_port failed: $err" ;;
         esac
-    fi
+    done
     log "ssh tunnels up: ${forwards[*]}"
 fi
 
