@@ -70,21 +70,26 @@ class Output:
                 self.banner = vnc_banner("127.0.0.1", self.vnc_port)
                 self.banner_elsewhere = vnc_banner(host.node_ip(), self.vnc_port)
 
-    def join(self) -> str:
-        self._thread.join(timeout=30)
+    @property
+    def so_far(self) -> str:
         return "".join(self.lines)
 
+    def join(self) -> str:
+        """All of it, once the demo ended."""
+        self._thread.join(timeout=30)
+        return self.so_far
 
-def session_leftovers(cluster: Any, namespace: str) -> dict[str, list[str]]:
+
+def session_leftovers(cluster: Any, namespace: str, session: str) -> dict[str, list[str]]:
     """Pods, services and secrets of cloudify sessions in `namespace`; the sidecar's containers of
-    its pods and cloudify's own viewer containers in Docker."""
+    its pods and cloudify's own viewer containers of `session` in Docker (not other tests')."""
     found: dict[str, list[str]] = {}
     for kind in ("pods", "services", "secrets"):
         items = cluster.kubectl_json("get", kind, "-n", namespace, "-l", labels.SESSION)["items"]
         if items:
             found[kind] = [i["metadata"]["name"] for i in items]
     containers = docker_containers(f"{labels.D_POD_NAMESPACE}={namespace}")
-    containers += docker_containers(f"{labels.D_MANAGED_BY}=cloudify")
+    containers += docker_containers(f"{labels.D_SESSION}={session}")
     if containers:
         found["containers"] = containers
     return found
@@ -137,17 +142,48 @@ def cloudify_processes(namespace: str) -> list[int]:
 def assert_nothing_left(cluster: Any, namespace: str, output: Output, text: str) -> None:
     """Nothing of the session: in the cluster, in Docker, cloudify, the virtual desktop and its
     VNC server and sound socket directory."""
+    session = re.search(r"\(session (\w+),", text)
+    assert session, text
     deadline = time.monotonic() + 60
-    left = session_leftovers(cluster, namespace)
+    left = session_leftovers(cluster, namespace, session.group(1))
     while (left or cloudify_processes(namespace)) and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = session_leftovers(cluster, namespace)
+        left = session_leftovers(cluster, namespace, session.group(1))
     assert left == {}, left
     assert cloudify_processes(namespace) == []
     assert vnc_banner("127.0.0.1", output.vnc_port) == b"", "the VNC server still runs"
     display = re.search(r"DISPLAY=:(\d+),", text)
     assert display, text
     assert not Path(f"/tmp/.X11-unix/X{display.group(1)}").exists(), "the virtual display still runs"
+
+
+def firefox_near_the_top(img: Image) -> bool:
+    """A 1280x800 Firefox viewer window at the left, starting in the top 120 rows (where the
+    watching viewer shows the virtual desktop's top left corner)."""
+    for y in range(0, min(120, img.height - 800)):
+        if img.crop(Box(0, y, 1280, 1)).fraction_near(TAB_STRIP, 8) > 0.5:
+            return shows_firefox(img.crop(Box(0, y, 1280, 800)))
+    return False
+
+
+def watch_as_printed(desktop: Any, text: str) -> None:
+    """Run the `vncviewer -passwd ...` command the demo printed on the test desktop (another
+    person's screen, say) and check that it shows Firefox's viewer window, at the top left of the
+    virtual desktop; then close it."""
+    found = re.search(r"on this machine:\s+(vncviewer -passwd \S+ localhost::\d+)", text)
+    assert found, text
+    viewer = subprocess.Popen(found.group(1).split(), env=desktop.env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        window = desktop.wait_for_window(r"@.* - TigerVNC$", timeout=30)
+        try:
+            desktop.wait_for_content(window.box, firefox_near_the_top, timeout=30,
+                                     what="Firefox in the watching vncviewer")
+        finally:
+            desktop.screenshot("demo-watched-over-vnc", region=window.box)
+    finally:
+        viewer.terminate()
+        viewer.wait(timeout=10)
 
 
 def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothing(
@@ -182,23 +218,23 @@ def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothin
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
                          ids=["ctrl-c", "kill-9"])
 def test_ending_the_demo_ends_the_session_and_leaves_nothing(
-        cluster: Any, virtual_node: Any, kube_namespace: str, tmp_path: Path, sig: int, exit_code: int) -> None:
-    """Ctrl-C reaches cloudify, which cleans up (exit 130, as cloudify's). A SIGKILL of the demo
+        cluster: Any, virtual_node: Any, desktop: Any, kube_namespace: str, tmp_path: Path, sig: int,
+        exit_code: int) -> None:
+    """Meanwhile someone watches it with the vncviewer command it printed, and sees Firefox.
+    Ctrl-C reaches cloudify, which cleans up (exit 130, as cloudify's). A SIGKILL of the demo
     leaves nothing either: cloudify gets SIGTERM (PR_SET_PDEATHSIG), and the virtual display it
     shows on dies with the demo, which ends its viewer too. (The sound socket's directory of a
     killed demo is removed by the next one.)"""
     proc, output = start_demo(demo_env(cluster, kube_namespace, tmp_path), "firefox",
                               "--screenshot", str(tmp_path / "firefox.png"))
-    deadline = time.monotonic() + 600
-    while "the session runs until" not in "".join(output.lines):
-        assert proc.poll() is None, output.join()
-        assert time.monotonic() < deadline, output.join()
-        time.sleep(0.2)
-    assert cloudify_processes(kube_namespace), "no cloudify runs during the session"
-    proc.send_signal(sig)
-    code = wait_end(proc, output, timeout=180)
+    try:
+        watch_and_end(proc, output, desktop, kube_namespace, sig)
+    finally:
+        if proc.poll() is None:  # the test failed midway: end the demo as its user would
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=180)
     text = output.join()
-    assert code == exit_code, text
+    assert proc.returncode == exit_code, text
     assert_nothing_left(cluster, kube_namespace, output, text)
     sound_socket = re.search(r"sound socket (\S+?),", text)
     assert sound_socket, text
@@ -206,3 +242,18 @@ def test_ending_the_demo_ends_the_session_and_leaves_nothing(
         shutil.rmtree(Path(sound_socket.group(1)).parent, ignore_errors=True)
     else:
         assert not Path(sound_socket.group(1)).parent.exists(), "the virtual desktop's sound socket directory is left"
+
+
+def watch_and_end(proc: subprocess.Popen[str], output: Output, desktop: Any, namespace: str, sig: int) -> None:
+    """Once the session runs: watch it over VNC (for Ctrl-C), then send `sig` to the demo and
+    wait for its end."""
+    deadline = time.monotonic() + 600
+    while "the session runs until" not in output.so_far:
+        assert proc.poll() is None, output.join()
+        assert time.monotonic() < deadline, output.so_far
+        time.sleep(0.2)
+    assert cloudify_processes(namespace), "no cloudify runs during the session"
+    if sig == signal.SIGINT:
+        watch_as_printed(desktop, output.so_far)
+    proc.send_signal(sig)
+    wait_end(proc, output, timeout=180)
