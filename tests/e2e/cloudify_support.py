@@ -199,9 +199,10 @@ def type_text(desktop: Any, window: int, text: str) -> None:
 
 
 def firefox_drawn(img: Any) -> bool:
-    """Firefox's window is drawn: its toolbar and page give hundreds of colours (an empty VNC
-    desktop, or a window not painted yet, has a handful)."""
-    return bool(img.width > 200 and img.distinct_colours() > 150)
+    """Firefox's window is drawn: its toolbar and page give hundreds of colours, and little of it
+    is black. Before the first frame the viewer shows its black framebuffer, whose anti-aliased
+    "Press F8 to open the context menu" hint alone has ~200 colours (but 99 % of it is black)."""
+    return bool(img.width > 200 and img.distinct_colours() > 150 and img.fraction_near((0, 0, 0), 16) < 0.5)
 
 
 def wait_gone(cloudify: Cloudify, timeout: float = 60) -> dict[str, list[str]]:
