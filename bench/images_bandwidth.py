@@ -18,10 +18,7 @@ Prints a table; writes bench/results/images_bandwidth.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kod import apps  # noqa: E402
-from localenv import images  # noqa: E402
-from localenv.progress import Progress  # noqa: E402
+from images_common import desktop_lab, write_json  # noqa: E402
 from tests.e2e import images_support as support  # noqa: E402
 from tests.fixtures.desktop import Desktop, wait_for  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 
 
 def cpu_seconds(container: Any) -> float:
@@ -72,47 +67,30 @@ def main() -> int:
     args = parser.parse_args()
     qualities = [int(q) for q in args.qualities.split(",")]
 
-    import docker
-
-    images.build_all(Progress(quiet=True), only=["firefox", "viewer"])
-    client = docker.from_env()
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="kod-bench-") as tmp:
-        root = Path(tmp)
-        (root / "desktop").mkdir()
-        desktop = Desktop(root / "desktop")
-        desktop.start()
-        lab = support.Lab(client, "bench-bandwidth")
-        try:
-            pages = root / "pages"
-            pages.mkdir()
-            (pages / "anim.html").write_bytes((ROOT / "tests/e2e/pages/anim.html").read_bytes())
-            (pages / "anim.html").chmod(0o644)
-            pages.chmod(0o755)
-            files = support.make_session_files(root / "session")
-            for mode, settings in (("mixed", [(q, 2) for q in qualities]), ("blocks", [(5, 0), (5, 9)])):
-                app = lab.run_app("firefox", files, pages=pages,
-                                  env={"KOD_APP_ARGS": f"file://{support.PAGES_MOUNT}/anim.html#{mode}",
-                                       apps.ENV_CONNECT_TIMEOUT: "600"})
-                for quality, compression in settings:
-                    row = {"content": mode, **measure(lab, desktop, files, app, quality, compression, args.seconds)}
-                    print(row, flush=True)
-                    rows.append(row)
-                app.remove(force=True)
-        finally:
-            lab.cleanup()
-            desktop.stop()
+    with desktop_lab("bench-bandwidth", only=["firefox", "viewer"]) as (desktop, lab, root):
+        pages = root / "pages"
+        pages.mkdir()
+        (pages / "anim.html").write_bytes((ROOT / "tests/e2e/pages/anim.html").read_bytes())
+        (pages / "anim.html").chmod(0o644)
+        pages.chmod(0o755)
+        files = support.make_session_files(root / "session")
+        for mode, settings in (("mixed", [(q, 2) for q in qualities]), ("blocks", [(5, 0), (5, 9)])):
+            app = lab.run_app("firefox", files, pages=pages,
+                              env={"KOD_APP_ARGS": f"file://{support.PAGES_MOUNT}/anim.html#{mode}",
+                                   apps.ENV_CONNECT_TIMEOUT: "600"})
+            for quality, compression in settings:
+                row = {"content": mode, **measure(lab, desktop, files, app, quality, compression, args.seconds)}
+                print(row, flush=True)
+                rows.append(row)
+            app.remove(force=True)
 
     print(f"\n{'content':<8}{'quality':>8}{'compr.':>8}{'Mbit/s':>10}{'app CPU %':>11}{'viewer CPU %':>14}")
     for r in rows:
         print(f"{r['content']:<8}{r['quality']:>8}{r['compression']:>8}{r['mbit_per_s']:>10.1f}"
               f"{r['app_cpu_pct']:>11.0f}{r['viewer_cpu_pct']:>14.0f}")
-    print(f"1280x800 display; about {args.seconds:.0f} s per setting (each row: its measured window); "
-          f"load average now {os.getloadavg()[0]:.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "images_bandwidth.json"
-    out.write_text(json.dumps({"rows": rows, "seconds": args.seconds, "geometry": "1280x800"}, indent=2))
-    print(f"wrote {out}")
+    print(f"1280x800 display; about {args.seconds:.0f} s per setting (each row: its measured window)")
+    write_json("images_bandwidth", {"rows": rows, "seconds": args.seconds, "geometry": "1280x800"})
     return 0
 
 

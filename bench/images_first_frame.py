@@ -21,11 +21,8 @@ Prints a table (median, min, max of the runs); writes bench/results/images_first
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localenv import images  # noqa: E402
-from localenv.progress import Progress  # noqa: E402
+from images_common import desktop_lab, write_json  # noqa: E402
 from tests.e2e import images_support as support  # noqa: E402
 from tests.fixtures.desktop import Desktop, capture_x, sine_wav  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 
 
 def pages_dir(root: Path) -> Path:
@@ -93,43 +88,25 @@ def main() -> int:
     args = parser.parse_args()
     cases = args.apps.split(",")
 
-    import docker
-
-    images.build_all(Progress(quiet=True), only=list(support.TEST_IMAGES))
-    client = docker.from_env()
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="kod-bench-") as tmp:
-        root = Path(tmp)
-        desktop_root = root / "desktop"
-        desktop_root.mkdir()
-        desktop = Desktop(desktop_root)
-        desktop.start()
-        lab = support.Lab(client, "bench-first-frame")
-        try:
-            pages = pages_dir(root)
-            for case in cases:
-                app, _, variant = case.partition("-")
-                runs = []
-                for i in range(args.runs):
-                    r = one_run(lab, desktop, app, variant == "encrypted", root, pages)
-                    print(f"{case} run {i + 1}: first frame {r['first_frame_s']:.2f} s, "
-                          f"closed: app {r['close_app_s']:.2f} s, viewer {r['close_viewer_s']:.2f} s", flush=True)
-                    runs.append(r)
-                results[case] = {key: stats([r[key] for r in runs]) for key in runs[0]} | {"runs": runs}
-        finally:
-            lab.cleanup()
-            desktop.stop()
+    with desktop_lab("bench-first-frame", only=support.TEST_IMAGES) as (desktop, lab, root):
+        pages = pages_dir(root)
+        for case in cases:
+            app, _, variant = case.partition("-")
+            runs = []
+            for i in range(args.runs):
+                r = one_run(lab, desktop, app, variant == "encrypted", root, pages)
+                print(f"{case} run {i + 1}: first frame {r['first_frame_s']:.2f} s, "
+                      f"closed: app {r['close_app_s']:.2f} s, viewer {r['close_viewer_s']:.2f} s", flush=True)
+                runs.append(r)
+            results[case] = {key: stats([r[key] for r in runs]) for key in runs[0]} | {"runs": runs}
 
     print(f"\n{'app':<20}{'first frame (median, min-max)':>34}{'close -> both gone (median, max)':>36}")
     for case, r in results.items():
         ff, cb = r["first_frame_s"], r["close_both_s"]
         print(f"{case:<20}{ff['median']:>14.2f} s ({ff['min']:.2f}-{ff['max']:.2f} s){'':>5}"
               f"{cb['median']:>16.2f} s (max {cb['max']:.2f} s)")
-    print(f"load average (1, 5 min) now: {os.getloadavg()[0]:.1f}, {os.getloadavg()[1]:.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "images_first_frame.json"
-    out.write_text(json.dumps({"runs_per_app": args.runs, "results": results, "load_avg": os.getloadavg()}, indent=2))
-    print(f"wrote {out}")
+    write_json("images_first_frame", {"runs_per_app": args.runs, "results": results})
     return 0
 
 

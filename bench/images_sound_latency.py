@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +33,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localenv import images  # noqa: E402
-from localenv.progress import Progress  # noqa: E402
+from images_common import desktop_lab, write_json  # noqa: E402
 from tests.e2e import images_support as support  # noqa: E402
 from tests.fixtures.desktop import Desktop, sine_wav, wait_for  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 RATE = 44100
 #: A sample above this (of 32767; the tone is at half of full scale) is the tone's onset.
 ONSET_LEVEL = 3000
@@ -85,68 +80,51 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    import docker
+    with desktop_lab("bench-sound", only=support.TEST_IMAGES) as (desktop, lab, root):
+        pages = root / "pages"
+        pages.mkdir()
+        sine_wav(pages / "short.wav", 440, 0.3)
+        sine_wav(pages / "long.wav", 440, 6.0)
+        for f in pages.iterdir():
+            f.chmod(0o644)
+        pages.chmod(0o755)
+        files = support.make_session_files(root / "session")
+        app = lab.run_app("firefox", files, pages=pages, env={"KOD_APP_ARGS": "about:blank"})
+        lab.run_viewer(desktop, files, app)
+        support.viewer_window(desktop, "firefox")
+        wait_for(lambda: "a viewer takes the sound stream" in lab.logs(app), 60, "the viewer on the sound stream")
 
-    images.build_all(Progress(quiet=True), only=list(support.TEST_IMAGES))
-    client = docker.from_env()
-    with tempfile.TemporaryDirectory(prefix="kod-bench-") as tmp:
-        root = Path(tmp)
-        (root / "desktop").mkdir()
-        desktop = Desktop(root / "desktop")
-        desktop.start()
-        lab = support.Lab(client, "bench-sound")
-        try:
-            pages = root / "pages"
-            pages.mkdir()
-            sine_wav(pages / "short.wav", 440, 0.3)
-            sine_wav(pages / "long.wav", 440, 6.0)
-            for f in pages.iterdir():
-                f.chmod(0o644)
-            pages.chmod(0o755)
-            files = support.make_session_files(root / "session")
-            app = lab.run_app("firefox", files, pages=pages, env={"KOD_APP_ARGS": "about:blank"})
-            lab.run_viewer(desktop, files, app)
-            support.viewer_window(desktop, "firefox")
-            wait_for(lambda: "a viewer takes the sound stream" in lab.logs(app), 60, "the viewer on the sound stream")
+        def on_desktop() -> float:
+            t = time.time()
+            subprocess.run(["paplay", str(pages / "short.wav")], env=desktop.env(), check=True)
+            return t
 
-            def on_desktop() -> float:
-                t = time.time()
-                subprocess.run(["paplay", str(pages / "short.wav")], env=desktop.env(), check=True)
-                return t
+        def in_app() -> float:
+            out = app.exec_run(["sh", "-c", f"date +%s.%N && paplay {support.PAGES_MOUNT}/short.wav"])
+            return float(out.output.decode().split()[0])
 
-            def in_app() -> float:
-                out = app.exec_run(["sh", "-c", f"date +%s.%N && paplay {support.PAGES_MOUNT}/short.wav"])
-                return float(out.output.decode().split()[0])
+        results: dict[str, Any] = {}
+        for name, play in (("desktop_paplay_s", on_desktop), ("app_paplay_s", in_app)):
+            values = [delay(desktop, root, play) for _ in range(args.runs)]
+            results[name] = stats(values) | {"runs": [round(v, 4) for v in values]}
+            print(f"{name}: median {statistics.median(values) * 1000:.0f} ms "
+                  f"({min(values) * 1000:.0f}-{max(values) * 1000:.0f} ms)", flush=True)
+        results["added_by_kod_s"] = round(results["app_paplay_s"]["median"] - results["desktop_paplay_s"]["median"], 4)
 
-            results: dict[str, Any] = {}
-            for name, play in (("desktop_paplay_s", on_desktop), ("app_paplay_s", in_app)):
-                values = [delay(desktop, root, play) for _ in range(args.runs)]
-                results[name] = stats(values) | {"runs": [round(v, 4) for v in values]}
-                print(f"{name}: median {statistics.median(values) * 1000:.0f} ms "
-                      f"({min(values) * 1000:.0f}-{max(values) * 1000:.0f} ms)", flush=True)
-            results["added_by_kod_s"] = round(results["app_paplay_s"]["median"] - results["desktop_paplay_s"]["median"], 4)
-
-            before = lab.tx_bytes(app)
-            time.sleep(5)
-            silent = lab.tx_bytes(app) - before
-            before = lab.tx_bytes(app)
-            app.exec_run(["paplay", f"{support.PAGES_MOUNT}/long.wav"], detach=True)
-            time.sleep(5)
-            playing = lab.tx_bytes(app) - before
-            results["mbit_s_silent"] = round(silent * 8 / 5 / 1e6, 3)
-            results["mbit_s_playing"] = round(playing * 8 / 5 / 1e6, 3)
-        finally:
-            lab.cleanup()
-            desktop.stop()
+        before = lab.tx_bytes(app)
+        time.sleep(5)
+        silent = lab.tx_bytes(app) - before
+        before = lab.tx_bytes(app)
+        app.exec_run(["paplay", f"{support.PAGES_MOUNT}/long.wav"], detach=True)
+        time.sleep(5)
+        playing = lab.tx_bytes(app) - before
+        results["mbit_s_silent"] = round(silent * 8 / 5 / 1e6, 3)
+        results["mbit_s_playing"] = round(playing * 8 / 5 / 1e6, 3)
 
     print(f"\nthe kod path adds {results['added_by_kod_s'] * 1000:.0f} ms (median) to a tone's start")
     print(f"app container sends {results['mbit_s_silent']:.3f} Mbit/s while silent, "
           f"{results['mbit_s_playing']:.3f} Mbit/s while playing (VNC of a static page included)")
-    print(f"load average (1, 5 min) now: {os.getloadavg()[0]:.1f}, {os.getloadavg()[1]:.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "images_sound_latency.json"
-    out.write_text(json.dumps({"runs": args.runs, "results": results, "load_avg": os.getloadavg()}, indent=2))
-    print(f"wrote {out}")
+    write_json("images_sound_latency", {"runs": args.runs, "results": results})
     return 0
 
 
