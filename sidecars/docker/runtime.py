@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -178,9 +179,11 @@ class Runtime:
         if action == "create" and target.knows(cid):
             return  # this process created it and knows its state
         when = float(event.get("timeNano") or 0) / 1e9
-        if self._same_clock and when and when < target.inspected.get(cid, 0.0):
+        if not (self._same_clock and when):
+            when = math.inf
+        if when < target.inspected.get(cid, 0.0):
             return  # an inspect sent after the event already saw its effect
-        target.stale.add(cid)
+        target.events[cid] = max(when, target.events.get(cid, 0.0))
         self.kick(target)
 
     # ------------------------------------------------------------------ resync
@@ -340,8 +343,12 @@ class Runtime:
 
     async def _refresh(self, pod: PodState) -> None:
         """Inspect the containers an event (or a resync) marked stale."""
-        ids = [i for i in pod.stale if i]
+        # An event is answered already when an inspect was sent after it (by the call that
+        # caused it, typically): a create in a burst then costs no extra inspect.
+        fresh = {cid for cid, when in pod.events.items() if when >= pod.inspected.get(cid, 0.0)}
+        ids = [i for i in pod.stale | fresh if i]
         pod.stale.clear()
+        pod.events.clear()
         if not ids:
             return
         sent = time.time()

@@ -148,8 +148,14 @@ class PodState:
     timer: asyncio.TimerHandle | None = None
     deletion: asyncio.Future[wire.PodStatus] | None = None
     grace: int | None = None
-    #: Container ids whose inspect data is stale (an event arrived).
+    #: Container ids to inspect on the next refresh, whatever happened meanwhile.
     stale: set[str] = field(default_factory=set)
+    #: Container id -> engine time of the latest event about it not yet refreshed (inf when its
+    #: time cannot be compared): the refresh skips it when an inspect was sent after that event.
+    #: Why deferred to the refresh: an event often arrives before the call that caused it has
+    #: answered (the create event before the create's answer), and that call's own inspect, sent
+    #: later, already holds the event's effect.
+    events: dict[str, float] = field(default_factory=dict)
     #: Container id -> wall-clock time an inspect of it was last sent: an event from before that
     #: is already reflected, so it needs no second inspect.
     inspected: dict[str, float] = field(default_factory=dict)
