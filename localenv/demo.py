@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,25 +95,10 @@ def prepare(settings: LocalEnvSettings, app: apps.App, progress: Progress,
     with progress.step("images into the cluster") as step:
         done = target.import_images(refs)
         if target.containerd_socket is not None or target.image_loader:
-            wait_reported(target, refs)
+            target.wait_images_reported(refs)
         step.done(f"imported {' '.join(done)}" if done else f"{' '.join(refs)} already there")
     stack = desktop_stack.up(progress=progress, cluster=target)
     return target, stack
-
-
-def wait_reported(target: ClusterHandle, refs: list[str], timeout: float = 120.0) -> None:
-    """Until a node reports every image of `refs` (cloudify refuses to start before: it checks
-    that a node has the app's image; the kubelet reports a new one a few seconds later)."""
-    def reported() -> bool:
-        nodes = target.kubectl_json("get", "nodes")["items"]
-        names = {n for node in nodes for img in node["status"].get("images") or [] for n in img.get("names") or []}
-        return all(ref in names or f"docker.io/{ref}" in names for ref in refs)
-
-    try:
-        wait_for(reported, timeout, "a node to report the images", interval=1.0)
-    except TimeoutError as exc:
-        raise errors.Unavailable(f"{exc}: {', '.join(refs)}",
-                                 hint="see `kubectl get nodes -o yaml` (status.images) and the kubelet's log") from None
 
 
 # --- 2. the screen --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,23 @@ class ClusterHandle:
             return refs
         print(f"note: reused cluster: assuming {', '.join(refs)} are available on its nodes", file=sys.stderr)
         return []
+
+    def wait_images_reported(self, refs: Iterable[str], timeout: float = 120.0) -> None:
+        """Until a node reports every image of `refs` in its status. The kubelet reports an
+        imported image a few seconds later, and cloudify refuses to start a session before a
+        node has the app's image. Raises Unavailable after `timeout` seconds."""
+        refs = list(refs)
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.kubectl_json("get", "nodes")["items"]
+            names = {n for node in nodes for img in node["status"].get("images") or [] for n in img.get("names") or []}
+            if all(ref in names or f"docker.io/{ref}" in names for ref in refs):
+                return
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(
+                    f"no node reports the images {', '.join(refs)} after {timeout:.0f} s",
+                    hint="see `kubectl get nodes -o yaml` (status.images) and the kubelet's log")
+            time.sleep(1.0)
 
     def api_client(self) -> Any:
         """A `kubernetes.client.ApiClient` for this cluster."""

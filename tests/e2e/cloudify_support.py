@@ -40,15 +40,7 @@ def ensure_images(cluster: Any) -> None:
     images.build_all(Progress(quiet=True), only=[ref.split("/", 1)[1].split(":", 1)[0] for ref in APP_IMAGES])
     cluster.import_images(list(APP_IMAGES))
     # cloudify checks a node reports the app's image; the kubelet reports a new one a moment later.
-    deadline = time.monotonic() + 120
-    while True:
-        nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-        names = {name for node in nodes for img in node["status"].get("images") or [] for name in img.get("names") or []}
-        if all(f"docker.io/{ref}" in names or ref in names for ref in APP_IMAGES):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"no node reports the images {APP_IMAGES} after importing them")
-        time.sleep(1)
+    cluster.wait_images_reported(APP_IMAGES)
 
 
 @dataclass
