@@ -52,13 +52,8 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def bench_settings() -> desktop_stack.StackSettings:
-    base = desktop_stack.load_stack_settings()
-    return base.model_copy(update={
-        "node_name": f"{base.node_name}-bench", "interlink_port": base.interlink_port + 200,
-        "sidecar_port": base.sidecar_port + 200, "kubelet_port": base.kubelet_port + 2,
-        "sidecar_name": f"{base.sidecar_name}-bench", "directory": f"{base.directory}-bench",
-        "max_pods": 300, "log_level": "warning",
-    })
+    return desktop_stack.load_stack_settings().private("bench", port_offset=200, kubelet_port_offset=2,
+                                                       max_pods=300, log_level="warning")
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

@@ -103,6 +103,17 @@ class StackSettings(BaseModel):
     )
     directory: str = Field(default="desktop", description="The stack's directory under localenv's data_dir.")
 
+    def private(self, suffix: str, port_offset: int, kubelet_port_offset: int = 0, **update: Any) -> StackSettings:
+        """A second stack next to this one (for tests and benchmarks that kill or load its
+        processes): node, sidecar and directory named `<name>-<suffix>`, interlink's and the
+        sidecar's ports moved by `port_offset` and the kubelet API's by `kubelet_port_offset`;
+        `update` sets other fields."""
+        return self.model_copy(update={
+            "node_name": f"{self.node_name}-{suffix}", "interlink_port": self.interlink_port + port_offset,
+            "sidecar_port": self.sidecar_port + port_offset, "kubelet_port": self.kubelet_port + kubelet_port_offset,
+            "sidecar_name": f"{self.sidecar_name}-{suffix}", "directory": f"{self.directory}-{suffix}", **update,
+        })
+
 
 def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
     """Defaults < ~/.config/kod/desktop.toml < KOD_DESKTOP_*."""

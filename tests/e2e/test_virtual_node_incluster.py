@@ -27,12 +27,8 @@ NODE = f"{desktop_stack.default_node_name()}-incluster"
 
 
 def _settings() -> desktop_stack.StackSettings:
-    base = desktop_stack.load_stack_settings()
-    return base.model_copy(update={
-        "node_name": NODE, "interlink_port": base.interlink_port + 300, "interlink_host": "0.0.0.0",
-        "sidecar_port": base.sidecar_port + 300, "sidecar_name": f"{base.sidecar_name}-incluster",
-        "directory": f"{base.directory}-incluster",
-    })
+    return desktop_stack.load_stack_settings().private("incluster", port_offset=300, node_name=NODE,
+                                                       interlink_host="0.0.0.0")
 
 
 def _host_address(cluster: ClusterHandle) -> str:
