@@ -133,13 +133,11 @@ def main() -> int:
         [str(KUBECTL), f"--kubeconfig={KUBECONFIG}", "get", "nodes", "-l", "type=virtual-kubelet",
          "-o", "jsonpath={.items[0].metadata.labels.kod\\.io/desktop-of}"], capture_output=True, text=True, check=False
     ).stdout.strip() or "root"
-    env = {k: v for k, v in desktop.env().items() if not k.startswith("KOD_CLOUDIFY_")}
-    env.pop("PULSE_SERVER", None)
+    env = desktop.cloudify_env({k: v for k, v in os.environ.items() if not k.startswith("KOD_CLOUDIFY_")}, pulse_dir)
     env.update({
-        "KUBECONFIG": str(KUBECONFIG), "XDG_RUNTIME_DIR": str(desktop.runtime_dir),
-        "XDG_STATE_HOME": str(workdir / "state"), "XDG_CONFIG_HOME": str(workdir / "config"),
-        "KOD_CLOUDIFY_NAMESPACE": namespace, "KOD_CLOUDIFY_USER": node_user,
-        "KOD_CLOUDIFY_KOD_PULSE_DIR": str(pulse_dir), "KOD_CLOUDIFY_DESKTOP_GID": str(desktop.group),
+        "KUBECONFIG": str(KUBECONFIG), "XDG_STATE_HOME": str(workdir / "state"),
+        "XDG_CONFIG_HOME": str(workdir / "config"), "KOD_CLOUDIFY_NAMESPACE": namespace,
+        "KOD_CLOUDIFY_USER": node_user,
     })
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"runs": args.runs, "modes": {}, "machine": {"cpus": os.cpu_count()},

@@ -176,14 +176,7 @@ def cloudify_env(environ: Mapping[str, str], target: ClusterHandle, stack: deskt
     env["KUBECONFIG"] = str(target.kubeconfig)
     env.setdefault("KOD_CLOUDIFY_USER", stack.settings.user)
     env.setdefault("KOD_CLOUDIFY_VIRTUAL_NODE", stack.node_name)
-    if desktop is not None:
-        env.update({"DISPLAY": desktop.display, "XAUTHORITY": str(desktop.xauthority),
-                    "XDG_RUNTIME_DIR": str(desktop.runtime_dir),
-                    "KOD_CLOUDIFY_KOD_PULSE_DIR": str(desktop.pulse_dir),
-                    "KOD_CLOUDIFY_DESKTOP_GID": str(desktop.group)})
-        env.pop("PULSE_SERVER", None)
-        env.pop("KOD_CLOUDIFY_PULSE_SOCKET", None)
-    return env
+    return desktop.cloudify_env(env, desktop.pulse_dir) if desktop is not None else env
 
 
 class Session:

@@ -584,6 +584,18 @@ class VirtualDesktop:
             str(self.pulse_dir): {"bind": "/run/kod/pulse", "mode": "rw"},
         }
 
+    def cloudify_env(self, base: Mapping[str, str], kod_pulse_dir: Path) -> dict[str, str]:
+        """`base` made into the environment of a `cloudify` run on this desktop, as in a desktop
+        session: its DISPLAY and XAUTHORITY, its PulseAudio found through XDG_RUNTIME_DIR (no
+        PULSE_SERVER), the kod sound socket set up in `kod_pulse_dir` for the desktop group."""
+        env = dict(base)
+        env.update({"DISPLAY": self.display, "XAUTHORITY": str(self.xauthority),
+                    "XDG_RUNTIME_DIR": str(self.runtime_dir), "KOD_CLOUDIFY_KOD_PULSE_DIR": str(kod_pulse_dir),
+                    "KOD_CLOUDIFY_DESKTOP_GID": str(self.group)})
+        env.pop("PULSE_SERVER", None)
+        env.pop("KOD_CLOUDIFY_PULSE_SOCKET", None)
+        return env
+
     def container_env(self) -> dict[str, str]:
         """The viewer's DISPLAY/XAUTHORITY/KOD_PULSE_SOCKET matching container_mounts()."""
         return {"DISPLAY": self.display, "XAUTHORITY": "/run/kod-x11/Xauthority",

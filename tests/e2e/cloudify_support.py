@@ -9,6 +9,7 @@ its own namespace, so what a test finds left over is its own.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -223,17 +224,13 @@ def cloudify(cluster: Any, virtual_node: Any, desktop: Any, cloudify_images: Any
     user = node["metadata"]["labels"][labels.DESKTOP_OF]
     state = tmp_path / "state"
     pulse_dir = Path("/run/kod/pulse") / f"test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in desktop.env().items() if not k.startswith("KOD_CLOUDIFY_")}
-    env.pop("PULSE_SERVER", None)  # cloudify finds the session's PulseAudio through XDG_RUNTIME_DIR
+    env = desktop.cloudify_env({k: v for k, v in os.environ.items() if not k.startswith("KOD_CLOUDIFY_")}, pulse_dir)
     env.update({
         "KUBECONFIG": str(cluster.kubeconfig),
-        "XDG_RUNTIME_DIR": str(desktop.runtime_dir),
         "XDG_STATE_HOME": str(state),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "KOD_CLOUDIFY_NAMESPACE": kube_namespace,
         "KOD_CLOUDIFY_USER": user,
-        "KOD_CLOUDIFY_KOD_PULSE_DIR": str(pulse_dir),
-        "KOD_CLOUDIFY_DESKTOP_GID": str(desktop.group),
         "KOD_CLOUDIFY_BROWSER": "true",  # the tests open noVNC URLs themselves
         "PYTHONPATH": str(REPO),
     })
