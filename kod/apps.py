@@ -74,6 +74,7 @@ APP_EXIT_NO_VIEWER = 124      #: no viewer connected (or none came back) within 
 # --- Viewer container environment (images/viewer/entrypoint) ---
 ENV_TARGET_HOST = "KOD_TARGET_HOST"                #: address of the app (node IP, service, localhost)
 ENV_TARGET_VNC_PORT = "KOD_TARGET_VNC_PORT"        #: port of VNC at that address (unencrypted mode)
+ENV_TARGET_VNC_HOST = "KOD_TARGET_VNC_HOST"        #: where VNC is in unencrypted mode (default: the target host)
 ENV_TARGET_SSH_PORT = "KOD_TARGET_SSH_PORT"        #: port of sshd at that address
 ENV_QUALITY = "KOD_QUALITY"                        #: JPEG quality 0-9
 ENV_COMPRESSION = "KOD_COMPRESSION"                #: zlib compression 0-9 (original: 0-6)

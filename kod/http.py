@@ -5,8 +5,10 @@ and malformed JSON) into `ErrorBody` answers with the right status, never a 500 
 `request_id_middleware` reads or creates `X-Request-Id` and puts it in the logging context;
 `bearer_auth_middleware` checks the token in constant time.
 
-Client side: `ApiClient` sends JSON with the token and the current request id, and turns error
-answers back into the vocabulary's exceptions.
+Client side: `ApiClient`, the one client of the InterLink API (vk_bridge towards interlink,
+interlink towards its sidecars, tests, benchmarks): JSON or raw-bytes bodies with the token and the
+current request id, error answers turned back into the vocabulary's exceptions, and streamed
+answers (`Stream`) read chunk by chunk or line by line (`kod.lines`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,6 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from kod import errors
+from kod.lines import MAX_LINE_BYTES, read_chunks, split_lines
 from kod.log import get_logger, new_request_id, request_id_var
 from kod.wire import REQUEST_ID_HEADER, ErrorBody
 
@@ -134,29 +138,123 @@ def _is_bool_field(model: type[BaseModel], key: str) -> bool:
     return model.model_fields[key].annotation is bool
 
 
-class ApiClient:
-    """A small JSON client for the InterLink API (interlink or a sidecar).
+#: What a client sends as its bearer token: the token itself, None (no auth), or a function that
+#: reads it (called before the first request, by `ApiClient.reload_token()`, and again after a
+#: 401), for a token that the peer creates or rotates while the client runs.
+TokenSource = str | None | Callable[[], str | None]
 
-    `base_url` is http://host:port or unix:///path/to.sock. Errors come back as the vocabulary's
-    exceptions; connection failures as `Unavailable`. The caller owns the lifetime (`close()`).
+
+class Stream:
+    """A streamed answer, open: its headers, then its body chunk by chunk or line by line.
+
+    A body cut in the middle (the peer went away), a stream silent for longer than `idle_seconds`,
+    and a stream closed by `close()` while it is read all raise `Unavailable`: a stream never
+    looks complete when it is not. Leaving the `ApiClient.open` block closes the connection, and
+    so the peer's side of the stream.
     """
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, where: str) -> None:
+        self._response = response
+        self._closed = False
+        #: Names the stream in messages ("the stream of sidecar 'docker' at ... (/v1/watch)").
+        self.where = where
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def chunks(self, *, idle_seconds: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives, in the peer's chunks (a proxy forwards them as they are)."""
+        try:
+            async for chunk in read_chunks(self._response.content, idle_seconds):
+                yield chunk
+        except TimeoutError as exc:
+            raise errors.Unavailable(f"{self.where} stayed silent for {idle_seconds:g} s") from exc
+        # A payload error is a stream cut in the middle (the peer went away): as unavailable as a
+        # connection that never opened, and not an aiohttp detail for the caller to know.
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            if self._closed:
+                raise errors.Unavailable(f"{self.where} was closed") from exc
+            raise errors.Unavailable(f"{self.where} broke: {str(exc) or type(exc).__name__}") from exc
+        if self._closed:
+            raise errors.Unavailable(f"{self.where} was closed")
+
+    def lines(self, *, idle_seconds: float | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> AsyncIterator[bytes]:
+        """The body's non-empty lines, without their newline (NDJSON), with no fixed line-size
+        limit but `max_line_bytes` (`kod.lines`); a last line without a newline is dropped: it
+        is an event cut in the middle."""
+        return split_lines(self.chunks(idle_seconds=idle_seconds), max_line_bytes=max_line_bytes)
+
+    def close(self) -> None:
+        """Close the connection now (shutdown); a reader of this stream gets `Unavailable`."""
+        self._closed = True
+        self._response.close()
+
+
+class ApiClient:
+    """The client of the InterLink API (interlink, or a sidecar): vk_bridge's provider, interlink's
+    links to its sidecars, the tests and the benchmarks all use this one.
+
+    `base_url` is http(s)://host:port or unix:///path/to.sock; `name` names the peer in messages
+    ("sidecar 'docker'"). Every request carries the bearer token and the current request id
+    (`X-Request-Id`). Error answers come back as the vocabulary's exceptions (the ErrorBody's code,
+    else the status); a peer that cannot be reached, is too slow, sends a malformed body or cuts a
+    stream is `Unavailable` (with `unreachable_hint` when it cannot be reached). A 401 raises what
+    `on_refused_token()` returns, when given: for a proxy, a refused token is its own
+    misconfiguration, not its caller's, and passing the 401 on would send the operator to the
+    wrong token. The caller owns the lifetime (`close()`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenSource,
+        *,
+        timeout: float = 30.0,
+        name: str | None = None,
+        unreachable_hint: str | None = None,
+        on_refused_token: Callable[[], errors.KodError] | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/")
+        self.name = name
         connector: aiohttp.BaseConnector | None = None
-        if base_url.startswith("unix://"):
-            connector = aiohttp.UnixConnector(path=base_url[len("unix://"):])
-            base_url = "http://localhost"
-        self.base_url = base_url.rstrip("/")
-        self._token = token
+        base = self.url
+        if base.startswith("unix://"):
+            connector = aiohttp.UnixConnector(path=base[len("unix://"):])
+            base = "http://localhost"
+        self.base_url = base
+        # No total timeout on the session: streams (logs, watch) live as long as they need; calls
+        # pass their own. Connecting must be quick, though.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=None)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0), sock_read=None),
         )
         self._timeout = timeout
+        self._unreachable_hint = unreachable_hint
+        self._on_refused_token = on_refused_token
+        self._load_token = token if callable(token) else None
+        self._token = None if callable(token) else token
+        self._token_loaded = not callable(token)
 
     async def close(self) -> None:
         await self._session.close()
 
+    @property
+    def _who(self) -> str:
+        return f"{self.name} at {self.url}" if self.name else self.url
+
+    def reload_token(self) -> None:
+        """Read the token again (when it comes from a function): before each reconnect of a
+        long-lived stream, so that a token created or rotated by the peer is picked up. Raises
+        what the function raises."""
+        if self._load_token is not None:
+            self._token = self._load_token()
+            self._token_loaded = True
+
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The headers of every request: the token and the current request id."""
+        if not self._token_loaded:
+            self.reload_token()
         h: dict[str, str] = {}
         if self._token:
             h["Authorization"] = f"Bearer {self._token}"
@@ -167,69 +265,134 @@ class ApiClient:
             h.update(extra)
         return h
 
+    async def call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        body: BaseModel | None = None,
+        data: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, M]:
+        """One JSON exchange: (status, the parsed answer). `body` is a model to send, `data` raw
+        JSON bytes (a proxy forwards a body as it received it, so fields it does not model still
+        reach the next hop). A malformed answer is `Unavailable`; errors raise the vocabulary."""
+        status, raw = await self._exchange(method, path, body=body, data=data, params=params, timeout=timeout)
+        try:
+            return status, model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise errors.Unavailable(
+                f"{self.name or self.url} sent a malformed {model.__name__} for {method} {path}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+
     async def request(
         self,
         method: str,
         path: str,
         *,
         body: BaseModel | None = None,
+        data: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         model: type[M] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """One request; returns the parsed model (or None). Raises the vocabulary's errors."""
-        data = body.model_dump_json(exclude_none=True, by_alias=True) if body is not None else None
+        """One request; returns the parsed model (None without `model`). See `call`."""
+        if model is None:
+            await self._exchange(method, path, body=body, data=data, params=params, timeout=timeout)
+            return None
+        return (await self.call(method, path, model, body=body, data=data, params=params, timeout=timeout))[1]
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None,
+        data: bytes | None,
+        params: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> tuple[int, bytes]:
+        if body is not None:
+            data = body.model_dump_json(exclude_none=True, by_alias=True).encode()
+        seconds = timeout or self._timeout
+        headers = self.headers({"Content-Type": "application/json"} if data is not None else None)
         try:
             async with self._session.request(
                 method,
                 self.base_url + path,
                 data=data,
                 params=_clean_params(params),
-                headers=self.headers({"Content-Type": "application/json"} if data else None),
-                timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
             ) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise _error_from(resp.status, raw)
-                if model is None:
-                    return None
-                return model.model_validate_json(raw)
-        except aiohttp.ClientConnectionError as exc:
-            raise errors.Unavailable(f"cannot reach {self.base_url}: {exc}") from exc
+                status, raw = resp.status, await resp.read()
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(exc) from exc
         except TimeoutError as exc:
-            raise errors.Unavailable(f"{method} {path} timed out after {timeout or self._timeout}s") from exc
+            raise errors.Unavailable(f"{self.name or self.url}: {method} {path} took longer than {seconds:g} s") from exc
+        if status >= 400:
+            raise self._error(status, raw)
+        return status, raw
+
+    @asynccontextmanager
+    async def open(
+        self, path: str, *, params: Mapping[str, Any] | None = None, method: str = "GET"
+    ) -> AsyncIterator[Stream]:
+        """A request whose answer the caller streams (logs, watch). An error answer raises before
+        anything is yielded; leaving the block closes the connection. Errors of the caller's own
+        block (e.g. its own client went away) pass through unchanged."""
+        headers = self.headers()
+        try:
+            resp = await self._session.request(method, self.base_url + path, params=_clean_params(params), headers=headers)
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            if resp.status >= 400:
+                try:
+                    raw = await resp.read()
+                except aiohttp.ClientError as exc:
+                    raise self._unreachable(exc) from exc
+                raise self._error(resp.status, raw)
+            yield Stream(resp, f"the stream from {self._who} ({path})")
+        finally:
+            resp.close()
 
     async def stream(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream a response body chunk by chunk (logs, watch). Raises before the first chunk on
-        an error answer."""
-        try:
-            async with self._session.request(
-                method, self.base_url + path, params=_clean_params(params), headers=self.headers()
-            ) as resp:
-                if resp.status >= 400:
-                    raise _error_from(resp.status, await resp.read())
-                async for chunk in resp.content.iter_any():
-                    yield chunk
-        # A payload error is a stream cut in the middle (the server went away): as unavailable
-        # as a connection that never opened, and not an aiohttp detail for the caller to know.
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise errors.Unavailable(f"stream from {self.base_url}{path} broke: {exc}") from exc
+        """A streamed answer chunk by chunk (logs). Raises before the first chunk on an error
+        answer, and `Unavailable` when the stream is cut."""
+        async with self.open(path, params=params, method=method) as stream:
+            async for chunk in stream.chunks():
+                yield chunk
 
-    async def lines(self, path: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[bytes]:
-        """Stream a response line by line (NDJSON)."""
+    async def lines(
+        self, path: str, *, params: Mapping[str, Any] | None = None, idle_seconds: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """A streamed answer line by line (NDJSON), see `Stream.lines`."""
+        async with self.open(path, params=params) as stream:
+            async for line in stream.lines(idle_seconds=idle_seconds):
+                yield line
+
+    def _unreachable(self, exc: BaseException) -> errors.Unavailable:
+        detail = str(exc) or type(exc).__name__
+        return errors.Unavailable(f"{self._who} cannot be reached: {detail}", hint=self._unreachable_hint)
+
+    def _error(self, status: int, raw: bytes) -> errors.KodError:
+        if status == 401:
+            if self._load_token is not None:
+                self._token_loaded = False  # read it again before the next request
+            if self._on_refused_token is not None:
+                return self._on_refused_token()
         try:
-            async with self._session.get(
-                self.base_url + path, params=_clean_params(params), headers=self.headers()
-            ) as resp:
-                if resp.status >= 400:
-                    raise _error_from(resp.status, await resp.read())
-                async for line in resp.content:
-                    if line.strip():
-                        yield line
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise errors.Unavailable(f"stream from {self.base_url}{path} broke: {exc}") from exc
+            body = ErrorBody.model_validate_json(raw)
+            return errors.from_status(status, body.message, body.error)
+        except ValidationError:
+            text = raw.decode("utf-8", "replace").strip()[:300] or f"HTTP {status}"
+            return errors.from_status(status, f"{self.name or self.url} answered {status}: {text}")
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -241,12 +404,3 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
             continue
         out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return out
-
-
-def _error_from(status: int, raw: bytes) -> errors.KodError:
-    try:
-        body = ErrorBody.model_validate_json(raw)
-        return errors.from_status(status, body.message, body.error)
-    except ValidationError:
-        text = raw.decode("utf-8", "replace").strip()[:300] or f"HTTP {status}"
-        return errors.from_status(status, text)

@@ -1,7 +1,10 @@
 """Bearer tokens from files: read them safely, create a server's own on first start.
 
 A token file holds one line. It must not be readable by group or others (mode 0600): a token
-that other local users can read lets them run containers on this desktop.
+that other local users can read lets them run containers on this desktop. Every component refuses
+such a file (`chmod 600` is the fix it names); the one exception, asked for by name, is a file
+that only a group may read (`allow_group`), never others: a Kubernetes Secret volume is
+group-readable by the pod's fsGroup, whose only member is the pod (vk_bridge in the cluster).
 
     token = tokens.server_token(settings.token, settings.token_file, create=settings.create_token)
     client_token = tokens.resolve_token(None, settings.interlink.token_file)   # None: no auth
@@ -9,7 +12,6 @@ that other local users can read lets them run containers on this desktop.
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 from pathlib import Path
@@ -17,15 +19,31 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from kod import errors
+from kod.files import create_private
 from kod.log import get_logger
 
 log = get_logger(__name__)
 
 
-def read_token_file(path: Path, *, strict: bool = True) -> str:
-    """The token in `path`. Raises InvalidInput when it is missing, unreadable or empty, and,
-    when `strict`, when group or others may read it; otherwise that is only warned about (a
-    Kubernetes Secret volume is group-readable by the pod's fsGroup)."""
+def check_private(path: Path, *, what: str = "token file", allow_group: bool = False) -> None:
+    """Raise InvalidInput (with the `chmod 600` fix) when others may read `path`, or its group
+    may unless `allow_group`. Missing files pass: the caller's read says so."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    loose = mode & (0o007 if allow_group else 0o077)
+    if loose:
+        who = "other users" if mode & 0o007 else "its group"
+        raise errors.InvalidInput(
+            f"{what} {path} is readable by {who} (mode {mode:o}): refusing to use it",
+            hint=f"run `chmod 600 {path}`",
+        )
+
+
+def read_token_file(path: Path, *, allow_group: bool = False) -> str:
+    """The token in `path`. Raises InvalidInput when it is missing, unreadable or empty, or when
+    others may read it, or its group may (unless `allow_group`: a Secret volume's fsGroup)."""
     try:
         info = path.stat()
         text = path.read_text().strip()
@@ -34,12 +52,7 @@ def read_token_file(path: Path, *, strict: bool = True) -> str:
     except OSError as exc:
         raise errors.InvalidInput(f"cannot read token file {path}: {exc.strerror}") from exc
     if info.st_mode & 0o077:
-        mode = f"{stat.S_IMODE(info.st_mode):o}"
-        if strict:
-            raise errors.InvalidInput(
-                f"token file {path} is readable by other users (mode {mode})", hint=f"run `chmod 600 {path}`"
-            )
-        log.warning("token file is readable by others; chmod 600 it", path=str(path), mode=mode)
+        check_private(path, allow_group=allow_group)
     if not text:
         raise errors.InvalidInput(f"token file {path} is empty")
     return text
@@ -50,12 +63,8 @@ def create_token_file(path: Path) -> str:
     overwrites: if another process created the file first, its token wins."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if not create_private(path, token + "\n"):
         return read_token_file(path)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
     log.info("created a new token file", path=str(path))
     return token
 
@@ -67,16 +76,16 @@ def _inline(token: SecretStr) -> str:
     return value
 
 
-def resolve_token(token: SecretStr | None, token_file: Path | None, *, strict: bool = True) -> str | None:
+def resolve_token(token: SecretStr | None, token_file: Path | None, *, allow_group: bool = False) -> str | None:
     """The token a client sends: the one given inline, else the file's, else None (no auth)."""
     if token is not None:
         return _inline(token)
     if token_file is None:
         return None
-    return read_token_file(token_file, strict=strict)
+    return read_token_file(token_file, allow_group=allow_group)
 
 
-def server_token(token: SecretStr | None, token_file: Path, *, create: bool, strict: bool = True) -> str:
+def server_token(token: SecretStr | None, token_file: Path, *, create: bool) -> str:
     """The token a server requires: the one given inline, else the file's, created with a random
     token when missing and `create`. Raises InvalidInput saying what to do when there is none."""
     if token is not None:
@@ -87,4 +96,4 @@ def server_token(token: SecretStr | None, token_file: Path, *, create: bool, str
                 f"token file {token_file} does not exist", hint="create it, or set create_token = true"
             )
         return create_token_file(token_file)
-    return read_token_file(token_file, strict=strict)
+    return read_token_file(token_file)

@@ -281,6 +281,13 @@ class ResolvedContainer(Envelope):
     args: list[str] | None = None
 
 
+class ClaimRef(Envelope):
+    """A PersistentVolumeClaim the pod mounts, as the virtual kubelet found it in the API."""
+
+    name: str = Field(description="The claim's name (the pod's namespace).")
+    uid: str = Field(min_length=1, description="The claim's uid: a claim deleted and made again is another claim.")
+
+
 class PodCreateRequest(Envelope):
     """POST /v1/pods. Creating a pod whose uid already exists returns its status (idempotent)."""
 
@@ -289,6 +296,11 @@ class PodCreateRequest(Envelope):
         default_factory=list, description="One entry per init and main container, by name."
     )
     volumes: list[ResolvedVolume] = Field(default_factory=list)
+    claims: list[ClaimRef] = Field(
+        default_factory=list,
+        description="Every PersistentVolumeClaim the pod mounts, confirmed to exist by the virtual kubelet; "
+        "a sidecar makes storage only for these.",
+    )
 
 
 # --------------------------------------------------------------------------------------------
