@@ -2,7 +2,7 @@
 
     settings = load_settings(DockerSidecarSettings, path, env_prefix=ENV_PREFIX)
     app = create_app(settings)        # engine client and runtime open in cleanup_ctx
-    web.run_app(app, host=..., port=...)
+    await kod.service.serve_app(app, settings.listen, ...)    # as sidecars.docker.main does
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from kod.http import bearer_auth_middleware, error_middleware, request_id_middleware
+from kod.hub import Hub
+from kod.routes import SIDECAR, open_paths
 from kod.tokens import server_token
 from sidecars.docker.engine import Engine
 from sidecars.docker.handlers import add_routes
 from sidecars.docker.handlers.keys import HUB, RUNTIME, SETTINGS
-from sidecars.docker.hub import Hub
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.settings import DockerSidecarSettings
 
@@ -24,13 +25,13 @@ from sidecars.docker.settings import DockerSidecarSettings
 def create_app(settings: DockerSidecarSettings) -> web.Application:
     """The sidecar's application: middlewares (request id, errors, bearer auth), routes, and the
     engine client and pod runtime, opened on startup and closed on cleanup."""
-    # strict=False: a token file others can read is only warned about (interlink refuses it).
-    token = server_token(settings.token, settings.token_file, create=settings.create_token, strict=False)
+    # A token file its group or others can read is refused (kod.tokens), as interlink does.
+    token = server_token(settings.token, settings.token_file, create=settings.create_token)
     app = web.Application(
         middlewares=[
             request_id_middleware,
             error_middleware,
-            bearer_auth_middleware(token, open_paths=frozenset({"/healthz"})),
+            bearer_auth_middleware(token, open_paths=open_paths(SIDECAR)),
         ]
     )
     app[SETTINGS] = settings

@@ -7,10 +7,17 @@ Kubernetes semantics, as the kubelet gives them:
 - argv from command/args and the image's ENTRYPOINT/CMD (`commands.resolve_argv`);
 - env (resolved by the virtual kubelet; the last of duplicate names wins), workingDir, tty/stdin;
 - resources: memory limit (no swap) and request, CPU limit as CFS quota, CPU request as shares
-  (2 for none, like the kubelet), nvidia.com/gpu as a device request;
+  (2 for none, like the kubelet), nvidia.com/gpu as a device request; a container without a
+  memory or CPU limit gets the desktop's default (`ceilings.py`), every container the process
+  limit;
 - the pod and container security contexts: runAsUser/runAsGroup/runAsNonRoot, supplemental
-  groups and fsGroup, capabilities, read-only root file system; always no-new-privileges and
-  Docker's default seccomp profile.
+  groups and fsGroup, capabilities, read-only root file system.
+
+The desktop's hardening, which only a named policy setting loosens: every capability dropped but
+the kept set (`settings.KEPT_CAPABILITIES`, minus what the pod drops, plus allowed adds),
+no-new-privileges, Docker's default seccomp and AppArmor profiles and masked /proc paths; a pod
+that mounts host paths never runs as uid 0; `NVIDIA_*` variables (which make the NVIDIA runtime
+hand out GPUs) only reach a container that was granted GPUs.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from typing import Any
 from kod import labels as kl
 from kod import quantity, wire
 from sidecars.docker import naming
+from sidecars.docker.ceilings import Ceilings
 from sidecars.docker.commands import resolve_argv
-from sidecars.docker.policy import GPU_RESOURCE
+from sidecars.docker.policy import GPU_RESOURCE, host_path_volumes
 from sidecars.docker.record import PodRecord
-from sidecars.docker.settings import DockerSidecarSettings, normalize_capability
+from sidecars.docker.settings import KEPT_CAPABILITIES, DockerSidecarSettings, PolicySettings, normalize_capability
 from sidecars.docker.volumes import ContainerMounts
 
 #: Kubernetes' minimum CPU shares (containers without a CPU request).
@@ -74,8 +82,10 @@ def infra_body(
     *,
     mounts: list[dict[str, Any]],
     created: datetime,
+    network: str,
 ) -> dict[str, Any]:
-    """The infra container: the pod's namespaces, its private volumes, and its record."""
+    """The infra container: the pod's namespaces (on the pods' own network, `network`), its
+    private volumes, and its record."""
     pod = record.pod
     labels = naming.pod_labels(settings.name, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, pod.metadata.labels)
     labels[naming.ROLE] = "infra"
@@ -91,7 +101,7 @@ def infra_body(
         "Hostname": pod_hostname(pod),
         "Labels": labels,
         "HostConfig": {
-            "NetworkMode": settings.network,
+            "NetworkMode": network,
             "IpcMode": "shareable",
             "ShmSize": quantity.to_bytes(settings.shm_size),
             "Mounts": mounts,
@@ -104,12 +114,20 @@ def infra_body(
     }
 
 
-def merged_env(resolved: wire.ResolvedContainer | None) -> list[str]:
-    """NAME=value pairs; for duplicate names the last one wins, in the position of the first."""
+#: Variables the NVIDIA container runtime reads to hand GPUs and driver capabilities to a
+#: container (NVIDIA_VISIBLE_DEVICES=all gives every GPU): only containers granted GPUs get them.
+NVIDIA_PREFIX = "NVIDIA_"
+
+
+def merged_env(resolved: wire.ResolvedContainer | None, *, gpus: bool = True) -> list[str]:
+    """NAME=value pairs; for duplicate names the last one wins, in the position of the first.
+    Without `gpus`, `NVIDIA_*` variables are left out."""
     if resolved is None:
         return []
     values: dict[str, str] = {}
     for var in resolved.env:
+        if not gpus and var.name.startswith(NVIDIA_PREFIX):
+            continue
         values[var.name] = var.value
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -143,23 +161,20 @@ def _check_non_root(pod: wire.Pod, c: wire.Container, effective: int | None, ima
         raise ConfigError(f"container has runAsNonRoot and image will run as root {who}")
 
 
-def _resources(c: wire.Container, policy_gpus: bool) -> dict[str, Any]:
+def _resources(c: wire.Container, policy_gpus: bool, ceilings: Ceilings) -> dict[str, Any]:
     limits = c.resources.limits
     requests = c.resources.requests
-    out: dict[str, Any] = {}
-    if "memory" in limits:
-        memory = quantity.to_bytes(limits["memory"])
-        if memory > 0:
-            out["Memory"] = memory
-            out["MemorySwap"] = memory  # no swap, as on a kubelet
+    memory, cpu = ceilings.limits_of(c)
+    out: dict[str, Any] = {
+        "Memory": memory,
+        "MemorySwap": memory,  # no swap, as on a kubelet
+        "NanoCpus": cpu * 1_000_000,
+        "PidsLimit": ceilings.pids,
+    }
     if "memory" in requests:
         reservation = quantity.to_bytes(requests["memory"])
-        if reservation > 0 and reservation <= out.get("Memory", reservation):
+        if 0 < reservation <= memory:
             out["MemoryReservation"] = reservation
-    if "cpu" in limits:
-        millis = quantity.to_millicores(limits["cpu"])
-        if millis > 0:
-            out["NanoCpus"] = millis * 1_000_000
     cpu_request = requests.get("cpu", limits.get("cpu"))
     millis = quantity.to_millicores(cpu_request) if cpu_request is not None else 0
     out["CpuShares"] = max(MIN_SHARES, millis * 1024 // 1000)
@@ -181,9 +196,11 @@ def container_body(
     image: ImageInfo,
     mounts: ContainerMounts,
     settings: DockerSidecarSettings,
+    ceilings: Ceilings,
 ) -> dict[str, Any]:
     """The create body of container `c` (attempt `attempt`). Raises ConfigError when the pod's
-    settings cannot be honoured (runAsNonRoot against a root image, nothing to run)."""
+    settings cannot be honoured (runAsNonRoot against a root image, a root container in a pod
+    with host paths, nothing to run)."""
     pod = record.pod
     resolved = record.resolved(c.name)
     command = resolved.command if resolved and resolved.command is not None else c.command
@@ -195,6 +212,8 @@ def container_body(
     explicit = bool((c.securityContext and c.securityContext.runAsUser is not None)
                     or (pod.spec.securityContext and pod.spec.securityContext.runAsUser is not None))
     _check_non_root(pod, c, effective, image_user, explicit)
+    if host_path_volumes(pod.spec) and not settings.policy.allow_root_with_host_paths:
+        _check_not_root_with_host_paths(c, effective, image_user)
 
     labels = naming.pod_labels(settings.name, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid, pod.metadata.labels)
     labels[naming.ROLE] = role
@@ -206,17 +225,18 @@ def container_body(
     if psc and psc.fsGroup is not None and str(psc.fsGroup) not in groups:
         groups.append(str(psc.fsGroup))
     sc = c.securityContext
-    cap_add = sorted({normalize_capability(x) for x in (sc.capabilities.add or [])}) if sc and sc.capabilities else []
-    cap_drop = sorted({normalize_capability(x) for x in (sc.capabilities.drop or [])}) if sc and sc.capabilities else []
+    resources = _resources(c, settings.policy.allow_gpus, ceilings)
 
     host_config: dict[str, Any] = {
         "NetworkMode": f"container:{infra_id}",
         "IpcMode": f"container:{infra_id}",
         "Mounts": mounts.mounts,
         "Devices": mounts.devices,
-        "SecurityOpt": [] if _may_escalate(sc, settings) else ["no-new-privileges:true"],
-        "CapAdd": cap_add or None,
-        "CapDrop": cap_drop or None,
+        "SecurityOpt": security_options(sc, settings.policy, psc),
+        # Everything dropped, then the kept set (and what the pod may add) given back: the
+        # container gets exactly `capabilities(...)`, whatever the engine's default set is.
+        "CapDrop": ["ALL"],
+        "CapAdd": capabilities(sc) or None,
         "GroupAdd": groups or None,
         "ReadonlyRootfs": bool(sc and sc.readOnlyRootFilesystem),
         "RestartPolicy": {"Name": "no"},
@@ -225,14 +245,17 @@ def container_body(
             "Config": {"max-size": settings.log_max_size, "max-file": str(settings.log_max_files)},
         },
     }
+    if sc and sc.procMount == "Unmasked" and settings.policy.allow_unmasked_proc_mount:
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
     if pod.spec.shareProcessNamespace:
         host_config["PidMode"] = f"container:{infra_id}"
-    host_config.update(_resources(c, settings.policy.allow_gpus))
+    host_config.update(resources)
     return {
         "Image": c.image,
         "Entrypoint": argv,
         "Cmd": [],
-        "Env": merged_env(resolved),
+        "Env": merged_env(resolved, gpus="DeviceRequests" in resources),
         "WorkingDir": c.workingDir or "",
         "User": user,
         "Tty": bool(c.tty),
@@ -243,7 +266,46 @@ def container_body(
     }
 
 
-def _may_escalate(sc: wire.SecurityContext | None, settings: DockerSidecarSettings) -> bool:
-    """Only a container that asks for privilege escalation, on a node whose policy allows it,
-    runs without no-new-privileges."""
-    return bool(sc and sc.allowPrivilegeEscalation and settings.policy.allow_privilege_escalation)
+def capabilities(sc: wire.SecurityContext | None) -> list[str]:
+    """The capabilities a container runs with: the kept set, minus what it drops ("ALL": all of
+    them), plus what it adds (the policy has refused adds it does not allow), as CRI runtimes
+    apply add and drop."""
+    caps = sc.capabilities if sc else None
+    add = {normalize_capability(x) for x in (caps.add or [])} if caps else set()
+    drop = {normalize_capability(x) for x in (caps.drop or [])} if caps else set()
+    kept = set() if "ALL" in drop else set(KEPT_CAPABILITIES) - drop
+    return sorted(kept | (add - {"ALL"}))
+
+
+def security_options(
+    sc: wire.SecurityContext | None, policy: PolicySettings, psc: wire.PodSecurityContext | None = None
+) -> list[str]:
+    """Docker's SecurityOpt: no-new-privileges unless the container asks for privilege
+    escalation and the policy allows it; Docker's default seccomp and AppArmor profiles (no
+    option) unless the container asks for Unconfined and the policy allows that."""
+    out = []
+    if not (sc and sc.allowPrivilegeEscalation and policy.allow_privilege_escalation):
+        out.append("no-new-privileges:true")
+    profile = sc.seccompProfile if sc and sc.seccompProfile else (psc.seccompProfile if psc else None)
+    seccomp = (profile or {}).get("type")
+    if seccomp == "Unconfined" and policy.allow_unconfined_seccomp:
+        out.append("seccomp=unconfined")
+    apparmor = (sc.appArmorProfile or {}).get("type") if sc else None
+    if apparmor == "Unconfined" and policy.allow_unconfined_apparmor:
+        out.append("apparmor=unconfined")
+    return out
+
+
+def _check_not_root_with_host_paths(c: wire.Container, effective: int | None, image_user: str) -> None:
+    """A pod that mounts host paths runs as a non-root uid; the policy refuses an explicit
+    runAsUser 0, this the image's root user (or one that cannot be told)."""
+    if effective == 0:
+        raise ConfigError(
+            f"container {c.name} would run as root (the image's user), but its pod mounts host paths, which the "
+            "desktop gives only to non-root containers: set securityContext.runAsUser to a non-zero uid"
+        )
+    if effective is None:
+        raise ConfigError(
+            f"container {c.name}: the image's user {image_user!r} is not numeric, so it cannot be verified to be "
+            "non-root, which a pod that mounts host paths must be: set securityContext.runAsUser"
+        )

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kod import errors
+from kod.lines import read_lines
 
 API_VERSION = "v1.41"
 
@@ -44,6 +45,13 @@ class EngineError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+    def as_kod_error(self, doing: str) -> errors.KodError:
+        """The error to give the sidecar's own caller: the engine refusing the request (400) is
+        the caller's bad input, anything else the engine failing (503, worth a retry)."""
+        if self.status == 400:
+            return errors.InvalidInput(f"the Docker engine refused {doing}: {self.message}")
+        return errors.Unavailable(f"the Docker engine failed {doing}: {self.message}")
 
 
 def _q(value: str) -> str:
@@ -230,13 +238,24 @@ class Engine:
         result = await self._call("GET", "/volumes", params={"filters": json.dumps({"label": label_filters})})
         return list(result.get("Volumes") or [])
 
-    async def remove_volume(self, name: str) -> None:
-        """Remove a volume; one already gone is fine."""
+    async def remove_volume(self, name: str, *, force: bool = True) -> None:
+        """Remove a volume; one already gone is fine. Without `force`, a volume a container
+        uses is refused (EngineError 409)."""
         try:
-            await self._call("DELETE", f"/volumes/{_q(name)}", params={"force": "1"})
+            await self._call("DELETE", f"/volumes/{_q(name)}", params={"force": "1" if force else "0"})
         except EngineError as exc:
             if not exc.not_found:
                 raise
+
+    # ---------------------------------------------------------------- networks
+
+    async def inspect_network(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/networks/{_q(name)}"))
+
+    async def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a network; its inspect afterwards (Conflict, 409, when the name exists)."""
+        result = await self._call("POST", "/networks/create", body=body)
+        return await self.inspect_network(str(result["Id"]))
 
     # ---------------------------------------------------------------- events
 
@@ -253,9 +272,10 @@ class Engine:
                 if resp.status >= 400:
                     raise EngineError(resp.status, _message(await resp.read(), resp.status))
                 yield {"Type": "kod.subscribed"}
-                async for line in resp.content:
-                    if line.strip():
-                        yield json.loads(line)
+                # kod.lines, not aiohttp's line iterator: one event with many labels (or a long
+                # image name) must not end the stream at 128 KiB.
+                async for line in read_lines(resp.content):
+                    yield json.loads(line)
         except aiohttp.ClientConnectionError as exc:
             raise errors.Unavailable(f"event stream from the Docker engine broke: {exc}") from exc
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from kod import __version__, errors
 from kod.log import configure, get_logger
+from kod.service import serve_app
 from kod.settings import load_settings
 from sidecars.docker.app import create_app
 from sidecars.docker.settings import ENV_PREFIX, DockerSidecarSettings, default_config_file
@@ -78,43 +75,17 @@ def load(args: argparse.Namespace) -> DockerSidecarSettings:
 
 
 async def serve(settings: DockerSidecarSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down cleanly."""
-    app = create_app(settings)
-    # handler_cancellation: a client that goes away cancels its handler at once, so a `logs -f`
-    # of a silent container does not keep its engine stream open until the container prints.
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_seconds, handler_cancellation=True
+    """Serve until SIGTERM/SIGINT, then shut down cleanly (pods keep running in Docker)."""
+    await serve_app(
+        create_app(settings),
+        settings.listen,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        env_prefix=ENV_PREFIX,
+        ready=ready,
+        listening="kod-docker-sidecar listening",
+        stopping="stopping (pods keep running in Docker)",
+        log_fields={"docker": settings.docker_url, "name": settings.name},
     )
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        if settings.listen.socket:
-            path = Path(settings.listen.socket)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_socket():
-                path.unlink()
-            site: web.BaseSite = web.UnixSite(runner, str(path))
-            await site.start()
-            os.chmod(path, 0o600)
-            where = f"unix://{path}"
-        else:
-            site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-            await site.start()
-            # With port 0 the kernel picks one: report the real one.
-            port = next((addr[1] for addr in runner.addresses if isinstance(addr, tuple)), settings.listen.port)
-            where = f"http://{settings.listen.host}:{port}"
-        log.info("kod-docker-sidecar listening", url=where, docker=settings.docker_url, name=settings.name)
-        if ready is not None:
-            ready.set()
-        await stop.wait()
-        log.info("stopping (pods keep running in Docker)")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

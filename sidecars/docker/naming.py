@@ -8,7 +8,7 @@ objects), plus the pod's namespace, name and uid. The state is reconstructible f
                       ..._deleting once a delete started (a rename: the marker survives a crash)
     containers        kod_<container>_<pod>_<ns>_<uid>_<attempt>   role=init|main, attempt
     volumes           kod_<pod>_<ns>_<uid>_mem (tmpfs), kod_<pod>_<ns>_<uid>_disk   role=volume
-    PVC volumes       kod-pvc_<ns>_<claim>                role=pvc; outlive their pods
+    PVC volumes       kod-pvc_<ns>_<claim>_<claim uid>    role=pvc; outlive their pods (claims.py)
 
 Names follow the dockershim convention (`k8s_<container>_<pod>_<ns>_<uid>_<attempt>`) so that
 `docker ps` reads like a node.
@@ -28,6 +28,8 @@ RECORD = f"{kl.DOCKER_PREFIX}.pod.record"                #: JSON PodRecord (infr
 CREATED = f"{kl.DOCKER_PREFIX}.pod.created"              #: RFC 3339 time the pod was accepted (infra only)
 VOLUME_KIND = f"{kl.DOCKER_PREFIX}.volume.kind"          #: mem | disk (role=volume)
 PVC_CLAIM = f"{kl.DOCKER_PREFIX}.pvc.claim"              #: claim name (role=pvc)
+PVC_CLAIM_UID = f"{kl.DOCKER_PREFIX}.pvc.claim-uid"      #: claim uid (role=pvc)
+PVC_CREATED = f"{kl.DOCKER_PREFIX}.pvc.created"          #: nanoseconds since the epoch it was made (role=pvc)
 #: Pod label whose value is copied to D_SESSION, so a session's leftovers are found by label.
 SESSION_POD_LABEL = kl.SESSION
 
@@ -57,10 +59,11 @@ def volume_name(namespace: str, pod: str, uid: str, kind: VolumeKind) -> str:
     return f"kod_{pod}_{namespace}_{uid}_{kind}"
 
 
-def pvc_volume_name(namespace: str, claim: str) -> str:
-    """The named volume backing a PersistentVolumeClaim: one per namespace and claim, shared by
-    every pod that mounts it and kept when the pods are deleted."""
-    return f"kod-pvc_{namespace}_{claim}"
+def pvc_volume_name(namespace: str, claim: str, claim_uid: str) -> str:
+    """The named volume backing a PersistentVolumeClaim: one per claim (a claim deleted and made
+    again has a new uid, and a new, empty volume), shared by every pod that mounts it and kept
+    when the pods are deleted."""
+    return f"kod-pvc_{namespace}_{claim}_{claim_uid}"
 
 
 def base_labels(sidecar: str) -> dict[str, str]:

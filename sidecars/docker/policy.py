@@ -2,29 +2,46 @@
 
 A pod runs next to the user's screen, speakers and files, so the node admits much less than a
 cluster node: no privileged containers, no host namespaces or host ports, no capabilities beyond
-Docker's default set (plus an allow-list), host paths and devices only from allow-lists, no
-sysctls, no unmasked /proc, no unconfined seccomp or AppArmor, no raw block devices. Everything
-the pod asks for that is not allowed is reported at once, each with the offending field, so one
-round of fixes is enough.
+the desktop's kept set (plus an allow-list), host paths only exactly as allow-listed (read-only
+unless the entry is writable, never below an entry) and only where the sidecar can stage them,
+containers of pods with host paths never as uid 0, no sysctls, no unmasked /proc, no unconfined
+seccomp or AppArmor, no raw block devices, no limits above the ceilings. Everything the pod asks
+for that is not allowed is reported at once, each with the offending field, so one round of fixes
+is enough. Each `allow_*` setting (and each writable host path) loosens one rule explicitly.
 
-`check(pod, policy)` is pure; the create handler turns its violations into a 403 `Forbidden` and
-creates nothing.
+`check(pod, rules)` is pure; the create handler turns its violations into a 403 `Forbidden` and
+creates nothing, and adoption after a restart stops a pod the current rules refuse.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kod import wire
-from sidecars.docker.settings import DOCKER_DEFAULT_CAPABILITIES, PolicySettings, normalize_capability
+from sidecars.docker.ceilings import Ceilings
+from sidecars.docker.hostfs import canonical
+from sidecars.docker.settings import (
+    KEPT_CAPABILITIES,
+    DockerSidecarSettings,
+    HostPathEntry,
+    PolicySettings,
+    normalize_capability,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 #: Resources a container may list without the policy refusing it.
 _KNOWN_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", GPU_RESOURCE})
+#: hostPath.type values that fit each kind of allow-list entry ("" checks nothing). The *OrCreate
+#: types never create anything here: a missing path waits, as Directory would.
+_TYPES = {
+    "directory": {"", "Directory", "DirectoryOrCreate"},
+    "socket": {"", "Socket"},
+    "file": {"", "File", "FileOrCreate"},
+    "devices": {"", "CharDevice", "Directory"},
+}
 
 
 @dataclass(frozen=True)
@@ -38,40 +55,33 @@ class Violation:
         return f"{self.field}: {self.message}"
 
 
-def normalize_host_path(path: str) -> str:
-    """'/tmp//.X11-unix/../.X11-unix/' -> '/tmp/.X11-unix' (lexically; the sidecar may not see
-    the host's file system, so symlinks cannot be resolved here)."""
-    return posixpath.normpath(path) if path else path
+@dataclass(frozen=True)
+class Rules:
+    """Everything the check needs besides the pod."""
+
+    policy: PolicySettings
+    ceilings: Ceilings
+    #: Why this sidecar cannot give containers host paths or subPaths of writable volumes
+    #: safely (None: it can, with staging mounts).
+    no_staging: str | None = None
 
 
-def _under(path: str, root: str) -> bool:
-    return root == "/" or path == root or path.startswith(root + "/")
-
-
-def device_allowed(path: str, policy: PolicySettings) -> bool:
-    """True when `path` is an allow-listed device (or below an allow-listed device directory)."""
-    for pattern in policy.allowed_devices:
-        if fnmatch.fnmatchcase(path, pattern):
-            return True
-        if not any(ch in pattern for ch in "*?[") and _under(path, pattern.rstrip("/")):
-            return True
-    return False
-
-
-def host_path_access(path: str, policy: PolicySettings) -> str | None:
-    """'rw' or 'ro' when hostPath `path` may be mounted (as a directory or file), else None."""
-    if any(_under(path, root) for root in policy.allowed_host_paths):
-        return "rw"
-    if any(_under(path, root) for root in policy.read_only_host_paths):
-        return "ro"
+def match_host_path(path: str, policy: PolicySettings) -> HostPathEntry | None:
+    """The allow-list entry that names `path` exactly (a pattern entry matches component by
+    component, at its own depth only), or None."""
+    if not canonical(path):
+        return None
+    parts = path.split("/")
+    for entry in policy.host_paths:
+        pattern = entry.path.split("/")
+        if len(pattern) == len(parts) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern, strict=True)):
+            return entry
     return None
 
 
-def is_device_volume(volume: wire.Volume, policy: PolicySettings) -> bool:
-    """A hostPath volume that maps devices rather than mounting files."""
-    if volume.hostPath is None:
-        return False
-    return device_allowed(normalize_host_path(volume.hostPath.path), policy)
+def host_path_volumes(spec: wire.PodSpec) -> list[str]:
+    """Names of the pod's hostPath volumes."""
+    return [v.name for v in spec.volumes if v.hostPath is not None]
 
 
 def _profile_type(profile: dict[str, Any] | None) -> str | None:
@@ -81,13 +91,38 @@ def _profile_type(profile: dict[str, Any] | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def check(pod: wire.Pod, policy: PolicySettings) -> list[Violation]:
+def loosenings(settings: DockerSidecarSettings) -> list[str]:
+    """One warning per loosening in force (logged at start; docs/security.md says what each
+    gives away)."""
+    p = settings.policy
+    out = []
+    for entry in p.host_paths:
+        if entry.writable:
+            out.append(f"host path {entry.path} may be mounted read-write: pods can leave files there for other "
+                       "pods and local users")
+    if p.allowed_capabilities:
+        out.append(f"containers may add capabilities {', '.join(p.allowed_capabilities)}")
+    if p.allow_privilege_escalation:
+        out.append("containers that ask may run without no-new-privileges (setuid binaries work)")
+    if p.allow_root_with_host_paths:
+        out.append("containers of pods with host paths may run as root")
+    if p.allow_unconfined_seccomp:
+        out.append("containers that ask may run without a seccomp filter")
+    if p.allow_unconfined_apparmor:
+        out.append("containers that ask may run without an AppArmor profile")
+    if p.allow_unmasked_proc_mount:
+        out.append("containers that ask may see /proc unmasked")
+    return out
+
+
+def check(pod: wire.Pod, rules: Rules) -> list[Violation]:
     """Every way `pod` breaks the desktop policy (empty: the pod is admitted)."""
-    return list(_violations(pod, policy))
+    return list(_violations(pod, rules))
 
 
-def _violations(pod: wire.Pod, policy: PolicySettings) -> Iterator[Violation]:
+def _violations(pod: wire.Pod, rules: Rules) -> Iterator[Violation]:
     spec = pod.spec
+    policy = rules.policy
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if getattr(spec, flag):
             yield Violation(f"spec.{flag}", "host namespaces are not allowed on the desktop node")
@@ -97,59 +132,86 @@ def _violations(pod: wire.Pod, policy: PolicySettings) -> Iterator[Violation]:
     if psc is not None:
         if psc.sysctls:
             yield Violation("spec.securityContext.sysctls", "sysctls are not allowed on the desktop node")
-        yield from _seccomp("spec.securityContext.seccompProfile", psc.seccompProfile)
+        yield from _seccomp("spec.securityContext.seccompProfile", psc.seccompProfile, policy)
 
-    host_volumes = {v.name for v in spec.volumes if v.hostPath is not None}
+    by_name = {v.name: v for v in spec.volumes}
+    host_volumes = set(host_path_volumes(spec))
     mounted_rw: dict[str, list[str]] = {}
     for kind, containers in (("initContainers", spec.initContainers), ("containers", spec.containers)):
         for i, c in enumerate(containers):
             where = f"spec.{kind}[{i}]"
-            yield from _container(where, c, policy)
+            yield from _container(where, c, rules)
+            if host_volumes and not policy.allow_root_with_host_paths and _explicit_uid(pod, c) == 0:
+                field = (f"{where}.securityContext.runAsUser" if c.securityContext and c.securityContext.runAsUser == 0
+                         else "spec.securityContext.runAsUser")
+                yield Violation(
+                    field,
+                    "a pod that mounts host paths runs as a non-root uid on the desktop node "
+                    "(set runAsUser to a uid other than 0)",
+                )
             for j, m in enumerate(c.volumeMounts):
                 if not m.readOnly:
                     mounted_rw.setdefault(m.name, []).append(f"{where}.volumeMounts[{j}]")
-                if m.subPath and m.name in host_volumes:
+                volume = by_name.get(m.name)
+                if not m.subPath or volume is None:
+                    continue
+                if m.name in host_volumes:
                     yield Violation(
                         f"{where}.volumeMounts[{j}].subPath",
                         "subPath is not supported on hostPath volumes; mount the allowed path itself",
                     )
+                elif (volume.emptyDir is not None or volume.persistentVolumeClaim is not None) and rules.no_staging:
+                    yield Violation(
+                        f"{where}.volumeMounts[{j}].subPath",
+                        f"subPath on a writable volume needs staging mounts, which this sidecar cannot make "
+                        f"({rules.no_staging}); mount the whole volume (see docs/security.md)",
+                    )
 
     for i, v in enumerate(spec.volumes):
-        yield from _volume(f"spec.volumes[{i}]", v, policy, mounted_rw.get(v.name, []))
+        yield from _volume(f"spec.volumes[{i}]", v, rules, mounted_rw.get(v.name, []))
 
 
-def _seccomp(where: str, profile: dict[str, Any] | None) -> Iterator[Violation]:
+def _explicit_uid(pod: wire.Pod, c: wire.Container) -> int | None:
+    """The uid the pod spec sets for container `c` (container over pod), or None."""
+    if c.securityContext and c.securityContext.runAsUser is not None:
+        return c.securityContext.runAsUser
+    psc = pod.spec.securityContext
+    return psc.runAsUser if psc else None
+
+
+def _seccomp(where: str, profile: dict[str, Any] | None, policy: PolicySettings) -> Iterator[Violation]:
     kind = _profile_type(profile)
-    if kind == "Unconfined":
+    if kind == "Unconfined" and not policy.allow_unconfined_seccomp:
         yield Violation(f"{where}.type", "unconfined seccomp is not allowed on the desktop node")
     elif kind == "Localhost":
         yield Violation(f"{where}.type", "Localhost seccomp profiles are not supported; use RuntimeDefault")
 
 
-def _container(where: str, c: wire.Container, policy: PolicySettings) -> Iterator[Violation]:
+def _container(where: str, c: wire.Container, rules: Rules) -> Iterator[Violation]:
+    policy = rules.policy
     sc = c.securityContext
     if sc is not None:
         if sc.privileged:
             yield Violation(f"{where}.securityContext.privileged", "privileged containers are not allowed on the desktop node")
         if sc.capabilities and sc.capabilities.add:
-            allowed = set(DOCKER_DEFAULT_CAPABILITIES) | set(policy.allowed_capabilities)
+            allowed = set(KEPT_CAPABILITIES) | set(policy.allowed_capabilities)
             extra = sorted({normalize_capability(cap) for cap in sc.capabilities.add} - allowed)
             if extra:
                 yield Violation(
                     f"{where}.securityContext.capabilities.add",
-                    f"capabilities {', '.join(extra)} are not allowed (allowed beyond Docker's default set: "
-                    f"{', '.join(policy.allowed_capabilities) or 'none'})",
+                    f"capabilities {', '.join(extra)} are not allowed (the desktop keeps {', '.join(KEPT_CAPABILITIES)}; "
+                    f"allowed beyond them: {', '.join(policy.allowed_capabilities) or 'none'})",
                 )
         if sc.allowPrivilegeEscalation and not policy.allow_privilege_escalation:
             yield Violation(
                 f"{where}.securityContext.allowPrivilegeEscalation",
                 "privilege escalation is not allowed: every container runs with no-new-privileges",
             )
-        if sc.procMount not in (None, "", "Default"):
+        if sc.procMount not in (None, "", "Default") and not (sc.procMount == "Unmasked" and policy.allow_unmasked_proc_mount):
             yield Violation(f"{where}.securityContext.procMount", "an unmasked /proc is not allowed on the desktop node")
-        yield from _seccomp(f"{where}.securityContext.seccompProfile", sc.seccompProfile)
+        yield from _seccomp(f"{where}.securityContext.seccompProfile", sc.seccompProfile, policy)
         apparmor = _profile_type(sc.appArmorProfile)
-        if apparmor == "Unconfined":
+        if apparmor == "Unconfined" and not policy.allow_unconfined_apparmor:
             yield Violation(f"{where}.securityContext.appArmorProfile.type", "unconfined AppArmor is not allowed")
         elif apparmor == "Localhost":
             yield Violation(f"{where}.securityContext.appArmorProfile.type", "Localhost AppArmor profiles are not supported")
@@ -172,12 +234,14 @@ def _container(where: str, c: wire.Container, policy: PolicySettings) -> Iterato
                 yield Violation(f"{where}.resources.{section}[{name}]", "GPUs are not allowed on this desktop node")
             elif name.startswith("hugepages-"):
                 yield Violation(f"{where}.resources.{section}[{name}]", "huge pages are not supported")
+    for field, message in rules.ceilings.violations(where, c):
+        yield Violation(field, message)
 
 
 _SOURCES = ("emptyDir", "secret", "configMap", "projected", "downwardAPI", "persistentVolumeClaim", "hostPath")
 
 
-def _volume(where: str, v: wire.Volume, policy: PolicySettings, rw_mounts: list[str]) -> Iterator[Violation]:
+def _volume(where: str, v: wire.Volume, rules: Rules, rw_mounts: list[str]) -> Iterator[Violation]:
     kinds = [k for k in _SOURCES if getattr(v, k) is not None]
     if not kinds:
         yield Violation(
@@ -187,27 +251,35 @@ def _volume(where: str, v: wire.Volume, policy: PolicySettings, rw_mounts: list[
         return
     if v.hostPath is None:
         return
-    path = normalize_host_path(v.hostPath.path)
-    if not path.startswith("/"):
-        yield Violation(f"{where}.hostPath.path", f"host path {v.hostPath.path!r} must be absolute")
+    policy = rules.policy
+    path = v.hostPath.path
+    at = f"{where}.hostPath.path"
+    if not canonical(path):
+        yield Violation(at, f"host path {path!r} must be absolute and plainly written (no '.', '..', '//' or trailing '/')")
         return
-    if device_allowed(path, policy):
+    entry = match_host_path(path, policy)
+    if entry is None:
+        allowed = ", ".join(e.path for e in policy.host_paths) or "none"
+        yield Violation(at, f"host path {path} is not in the allowed host paths ({allowed}); only those exact paths, nothing below them")
         return
-    if v.hostPath.type in ("CharDevice", "BlockDevice"):
+    if rules.no_staging:
         yield Violation(
-            f"{where}.hostPath.path",
-            f"device {path} is not in the allowed devices ({', '.join(policy.allowed_devices) or 'none'})",
+            at,
+            f"host paths cannot be given safely by this sidecar ({rules.no_staging}); run kod-docker-sidecar on "
+            "the host as root to mount them (see docs/security.md)",
         )
         return
-    access = host_path_access(path, policy)
-    if access is None:
-        allowed = policy.allowed_host_paths + policy.read_only_host_paths
+    kind = v.hostPath.type or ""
+    if kind not in _TYPES[entry.type]:
         yield Violation(
-            f"{where}.hostPath.path",
-            f"host path {path} is not in the allowed host paths ({', '.join(allowed) or 'none'})",
+            f"{where}.hostPath.type",
+            f"host path {path} is allowed as {entry.type}; type {kind!r} does not fit "
+            f"(use one of {', '.join(repr(t) for t in sorted(_TYPES[entry.type]))})",
         )
-    elif access == "ro" and rw_mounts:
+    # Devices are mapped, not mounted: there is no tree to plant files in; read and write is
+    # what a GPU needs, creating device nodes (mknod) never is.
+    if rw_mounts and not entry.writable and entry.type != "devices":
         yield Violation(
             f"{rw_mounts[0]}.readOnly",
-            f"host path {path} may only be mounted read-only",
+            f"host path {path} may only be mounted read-only (set readOnly: true)",
         )

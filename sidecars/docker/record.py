@@ -19,10 +19,16 @@ class PodRecord(BaseModel):
 
     pod: wire.Pod
     containers: list[wire.ResolvedContainer] = Field(default_factory=list)
+    #: The claims the virtual kubelet confirmed (name and uid): which claim volume is the pod's.
+    claims: list[wire.ClaimRef] = Field(default_factory=list)
 
     @classmethod
     def from_request(cls, request: wire.PodCreateRequest) -> PodRecord:
-        return cls(pod=request.pod, containers=request.containers)
+        return cls(pod=request.pod, containers=request.containers, claims=request.claims)
+
+    def claim_uid(self, name: str) -> str | None:
+        """The uid of claim `name` as the virtual kubelet confirmed it (None: not confirmed)."""
+        return next((c.uid for c in self.claims if c.name == name), None)
 
     def resolved(self, name: str) -> wire.ResolvedContainer | None:
         """The resolved env/command/args of container `name` (None: the pod gave none)."""

@@ -3,21 +3,30 @@
 A `PodState` holds the pod record, its infra container, and one `Slot` per container of the
 pod; each slot holds the Docker containers that ran it (`Run`s, one per attempt: a restart is a
 new container, as on a kubelet, so the previous one's exit status and logs stay available).
-Everything here is derived from `docker inspect`; nothing needs saving elsewhere.
+Everything here is derived from `docker inspect` (`PodState.apply`); nothing needs saving
+elsewhere. Nothing here talks to the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
+from kod import labels as kl
 from kod import wire
+from sidecars.docker import naming
 from sidecars.docker.record import PodRecord
 from sidecars.docker.volumes import Locations, PlannedVolume
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def utcnow() -> datetime:
+    """The runtime's clock (statuses, deadlines, versions)."""
+    return datetime.now(timezone.utc)
 
 
 def parse_docker_time(value: str | None) -> datetime | None:
@@ -136,6 +145,11 @@ class PodState:
     populated: bool = False
     #: Volume contents from the create request, held in memory only until they are written.
     contents: list[wire.ResolvedVolume] | None = None
+    #: Size of the pod's tmpfs in bytes (its contents and memory emptyDirs, bounded).
+    memory_volume_size: int = 0
+    #: Why the current policy refuses this pod (set when a restarted sidecar adopts a pod its
+    #: new settings forbid): the pod is stopped and reported Failed with this message.
+    refused: str | None = None
     slots: dict[str, Slot] = field(default_factory=dict)
     last_ip: str | None = None
     #: The last status computed, and its version.
@@ -162,6 +176,49 @@ class PodState:
 
     def knows(self, container_id: str) -> bool:
         return container_id == self.infra_id or self.slot_by_id(container_id) is not None
+
+    def runs(self) -> Iterator[Run]:
+        """Every run of every container of the pod (not the infra container)."""
+        for slot in self.slots.values():
+            yield from slot.runs.values()
+
+    def apply(self, data: dict[str, Any]) -> None:
+        """Take in a `docker inspect` of one of the pod's containers (the infra container, or a
+        run of a slot, told apart by their labels); one of no known slot is ignored."""
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        role = labels.get(naming.ROLE)
+        if role == "infra":
+            self.infra_id = data["Id"]
+            self.infra = Run.from_inspect(data)
+            if self.infra.ip:
+                self.last_ip = self.infra.ip
+            if naming.is_deleting(str(data.get("Name", ""))):
+                self.deleting = self.renamed = True
+            return
+        slot = self.slots.get(labels.get(kl.D_CONTAINER, ""))
+        if slot is None:
+            return
+        try:
+            attempt = int(labels.get(naming.ATTEMPT, "0"))
+        except ValueError:
+            return
+        slot.runs[attempt] = Run.from_inspect(data, attempt)
+
+    def forget(self, container_id: str) -> None:
+        """The engine says the container is gone: drop it (the infra container: `infra` None)."""
+        self.inspected.pop(container_id, None)
+        if container_id == self.infra_id:
+            self.infra = None
+            return
+        found = self.slot_by_id(container_id)
+        if found is not None:
+            slot, run = found
+            del slot.runs[run.attempt]
+
+    def next_version(self) -> int:
+        """The version for the pod's next status: above the last one, and microseconds since the
+        epoch, so versions keep increasing across restarts of the sidecar."""
+        return max(self.version + 1, int(utcnow().timestamp() * 1_000_000))
 
     @property
     def uid(self) -> str:

@@ -20,6 +20,9 @@ START_ERROR_EXIT_CODE = 128
 #: Pod-level failure reasons (PodStatus.reason).
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 SANDBOX_DIED = "PodSandboxDied"
+#: The desktop policy in force refuses the pod (a restarted sidecar with stricter settings); the
+#: same reason the virtual kubelet gives a pod the sidecar refused at create.
+REFUSED = "Forbidden"
 
 
 def failed(run: Run) -> bool:
@@ -82,12 +85,6 @@ def terminated(run: Run) -> wire.ContainerStateTerminated:
 def _default_waiting(pod: PodState, slot: Slot) -> wire.ContainerStateWaiting:
     if slot.waiting is not None:
         return wire.ContainerStateWaiting(reason=slot.waiting[0], message=slot.waiting[1])
-    if pod.infra is not None and pod.infra.started_at is not None and not pod.populated and pod.contents is None:
-        return wire.ContainerStateWaiting(
-            reason="ContainerCreating",
-            message="waiting for the pod's volume contents (the sidecar restarted while writing them; "
-            "the virtual kubelet resends them)",
-        )
     if slot.role == "init" or (any(s.role == "init" for s in pod.slots.values()) and not _init_done(pod)):
         return wire.ContainerStateWaiting(reason="PodInitializing")
     return wire.ContainerStateWaiting(reason="ContainerCreating")
@@ -274,6 +271,8 @@ def pod_failure(pod: PodState, now: datetime) -> tuple[str, str] | None:
     """A pod-level failure the containers alone do not show: (reason, message)."""
     if pod.deleting:
         return None
+    if pod.refused is not None:
+        return REFUSED, pod.refused
     limit = deadline(pod)
     if limit is not None and now >= limit:
         end = _latest_finish(pod)
@@ -328,10 +327,27 @@ def terminal(status: wire.PodStatus) -> bool:
     return status.phase in ("Succeeded", "Failed")
 
 
+def all_succeeded(st: wire.PodStatus) -> bool:
+    """Every main container terminated with exit code 0."""
+    for c in st.containerStatuses:
+        term = c.state.terminated
+        if term is None or term.exitCode != 0:
+            return False
+    return True
+
+
+def final_phase(st: wire.PodStatus) -> wire.PodPhase:
+    """The phase of a pod whose containers were all stopped (deleted, or finished while being
+    deleted): Succeeded when every container exited 0, else Failed."""
+    return "Succeeded" if all_succeeded(st) else "Failed"
+
+
 __all__ = [
+    "all_succeeded",
     "compute",
     "container_status",
     "deadline",
+    "final_phase",
     "init_failed",
     "kubelet_phase",
     "main_done",

@@ -7,14 +7,10 @@ different matter, see `policy`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
-from kod import errors, quantity, wire
+from kod import errors, names, quantity, wire
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 #: Volume kinds whose contents the virtual kubelet resolves into `PodCreateRequest.volumes`.
 CONTENT_KINDS = ("secret", "configMap", "projected", "downwardAPI")
 
@@ -38,23 +34,35 @@ def validate(request: wire.PodCreateRequest) -> None:
 def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
     meta = request.pod.metadata
     spec = request.pod.spec
-    if not _DNS_SUBDOMAIN.match(meta.name):
+    if not names.is_dns_subdomain(meta.name):
         yield f"metadata.name {meta.name!r} is not a DNS-1123 subdomain"
-    if not _DNS_LABEL.match(meta.namespace):
+    if not names.is_dns_label(meta.namespace):
         yield f"metadata.namespace {meta.namespace!r} is not a DNS-1123 label"
-    if not _UID.match(meta.uid):
+    if not names.is_uid(meta.uid):
         yield f"metadata.uid {meta.uid!r} must be letters, digits and '-'"
 
     volumes = {v.name: v for v in spec.volumes}
+    confirmed: dict[str, str] = {}
+    for i, ref in enumerate(request.claims):
+        if not names.is_uid(ref.uid):
+            yield f"claims[{i}].uid {ref.uid!r} must be letters, digits and '-'"
+        if confirmed.get(ref.name, ref.uid) != ref.uid:
+            yield f"claims[{i}]: claim {ref.name!r} is given twice with different uids"
+        confirmed[ref.name] = ref.uid
     seen_volumes: set[str] = set()
     for i, v in enumerate(spec.volumes):
-        if not _DNS_LABEL.match(v.name):
+        if not names.is_dns_label(v.name):
             yield f"spec.volumes[{i}].name {v.name!r} is not a DNS-1123 label"
         if v.name in seen_volumes:
             yield f"spec.volumes[{i}].name {v.name!r} is used twice"
         seen_volumes.add(v.name)
-        if v.persistentVolumeClaim is not None and not _DNS_SUBDOMAIN.match(v.persistentVolumeClaim.claimName):
-            yield f"spec.volumes[{i}].persistentVolumeClaim.claimName is not a DNS-1123 subdomain"
+        if v.persistentVolumeClaim is not None:
+            claim = v.persistentVolumeClaim.claimName
+            if not names.is_dns_subdomain(claim):
+                yield f"spec.volumes[{i}].persistentVolumeClaim.claimName is not a DNS-1123 subdomain"
+            elif claim not in confirmed:
+                yield (f"spec.volumes[{i}].persistentVolumeClaim: claim {claim!r} is not confirmed to exist by the "
+                       "virtual kubelet (claims[]); storage is made only for claims that exist")
         if v.emptyDir is not None and v.emptyDir.medium not in (None, "", "Memory"):
             yield f"spec.volumes[{i}].emptyDir.medium {v.emptyDir.medium!r} is not supported (\"\" or Memory)"
 
@@ -62,7 +70,7 @@ def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
     for kind, containers in (("initContainers", spec.initContainers), ("containers", spec.containers)):
         for i, c in enumerate(containers):
             where = f"spec.{kind}[{i}]"
-            if not _DNS_LABEL.match(c.name):
+            if not names.is_dns_label(c.name):
                 yield f"{where}.name {c.name!r} is not a DNS-1123 label"
             if c.name in seen_containers:
                 yield f"{where}.name {c.name!r} is used twice in the pod"
@@ -106,6 +114,9 @@ def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
             if f.path in paths:
                 yield f"volumes[{i}].files[{j}].path {f.path!r} is given twice"
             paths.add(f.path)
+            bad = _bad_content_path(f.path)
+            if bad:
+                yield f"volumes[{i}].files[{j}].path {f.path!r} {bad}"
     for v in spec.volumes:
         content = content_kind(v)
         if content is None or v.name in given:
@@ -115,6 +126,22 @@ def _problems(request: wire.PodCreateRequest) -> Iterator[str]:
         optional = getattr(source, "optional", None) if kind in ("secret", "configMap") else None
         if not optional:
             yield f"volume {v.name!r} ({kind}): its contents are missing from the request's volumes"
+
+
+def _bad_content_path(path: str) -> str | None:
+    """Why `path` may not name a file of a Secret, ConfigMap, projected or downwardAPI volume
+    (None: it may). As the API server's rules for keys and item paths: relative, no empty or '.'
+    components, none starting with '..' (the kubelet's own `..data` links live there)."""
+    if path.startswith("/"):
+        return "must be relative"
+    for part in path.split("/"):
+        if part in ("", "."):
+            return "must not contain empty or '.' components"
+        if part.startswith(".."):
+            return "must not have a component starting with '..'"
+    if "\0" in path:
+        return "must not contain NUL"
+    return None
 
 
 def _mounts(where: str, c: wire.Container, volumes: dict[str, wire.Volume]) -> Iterator[str]:
@@ -131,8 +158,13 @@ def _mounts(where: str, c: wire.Container, volumes: dict[str, wire.Volume]) -> I
             yield f"{at}.mountPath {m.mountPath!r} is mounted twice"
         paths.add(m.mountPath.rstrip("/"))
         if m.subPath:
-            parts = m.subPath.split("/")
+            parts = m.subPath.strip("/").split("/") if not m.subPath.startswith("/") else ["/"]
+            volume = volumes.get(m.name)
             if m.subPath.startswith("/") or ".." in parts:
                 yield f"{at}.subPath {m.subPath!r} must be relative and must not contain '..'"
+            elif any(p in ("", ".") for p in parts):
+                yield f"{at}.subPath {m.subPath!r} must not contain empty or '.' components"
+            elif volume is not None and content_kind(volume) is not None and _bad_content_path(m.subPath.strip("/")):
+                yield f"{at}.subPath {m.subPath!r} {_bad_content_path(m.subPath.strip('/'))}"
         if m.mountPropagation not in (None, "None", "HostToContainer", "Bidirectional"):
             yield f"{at}.mountPropagation {m.mountPropagation!r} is not one of None, HostToContainer, Bidirectional"

@@ -12,9 +12,12 @@ private Docker volumes, both mounted by its infra container (which holds them fo
 Each pod volume is a subdirectory of one of them (`<volume name>/`), written with one
 `PUT /containers/{infra}/archive` (a tar built here, with the modes and ownership the kubelet
 would give), and bind-mounted from the engine's host path into the containers that mount it.
-PersistentVolumeClaims are named volumes of their own (`naming.pvc_volume_name`), hostPath
-volumes are binds of allow-listed host paths, and allow-listed device paths become Docker device
-mappings.
+PersistentVolumeClaims are named volumes of their own (`naming.pvc_volume_name`).
+
+Host paths, and subPaths of volumes containers can write, are never handed to Docker as paths:
+`mounter.py` opens them without following symlinks and stages the opened inode on a root-only
+path (`staging.py`); `container_mounts` gets those staged sources and binds them with private
+propagation. Allow-listed device paths become Docker device mappings (of the staged path too).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kod import wire
+from kod.quantity import to_bytes
 from sidecars.docker import naming
-from sidecars.docker.policy import is_device_volume, normalize_host_path
-from sidecars.docker.settings import PolicySettings
+from sidecars.docker.ceilings import Ceilings
+from sidecars.docker.policy import match_host_path
+from sidecars.docker.settings import HostPathKind, PolicySettings
 from sidecars.docker.validation import content_kind
 
 Kind = Literal["mem", "disk", "pvc", "host", "device"]
@@ -57,6 +62,12 @@ class PlannedVolume:
     writable: bool = False
     claim: str | None = None
     host_path: str | None = None
+    #: What the allow-list says the host object is (host and device volumes).
+    host_kind: HostPathKind | None = None
+    #: The allow-list entry lets pods mount it read-write.
+    host_writable: bool = False
+    #: uids besides root and the sidecar's own that may own the host path (the entry's owners).
+    host_owners: tuple[int, ...] = ()
 
 
 def plan(spec: wire.PodSpec, policy: PolicySettings) -> dict[str, PlannedVolume]:
@@ -78,9 +89,14 @@ def plan(spec: wire.PodSpec, policy: PolicySettings) -> dict[str, PlannedVolume]
                 claim=v.persistentVolumeClaim.claimName,
             )
         elif v.hostPath is not None:
-            path = normalize_host_path(v.hostPath.path)
-            kind_h: Kind = "device" if is_device_volume(v, policy) else "host"
-            out[v.name] = PlannedVolume(v.name, kind_h, host_path=path)
+            entry = match_host_path(v.hostPath.path, policy)
+            if entry is None:
+                continue  # refused by the policy (or no longer allowed: adoption stops such a pod)
+            kind_h: Kind = "device" if entry.type == "devices" else "host"
+            out[v.name] = PlannedVolume(
+                v.name, kind_h, writable=entry.writable, host_path=v.hostPath.path, host_kind=entry.type,
+                host_writable=entry.writable, host_owners=tuple(entry.owners),
+            )
     return out
 
 
@@ -115,6 +131,42 @@ class Locations:
     def root(self, kind: str) -> str | None:
         area = self.area(kind)
         return area[1] if area else None
+
+
+#: Room for directories and the marker in a pod's tmpfs, beyond its files' bytes.
+_TMPFS_SLACK = 1 << 20
+_PAGE = 4096
+
+
+def memory_area_size(
+    spec: wire.PodSpec,
+    planned: dict[str, PlannedVolume],
+    contents: Iterable[wire.ResolvedVolume],
+    ceilings: Ceilings,
+    *,
+    cap: str | None = None,
+) -> int:
+    """Bytes of the pod's tmpfs: its content files (each rounded up to a page) plus, for each
+    memory emptyDir, its sizeLimit, else the largest memory limit of the containers that mount
+    it (every container has one: the desktop's default if it sets none). `cap` (the
+    `memory_volume_size` setting) bounds the emptyDirs' share; the contents always fit."""
+    files = sum(
+        (len(base64.b64decode(f.data)) + _PAGE - 1) // _PAGE * _PAGE + _PAGE for rv in contents for f in rv.files
+    )
+    dirs = 0
+    containers = [*spec.initContainers, *spec.containers]
+    for v in spec.volumes:
+        pv = planned.get(v.name)
+        if pv is None or pv.kind != "mem" or v.emptyDir is None:
+            continue
+        if v.emptyDir.sizeLimit:
+            dirs += to_bytes(v.emptyDir.sizeLimit)
+        else:
+            users = [c for c in containers if any(m.name == v.name for m in c.volumeMounts)]
+            dirs += max((ceilings.limits_of(c)[0] for c in users), default=0)
+    if cap is not None:
+        dirs = min(dirs, to_bytes(cap))
+    return files + dirs + _TMPFS_SLACK
 
 
 def infra_path(pv: PlannedVolume, sub_path: str | None = None) -> str:
@@ -166,52 +218,73 @@ class ContainerMounts:
     host_access: list[str] = field(default_factory=list)
 
 
-def container_mounts(c: wire.Container, planned: dict[str, PlannedVolume], locations: Locations) -> ContainerMounts:
-    """Mounts and devices of container `c`. Raises LookupError when a volume's Docker volume
-    is not known (it was removed under the pod)."""
+def mount_read_only(m: wire.VolumeMount, pv: PlannedVolume) -> bool:
+    """Whether the container gets mount `m` of `pv` read-only."""
+    return bool(m.readOnly) or pv.read_only or (pv.kind == "host" and not pv.host_writable)
+
+
+def needs_staging(m: wire.VolumeMount, pv: PlannedVolume) -> bool:
+    """Host paths and subPaths of volumes containers can write are staged (`mounter.py`)."""
+    return pv.kind in ("host", "device") or bool(m.subPath and pv.writable and pv.kind in ("mem", "disk", "pvc"))
+
+
+def container_mounts(
+    c: wire.Container, planned: dict[str, PlannedVolume], locations: Locations, staged: dict[int, str] | None = None
+) -> ContainerMounts:
+    """Mounts and devices of container `c`; `staged` maps the index of every mount that
+    `needs_staging` to its staged source. Raises LookupError when a volume's Docker volume is
+    not known (it was removed under the pod) or a staged source is missing."""
+    staged = staged or {}
     out = ContainerMounts()
-    for m in c.volumeMounts:
-        pv = planned[m.name]
+    for j, m in enumerate(c.volumeMounts):
+        pv = planned.get(m.name)
+        if pv is None:
+            raise LookupError(f"volume {m.name} is not allowed on this node")
         sub = m.subPath.strip("/") if m.subPath else ""
-        read_only = bool(m.readOnly) or pv.read_only
-        if pv.kind in ("mem", "disk"):
+        read_only = mount_read_only(m, pv)
+        if needs_staging(m, pv):
+            if j not in staged:
+                raise LookupError(f"the mount of volume {m.name} at {m.mountPath} was not staged")
+            source = staged[j]
+            if pv.kind == "device":
+                out.devices.append({"PathOnHost": source, "PathInContainer": m.mountPath, "CgroupPermissions": "rw"})
+            else:
+                # Staged binds live in a private mount: private propagation is the only kind there.
+                out.mounts.append(_bind(source, m.mountPath, read_only=read_only, propagation="rprivate"))
+            if pv.host_path is not None:
+                out.host_access.append(pv.host_path)
+        elif pv.kind in ("mem", "disk"):
             root = locations.root(pv.kind)
             if root is None:
                 raise LookupError(f"the pod's {pv.kind} volume is missing")
+            # Only read-only content volumes (written by the sidecar) get a subPath bound by
+            # path: no container can write there, so nothing on the path can change.
             source = f"{root}/{pv.name}" + (f"/{sub}" if sub else "")
             out.mounts.append(_bind(source, m.mountPath, read_only=read_only))
         elif pv.kind == "pvc":
             assert pv.claim is not None
             if pv.claim not in locations.pvcs:
                 raise LookupError(f"the volume of claim {pv.claim} is missing")
-            volume, mountpoint = locations.pvcs[pv.claim]
-            if sub:
-                out.mounts.append(_bind(f"{mountpoint}/{sub}", m.mountPath, read_only=read_only))
-            else:
-                out.mounts.append(_volume_mount(volume, m.mountPath, read_only=read_only))
-        elif pv.kind == "host":
-            assert pv.host_path is not None
-            propagation = "rslave" if m.mountPropagation == "HostToContainer" else "rprivate"
-            out.mounts.append(_bind(pv.host_path, m.mountPath, read_only=read_only, propagation=propagation))
-            out.host_access.append(pv.host_path)
-        elif pv.kind == "device":
-            assert pv.host_path is not None
-            out.devices.append(
-                {"PathOnHost": pv.host_path, "PathInContainer": m.mountPath, "CgroupPermissions": "r" if read_only else "rwm"}
-            )
-            out.host_access.append(pv.host_path)
+            volume, _ = locations.pvcs[pv.claim]
+            out.mounts.append(_volume_mount(volume, m.mountPath, read_only=read_only))
     return out
 
 
-def writable_subpaths(c: wire.Container, planned: dict[str, PlannedVolume]) -> list[tuple[PlannedVolume, str]]:
-    """(volume, subPath) of every subPath mount of `c` into a volume containers can write, whose
-    path must be checked for symlinks before the bind is made."""
-    out = []
-    for m in c.volumeMounts:
-        pv = planned[m.name]
-        if m.subPath and pv.writable and pv.kind in ("mem", "disk", "pvc"):
-            out.append((pv, m.subPath.strip("/")))
-    return out
+def volume_dir(pv: PlannedVolume, locations: Locations) -> tuple[str, str]:
+    """Where `pv`'s directory is on the host, as (base, name): `base` is the sidecar's (below
+    Docker's root-only directories), `name` the volume's own directory in it, which the pod may
+    chown (for mem and disk volumes its subdirectory of the area, for a claim the volume's
+    `_data`)."""
+    if pv.kind == "pvc":
+        assert pv.claim is not None
+        if pv.claim not in locations.pvcs:
+            raise LookupError(f"the volume of claim {pv.claim} is missing")
+        base, _, name = locations.pvcs[pv.claim][1].rstrip("/").rpartition("/")
+        return base, name
+    root = locations.root(pv.kind)
+    if root is None:
+        raise LookupError(f"the pod's {pv.kind} volume is missing")
+    return root.rstrip("/"), pv.name
 
 
 # ------------------------------------------------------------------------------ contents

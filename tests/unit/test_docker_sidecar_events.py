@@ -9,8 +9,8 @@ from typing import Any
 
 from kod import labels as kl
 from kod import wire
+from kod.hub import Hub
 from sidecars.docker import naming
-from sidecars.docker.hub import Hub
 from sidecars.docker.record import PodRecord
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.settings import DockerSidecarSettings
@@ -31,15 +31,15 @@ class FakeEngine:
 
 
 def setup() -> tuple[Runtime, FakeEngine, PodState, list[PodState]]:
-    settings = DockerSidecarSettings(name="evt", docker_url="unix:///nonexistent.sock")
+    settings = DockerSidecarSettings(name="evt", docker_url="unix:///nonexistent.sock", host_access={"mode": "off"})
     engine = FakeEngine()
     rt = Runtime(settings, engine, Hub(8))  # type: ignore[arg-type]
     kicked: list[PodState] = []
-    rt.kick = kicked.append  # type: ignore[method-assign,assignment]
+    rt.worker.kick = kicked.append  # type: ignore[method-assign,assignment]
     rec = PodRecord(pod=wire.Pod.model_validate({"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
                                                  "spec": {"containers": [{"name": "c", "image": "img"}]}}))
     pod = PodState.new(rec, datetime.now(timezone.utc), {})
-    rt._register(pod)
+    rt.table.register(pod)
     return rt, engine, pod, kicked
 
 
@@ -50,29 +50,29 @@ def event(action: str, cid: str, when: float) -> dict[str, Any]:
 
 async def test_an_event_answered_by_a_later_inspect_costs_no_second_inspect() -> None:
     rt, engine, pod, kicked = setup()
-    rt._on_event(event("create", "infra", time.time()))  # before the create's answer: unknown id
+    rt.events.on_event(event("create", "infra", time.time()))  # before the create's answer: unknown id
     assert kicked == [pod]
     pod.infra_id = "infra"
-    await rt._refresh_infra(pod)  # the set-up's own inspect, sent after the event
-    await rt._refresh(pod)
+    await rt.worker.refresh_infra(pod)  # the set-up's own inspect, sent after the event
+    await rt.worker.refresh(pod)
     assert engine.inspected == ["infra"]
 
 
 async def test_an_event_after_the_last_inspect_is_inspected() -> None:
     rt, engine, pod, _ = setup()
     pod.infra_id = "infra"
-    await rt._refresh_infra(pod)
-    rt._on_event(event("die", "infra", time.time() + 1))
-    await rt._refresh(pod)
+    await rt.worker.refresh_infra(pod)
+    rt.events.on_event(event("die", "infra", time.time() + 1))
+    await rt.worker.refresh(pod)
     assert engine.inspected == ["infra", "infra"]
-    await rt._refresh(pod)  # nothing new
+    await rt.worker.refresh(pod)  # nothing new
     assert engine.inspected == ["infra", "infra"]
 
 
 async def test_a_container_marked_stale_is_inspected_whatever_the_events() -> None:
     rt, engine, pod, _ = setup()
     pod.infra_id = "infra"
-    await rt._refresh_infra(pod)
+    await rt.worker.refresh_infra(pod)
     pod.stale.add("infra")  # a start by this process, or a resync
-    await rt._refresh(pod)
+    await rt.worker.refresh(pod)
     assert engine.inspected == ["infra", "infra"]

@@ -76,7 +76,8 @@ async def engine(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, str]]:
 
 
 def settings_for(url: str, **extra: Any) -> DockerSidecarSettings:
-    values: dict[str, Any] = {"ready_timeout_seconds": 5, "heartbeat_seconds": 0.2, **extra}
+    # A fake engine has no host file system: staging off.
+    values: dict[str, Any] = {"ready_timeout_seconds": 5, "heartbeat_seconds": 0.2, "host_access": {"mode": "off"}, **extra}
     return DockerSidecarSettings(name="unit", token=SecretStr(TOKEN), docker_url=url, **values)
 
 

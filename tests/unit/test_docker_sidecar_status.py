@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -11,7 +10,6 @@ import pytest
 
 from kod import wire
 from sidecars.docker import logs, status
-from sidecars.docker.hub import Hub
 from sidecars.docker.record import PodRecord
 from sidecars.docker.settings import RestartSettings
 from sidecars.docker.state import PodState, Run
@@ -209,7 +207,7 @@ def test_kubelet_phase_table(policy, main, phase) -> None:
     assert status.kubelet_phase(spec, [], statuses) == phase
 
 
-# ------------------------------------------------------------------ logs and the hub
+# ------------------------------------------------------------------ logs
 
 
 async def _chunks(*parts: bytes):
@@ -242,18 +240,6 @@ def test_log_options_become_engine_parameters() -> None:
                       "since": f"{now.timestamp() - 60:.9f}"}
     since = logs.docker_params(wire.LogOptions(sinceTime=now))
     assert float(since["since"]) == now.timestamp()
-
-
-async def test_a_slow_watch_client_is_cut_off_not_buffered() -> None:
-    hub = Hub(queue_size=2)
-    with hub.subscribe() as slow, hub.subscribe() as fast:
-        for _ in range(3):
-            hub.publish(wire.WatchEvent(type="HEARTBEAT"))
-            if not fast.queue.empty():
-                fast.queue.get_nowait()
-        assert slow.overflowed and await asyncio.wait_for(slow.queue.get(), 1) is None
-        assert not fast.overflowed
-    assert hub.subscribers == 0
 
 
 def test_inspect_data_becomes_a_run_and_never_ends_before_it_starts() -> None:

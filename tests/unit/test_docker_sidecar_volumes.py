@@ -7,9 +7,12 @@ import io
 import tarfile
 from typing import Any
 
+import pytest
+
 from kod import wire
 from sidecars.docker import naming, volumes
-from sidecars.docker.settings import PolicySettings
+from sidecars.docker.ceilings import Ceilings
+from sidecars.docker.settings import HostPathEntry, LimitsSettings, PolicySettings
 
 POLICY = PolicySettings()
 
@@ -105,14 +108,20 @@ def test_containers_bind_their_volume_directories() -> None:
         {"name": "scratch", "mountPath": "/w", "readOnly": True},
         {"name": "data", "mountPath": "/home"},
         {"name": "data", "mountPath": "/docs", "subPath": "Documents"},
-        {"name": "x11", "mountPath": "/tmp/.X11-unix", "mountPropagation": "HostToContainer"},
+        {"name": "x11", "mountPath": "/tmp/.X11-unix", "mountPropagation": "HostToContainer", "readOnly": True},
         {"name": "dri", "mountPath": "/dev/dri"},
+        {"name": "scratch", "mountPath": "/cache", "subPath": "cache"},
     ]
     s = spec(ALL_KINDS, mounts)
     planned = volumes.plan(s, POLICY)
+    c = s.containers[0]
     loc = volumes.Locations(mem=("m", "/var/lib/docker/volumes/m/_data"), disk=("d", "/var/lib/docker/volumes/d/_data"),
                             pvcs={"home": ("kod-pvc_ns_home", "/var/lib/docker/volumes/kod-pvc_ns_home/_data")})
-    cm = volumes.container_mounts(s.containers[0], planned, loc)
+    # Host paths and subPaths of writable volumes are staged; the sidecar's own contents are not.
+    wanted = [j for j, m in enumerate(c.volumeMounts) if volumes.needs_staging(m, planned[m.name])]
+    assert wanted == [4, 5, 6, 7]
+    staged = {j: f"/run/kod/docker-sidecar/t/u-1/k{j}" for j in wanted}
+    cm = volumes.container_mounts(c, planned, loc, staged)
     by_target = {m["Target"]: m for m in cm.mounts}
     assert by_target["/s"] == {"Type": "bind", "Source": "/var/lib/docker/volumes/m/_data/sec", "Target": "/s",
                                "ReadOnly": True, "BindOptions": {"Propagation": "rslave"}}
@@ -120,13 +129,45 @@ def test_containers_bind_their_volume_directories() -> None:
     assert by_target["/w"]["Source"].endswith("/d/_data/scratch") and by_target["/w"]["ReadOnly"]
     assert by_target["/home"] == {"Type": "volume", "Source": "kod-pvc_ns_home", "Target": "/home", "ReadOnly": False,
                                   "VolumeOptions": {"NoCopy": True}}
-    assert by_target["/docs"]["Source"].endswith("kod-pvc_ns_home/_data/Documents")
-    assert by_target["/tmp/.X11-unix"]["Source"] == "/tmp/.X11-unix"
-    assert by_target["/tmp/.X11-unix"]["BindOptions"] == {"Propagation": "rslave"}
-    assert cm.devices == [{"PathOnHost": "/dev/dri", "PathInContainer": "/dev/dri", "CgroupPermissions": "rwm"}]
+    for target, j, ro in (("/docs", 4, False), ("/tmp/.X11-unix", 5, True), ("/cache", 7, False)):
+        assert by_target[target] == {"Type": "bind", "Source": staged[j], "Target": target, "ReadOnly": ro,
+                                     "BindOptions": {"Propagation": "rprivate"}}
+    assert cm.devices == [{"PathOnHost": staged[6], "PathInContainer": "/dev/dri", "CgroupPermissions": "rw"}]
     assert set(cm.host_access) == {"/tmp/.X11-unix", "/dev/dri"}
-    subs = [(pv.name, sub) for pv, sub in volumes.writable_subpaths(s.containers[0], planned)]
-    assert subs == [("data", "Documents")]  # the ConfigMap subPath is ours, read-only: no check
+    with pytest.raises(LookupError, match="not staged"):
+        volumes.container_mounts(c, planned, loc, {})
+
+
+def test_host_paths_are_read_only_unless_the_entry_is_writable() -> None:
+    pol = PolicySettings(host_paths=[HostPathEntry(path="/srv/ro"), HostPathEntry(path="/srv/rw", writable=True)])
+    s = spec([{"name": "ro", "hostPath": {"path": "/srv/ro"}}, {"name": "rw", "hostPath": {"path": "/srv/rw"}}],
+             [{"name": "ro", "mountPath": "/a"}, {"name": "rw", "mountPath": "/b"}])
+    planned = volumes.plan(s, pol)
+    ro, rw = s.containers[0].volumeMounts
+    assert volumes.mount_read_only(ro, planned["ro"]) and not volumes.mount_read_only(rw, planned["rw"])
+    assert planned["ro"].host_kind == "directory" and not planned["ro"].host_writable
+
+
+def test_the_pods_tmpfs_is_bounded_by_its_contents_and_memory_empty_dirs() -> None:
+    ceilings = Ceilings.resolve(LimitsSettings(default_memory="256Mi"), node_memory=None, node_cpu_millis=None)
+    s = wire.PodSpec.model_validate({
+        "containers": [
+            {"name": "a", "image": "i", "volumeMounts": [{"name": "fast", "mountPath": "/f"}],
+             "resources": {"limits": {"memory": "512Mi"}}},
+            {"name": "b", "image": "i", "volumeMounts": [{"name": "fast", "mountPath": "/f"},
+                                                          {"name": "sized", "mountPath": "/s"}]},
+        ],
+        "volumes": [{"name": "fast", "emptyDir": {"medium": "Memory"}},
+                    {"name": "sized", "emptyDir": {"medium": "Memory", "sizeLimit": "10Mi"}},
+                    {"name": "sec", "secret": {"secretName": "s"}}],
+    })
+    planned = volumes.plan(s, POLICY)
+    contents = [wire.ResolvedVolume(name="sec", files=[wire.FileItem(path="k", data=b64(b"x" * 5000))])]
+    size = volumes.memory_area_size(s, planned, contents, ceilings)
+    # fast: the largest limit of its containers (512Mi), sized: its sizeLimit, the file: 2 pages + 1.
+    assert size == 512 * 2**20 + 10 * 2**20 + 3 * 4096 + 2**20
+    capped = volumes.memory_area_size(s, planned, contents, ceilings, cap="64Mi")
+    assert capped == 64 * 2**20 + 3 * 4096 + 2**20
 
 
 def test_infra_mounts_private_volumes_and_claims() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecars.docker.hub import Hub
+from kod.hub import Hub
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.settings import DockerSidecarSettings
 

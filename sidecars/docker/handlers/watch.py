@@ -6,37 +6,15 @@ when the client falls too far behind or the sidecar stops; reconnecting gives a 
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from kod import wire
+from kod.watch_serve import serve_watch
 from sidecars.docker.handlers.keys import HUB, RUNTIME, SETTINGS
-
-
-def _line(event: wire.WatchEvent) -> bytes:
-    return event.model_dump_json(exclude_none=True, by_alias=True).encode() + b"\n"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     await runtime.wait_ready()
-    heartbeat = request.app[SETTINGS].heartbeat_seconds
-    response = web.StreamResponse(headers={"Content-Type": wire.NDJSON, "Cache-Control": "no-store"})
-    with request.app[HUB].subscribe() as sub:
-        # Subscribed before the snapshot: a change racing with it arrives after it, never lost.
-        await response.prepare(request)
-        try:
-            await response.write(_line(wire.WatchEvent(type="SYNC", pods=runtime.list())))
-            while True:
-                try:
-                    event = await asyncio.wait_for(sub.queue.get(), heartbeat)
-                except TimeoutError:
-                    event = wire.WatchEvent(type="HEARTBEAT")
-                if event is None:
-                    break
-                await response.write(_line(event))
-        except ConnectionResetError:
-            return response
-    await response.write_eof()
-    return response
+    return await serve_watch(
+        request, request.app[HUB], snapshot=runtime.list, heartbeat_seconds=request.app[SETTINGS].heartbeat_seconds
+    )
