@@ -2,28 +2,36 @@
 
     settings = load_settings(InterlinkSettings, path, env_prefix=ENV_PREFIX)
     app = create_app(settings)          # reads (or creates) the token file
-    web.run_app(app, ...)               # or an AppRunner, as interlink.main does
+    await kod.service.serve_app(app, settings.listen, ...)    # as interlink.main does
 
-On startup the cleanup context opens one client and one watch stream per sidecar; on shutdown
-the watch clients are released first, then the streams are cancelled and the clients closed.
+On startup the cleanup context opens one client (`kod.http.ApiClient`) and one status stream
+(`kod.watch_follow`) per sidecar; on shutdown the watch clients are released first, then the
+streams are cancelled and the clients closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from kod.http import bearer_auth_middleware, error_middleware, request_id_middleware
+from kod.hub import Hub
+from kod.log import get_logger
+from kod.routes import INTERLINK, open_paths
 from kod.tokens import server_token
-from interlink.hub import Hub
-from interlink.routes import OPEN_PATHS, add_routes
+from kod.watch_follow import follow_watch
+
+from interlink.routes import add_routes
 from interlink.settings import InterlinkSettings
-from interlink.sidecar import SidecarClient
+from interlink.sidecar import open_sidecar
 from interlink.state import HUB, SETTINGS, SIDECARS, STORE, Sidecars
 from interlink.store import PodStore
-from interlink.upstream import LinkHealth, follow_sidecar
+
+log = get_logger(__name__)
+
 
 def create_app(settings: InterlinkSettings) -> web.Application:
     """The interlink app. Raises InvalidInput when the token cannot be read or created."""
@@ -32,7 +40,7 @@ def create_app(settings: InterlinkSettings) -> web.Application:
         middlewares=[
             request_id_middleware,
             error_middleware,
-            bearer_auth_middleware(token, open_paths=OPEN_PATHS),
+            bearer_auth_middleware(token, open_paths=open_paths(INTERLINK)),
         ]
     )
     hub = Hub(settings.watch.client_queue)
@@ -46,10 +54,15 @@ def create_app(settings: InterlinkSettings) -> web.Application:
         sidecars.started = asyncio.get_running_loop().time()
         tasks = []
         for conf in settings.sidecars:
-            client = SidecarClient(conf)
-            sidecars.clients[conf.name] = client
-            sidecars.health[conf.name] = health = LinkHealth()
-            follow = follow_sidecar(client, app[STORE], settings.watch, health)
+            sidecar = sidecars.by_name[conf.name] = open_sidecar(conf)
+            follow = follow_watch(
+                sidecar.api,
+                functools.partial(app[STORE].apply, conf.name),
+                idle_seconds=settings.watch.sidecar_idle_seconds,
+                backoff=settings.watch.backoff_seconds,
+                health=sidecar.health,
+                logger=log.bind(sidecar=conf.name),
+            )
             tasks.append(asyncio.create_task(follow, name=f"interlink-watch-{conf.name}"))
         try:
             yield
@@ -57,13 +70,13 @@ def create_app(settings: InterlinkSettings) -> web.Application:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for client in sidecars.clients.values():
-                await client.close()
+            for sidecar in sidecars.by_name.values():
+                await sidecar.api.close()
 
     async def end_streams(app: web.Application) -> None:
         # Watch clients get a clean end (they reconnect to whoever serves next); log streams are
         # cut at once rather than after the shutdown timeout (their clients see the cut).
-        app[HUB].close_all()
+        app[HUB].close()
         sidecars = app[SIDECARS]
         sidecars.stopping = True
         for upstream in list(sidecars.streams):

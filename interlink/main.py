@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
-import signal
-import stat
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from kod import __version__, errors
-from kod.log import configure, get_logger
+from kod.log import configure
+from kod.service import serve_app
 from kod.settings import load_settings
 
 from interlink.app import create_app
 from interlink.settings import DEFAULT_PORT, DEFAULT_SIDECAR_URL, ENV_PREFIX, InterlinkSettings, default_config_file
-
-log = get_logger(__name__)
 
 EPILOG = f"""\
 configuration (later wins): built-in defaults, the TOML file, {ENV_PREFIX}* variables, flags.
@@ -77,75 +71,18 @@ def load(args: argparse.Namespace) -> InterlinkSettings:
     return load_settings(InterlinkSettings, path, env_prefix=ENV_PREFIX, overrides=overrides)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _prepare_socket(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise errors.InvalidInput(f"{path} exists and is not a socket; refusing to replace it")
-        path.unlink()  # a stale socket of a previous run
-
-
 async def serve(settings: InterlinkSettings, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or until `stop` is set), then shut down cleanly."""
-    stop = stop or asyncio.Event()
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,  # a client that goes away cancels its stream, and its upstream
+    await serve_app(
+        create_app(settings),
+        settings.listen,
         shutdown_timeout=settings.shutdown_timeout_seconds,
-        access_log=None,
+        env_prefix=ENV_PREFIX,
+        stop=stop,
+        listening="interlink listening",
+        stopping="interlink shutting down",
+        log_fields={"sidecars": [s.name for s in settings.sidecars]},
     )
-    await runner.setup()
-    loop = asyncio.get_running_loop()
-    try:
-        listen = settings.listen
-        if listen.socket:
-            path = Path(listen.socket).expanduser()
-            _prepare_socket(path)
-            old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
-            try:
-                site: web.BaseSite = web.UnixSite(runner, str(path))
-                await site.start()
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-            where = f"unix://{path}"
-        else:
-            if not _is_loopback(listen.host):
-                log.warning(
-                    "listening on a non-loopback address: the bearer token and pod specs travel in "
-                    "clear; put TLS in front or use a unix socket",
-                    host=listen.host,
-                )
-            site = web.TCPSite(runner, listen.host, listen.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise errors.Unavailable(
-                    f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}",
-                    hint=f"pick another port with --port or {ENV_PREFIX}LISTEN__PORT",
-                ) from exc
-            where = ", ".join(f"http://{a[0]}:{a[1]}" for a in runner.addresses)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("interlink listening", address=where, sidecars=[s.name for s in settings.sidecars])
-        await stop.wait()
-        log.info("interlink shutting down")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        if settings.listen.socket:
-            Path(settings.listen.socket).expanduser().unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

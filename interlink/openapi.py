@@ -5,9 +5,10 @@
     python -m interlink.openapi --check    # exit 1 when the committed file is stale
 
 The schemas come from `kod.wire.SCHEMA_MODELS` (pydantic's JSON Schema, which OpenAPI 3.1 uses
-as is); the paths are the table below, the same on interlink and on every sidecar. A unit test
-fails when the committed file differs from what this module generates, and another when the
-service's routes and this table disagree.
+as is); the paths are the route table `kod.routes.OPERATIONS`, from which interlink and every
+sidecar register their routes too (`x-served-by` names the services that serve an operation). A
+unit test fails when the committed file differs from what this module generates, and another when
+a service's routes and the document disagree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from kod import __version__, wire
+from kod.routes import JSON, OPERATIONS, TEXT, Operation
 
 #: Where the committed document lives (shipped as package data).
 SPEC_PATH = Path(__file__).with_name("openapi.json")
@@ -33,106 +34,6 @@ _COMMON_ERRORS: dict[str, str] = {
     "401": "Missing or wrong bearer token.",
     "503": "A sidecar (or, on a sidecar, its container engine) cannot be reached now; retry.",
 }
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One operation of the API: enough to write its OpenAPI entry."""
-
-    method: str
-    path: str
-    operation_id: str
-    summary: str
-    #: Success answers: status -> (description, schema model or None, media type).
-    responses: dict[str, tuple[str, type[BaseModel] | None, str]]
-    #: Extra error answers: status -> description.
-    errors: dict[str, str] = field(default_factory=dict)
-    body: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    path_params: tuple[str, ...] = ()
-    authenticated: bool = True
-
-
-JSON = "application/json"
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "get",
-        "/v1/ping",
-        "ping",
-        "What the node offers: capacity, taints, labels, and the health of each sidecar.",
-        {"200": ("At least one sidecar answers.", wire.NodeInfo, JSON)},
-    ),
-    Operation(
-        "post",
-        "/v1/pods",
-        "createPod",
-        "Run a pod. Idempotent by uid: creating a pod whose uid exists returns its status.",
-        {
-            "201": ("The pod was created.", wire.PodStatus, JSON),
-            "200": ("A pod with this uid already exists; its status.", wire.PodStatus, JSON),
-        },
-        errors={
-            "400": "Malformed JSON, a body that fails validation, or no sidecar accepts the pod.",
-            "403": "The desktop's policy refuses the pod (privileged, host paths, ...).",
-            "409": "A pod with this namespace and name but another uid exists.",
-        },
-        body=wire.PodCreateRequest,
-    ),
-    Operation(
-        "get",
-        "/v1/pods",
-        "listPods",
-        "The latest status of every pod.",
-        {"200": ("Every pod known.", wire.PodStatusList, JSON)},
-    ),
-    Operation(
-        "get",
-        "/v1/pods/{namespace}/{name}",
-        "getPod",
-        "The current status of one pod.",
-        {"200": ("The pod's status.", wire.PodStatus, JSON)},
-        errors={"404": "No such pod."},
-        path_params=("namespace", "name"),
-    ),
-    Operation(
-        "delete",
-        "/v1/pods/{namespace}/{name}",
-        "deletePod",
-        "Stop a pod's containers (SIGTERM, then SIGKILL after the grace period) and remove them.",
-        {"200": ("The pod's final status.", wire.PodStatus, JSON)},
-        errors={"400": "Bad query parameters.", "404": "No such pod (or not with this uid)."},
-        query=wire.DeleteOptions,
-        path_params=("namespace", "name"),
-    ),
-    Operation(
-        "get",
-        "/v1/pods/{namespace}/{name}/containers/{container}/logs",
-        "podLogs",
-        "A container's log as text, streamed while the container runs when follow=true.",
-        {"200": ("The log (chunked when following).", None, "text/plain")},
-        errors={"400": "Bad query parameters.", "404": "No such pod or container."},
-        query=wire.LogOptions,
-        path_params=("namespace", "name", "container"),
-    ),
-    Operation(
-        "get",
-        "/v1/watch",
-        "watch",
-        "Pushed status: one WatchEvent per line. A SYNC with every pod first, then STATUS and "
-        f"DELETED events as they happen, and a HEARTBEAT every {wire.WATCH_HEARTBEAT_SECONDS:g} s "
-        "of silence. Reconnect (and get a fresh SYNC) when the stream ends or stays silent for "
-        "three heartbeat intervals.",
-        {"200": ("Newline-delimited JSON, one WatchEvent per line.", wire.WatchEvent, wire.NDJSON)},
-    ),
-    Operation(
-        "get",
-        "/openapi.json",
-        "openapi",
-        "This document.",
-        {"200": ("The OpenAPI 3.1 document.", None, JSON)},
-        authenticated=False,
-    ),
-)
 
 
 def _schemas() -> dict[str, Any]:
@@ -171,7 +72,7 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, (description, model, media) in op.responses.items():
         content: dict[str, Any] = {media: {"schema": _ref(model)} if model else {}}
-        if media == "text/plain":
+        if media == TEXT:
             content[media] = {"schema": {"type": "string"}}
         responses[status] = {"description": description, "content": content}
     errors = {**_COMMON_ERRORS, **op.errors} if op.authenticated else dict(op.errors)
@@ -183,6 +84,7 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     out["responses"] = responses
     if not op.authenticated:
         out["security"] = []
+    out["x-served-by"] = sorted(op.served_by)
     return out
 
 

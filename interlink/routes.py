@@ -1,10 +1,12 @@
-"""Every route of interlink, in one place (the same table as `interlink.openapi.OPERATIONS`)."""
+"""interlink's handlers, registered from the route table of `kod.routes` (the one the OpenAPI
+document is generated from)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from kod.wire import API_PREFIX
+from kod.routes import INTERLINK
+from kod.routes import add_routes as add_table_routes
 
 from interlink.handlers.create_pod import create_pod
 from interlink.handlers.delete_pod import delete_pod
@@ -15,18 +17,19 @@ from interlink.handlers.ping import ping
 from interlink.handlers.pod_logs import pod_logs
 from interlink.handlers.watch import watch
 
-#: Paths that need no token.
-OPEN_PATHS = frozenset({"/openapi.json"})
+#: Operation id (kod.routes) -> handler.
+HANDLERS = {
+    "ping": ping,
+    "createPod": create_pod,
+    "listPods": list_pods,
+    "getPod": get_pod,
+    "deletePod": delete_pod,
+    "podLogs": pod_logs,
+    "watch": watch,
+    "openapi": openapi_doc,
+}
 
 
 def add_routes(app: web.Application) -> None:
     """Register the handlers on `app`."""
-    pod = API_PREFIX + "/pods/{namespace}/{name}"
-    app.router.add_get(API_PREFIX + "/ping", ping)
-    app.router.add_post(API_PREFIX + "/pods", create_pod)
-    app.router.add_get(API_PREFIX + "/pods", list_pods)
-    app.router.add_get(pod, get_pod)
-    app.router.add_delete(pod, delete_pod)
-    app.router.add_get(pod + "/containers/{container}/logs", pod_logs)
-    app.router.add_get(API_PREFIX + "/watch", watch)
-    app.router.add_get("/openapi.json", openapi_doc)
+    add_table_routes(app, INTERLINK, HANDLERS)

@@ -24,12 +24,11 @@ Environment names are the prefix plus the field in upper case, `__` between nest
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from kod import wire
+from kod import names, service, wire
 from kod.settings import config_home
 
 ENV_PREFIX = "KOD_INTERLINK_"
@@ -47,19 +46,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ListenSettings(_Section):
+class ListenSettings(service.ListenSettings):
     """Where interlink serves the virtual kubelet."""
 
-    host: str = Field(
-        default="127.0.0.1",
-        description="TCP address. Keep it on loopback unless the virtual kubelet runs elsewhere; "
-        "then put TLS in front (the token travels in clear).",
-    )
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="TCP port; 0 picks a free one.")
-    socket: str = Field(
-        default="",
-        description="Path of a unix socket to listen on INSTEAD of TCP (created with mode 0600).",
-    )
 
 
 class MatchRule(_Section):
@@ -77,9 +67,6 @@ class MatchRule(_Section):
         return self.runtime_class is None and not self.labels and not self.annotations
 
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
 class SidecarSettings(_Section):
     """One plugin interlink routes pods to."""
 
@@ -93,7 +80,7 @@ class SidecarSettings(_Section):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not names.is_dns_label(value):
             raise ValueError(f"sidecar name {value!r} must be a DNS label (a-z, 0-9, '-')")
         return value
 

@@ -1,4 +1,4 @@
-"""What the handlers share: the sidecar clients, the pod store, the watch hub, and the typed
+"""What the handlers share: the sidecars, the pod store, the watch hub, and the typed
 `web.AppKey`s they live under."""
 
 from __future__ import annotations
@@ -6,36 +6,34 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from kod import errors
+from kod.http import Stream
+from kod.hub import Hub
 from kod.wire import Pod, PodStatus
 
-from interlink.hub import Hub
 from interlink.routing import choose
 from interlink.settings import InterlinkSettings
-from interlink.sidecar import SidecarClient
+from interlink.sidecar import Sidecar
 from interlink.store import PodStore
-from interlink.upstream import LinkHealth
 
 
 @dataclass
 class Sidecars:
-    """The configured sidecars, in config order, with their clients and stream health."""
+    """The configured sidecars, by name in config order."""
 
     settings: InterlinkSettings
-    clients: dict[str, SidecarClient] = field(default_factory=dict)
-    health: dict[str, LinkHealth] = field(default_factory=dict)
+    by_name: dict[str, Sidecar] = field(default_factory=dict)
     #: When the links were started (loop time), for the initial-sync grace period.
     started: float = 0.0
     #: Upstream streams open now (logs), closed at shutdown so their clients learn at once.
-    streams: set[aiohttp.ClientResponse] = field(default_factory=set)
+    streams: set[Stream] = field(default_factory=set)
     stopping: bool = False
 
-    def for_new_pod(self, pod: Pod) -> SidecarClient:
+    def for_new_pod(self, pod: Pod) -> Sidecar:
         """The sidecar the routing rules pick for a pod that no sidecar holds yet."""
-        return self.clients[choose(self.settings.sidecars, pod).name]
+        return self.by_name[choose(self.settings.sidecars, pod).name]
 
 
 SETTINGS = web.AppKey("settings", InterlinkSettings)
@@ -59,19 +57,19 @@ async def initial_sync(app: web.Application) -> None:
             pass
 
 
-async def locate(app: web.Application, namespace: str, name: str, uid: str | None = None) -> SidecarClient:
+async def locate(app: web.Application, namespace: str, name: str, uid: str | None = None) -> Sidecar:
     """The sidecar that holds a pod. The store answers at once; for a pod it does not know (its
     sidecar has not synced yet, or the pod is brand new) every sidecar is asked.
     Raises NotFound when none has it, Unavailable when one that might have it cannot say."""
     sidecars = app[SIDECARS]
     known = app[STORE].locate(namespace, name, uid)
     if known is not None:
-        return sidecars.clients[known]
-    clients = list(sidecars.clients.values())
+        return sidecars.by_name[known]
+    candidates = list(sidecars.by_name.values())
     path = f"/v1/pods/{namespace}/{name}"
-    results = await asyncio.gather(*(c.call("GET", path, PodStatus) for c in clients), return_exceptions=True)
+    results = await asyncio.gather(*(s.api.call("GET", path, PodStatus) for s in candidates), return_exceptions=True)
     unreachable = []
-    for client, result in zip(clients, results, strict=True):
+    for sidecar, result in zip(candidates, results, strict=True):
         if isinstance(result, BaseException):
             if isinstance(result, errors.NotFound):
                 continue
@@ -81,8 +79,8 @@ async def locate(app: web.Application, namespace: str, name: str, uid: str | Non
             raise result
         _, status = result
         if uid is None or status.uid == uid:
-            app[STORE].record(client.name, status)
-            return client
+            app[STORE].record(sidecar.name, status)
+            return sidecar
     what = f"pod {namespace}/{name}" + (f" with uid {uid}" if uid else "")
     if unreachable:
         raise errors.Unavailable(f"{what} is on no reachable sidecar; {'; '.join(unreachable)}")

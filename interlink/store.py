@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from kod.hub import Hub
 from kod.log import get_logger, pod_context
 from kod.wire import PodStatus, WatchEvent
 
-from interlink.hub import Hub
 
 log = get_logger(__name__)
 
@@ -36,6 +36,15 @@ class PodStore:
         self.all_synced = asyncio.Event()
 
     # --- fed by the sidecars' watch streams ---
+
+    def apply(self, sidecar: str, event: WatchEvent) -> None:
+        """One event of a sidecar's status stream (`kod.watch_follow` delivers them)."""
+        if event.type == "SYNC":
+            self.apply_sync(sidecar, event.pods or [])
+        elif event.type == "STATUS" and event.pod is not None:
+            self.apply_status(sidecar, event.pod)
+        elif event.type == "DELETED" and event.pod is not None:
+            self.apply_deleted(sidecar, event.pod)
 
     def apply_sync(self, sidecar: str, pods: Iterable[PodStatus]) -> None:
         """A sidecar's complete state: publish what changed, and DELETED for what is gone."""

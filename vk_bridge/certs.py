@@ -1,12 +1,14 @@
 """The kubelet API's serving certificate and the CA that authenticates its callers.
 
 The API server verifies the kubelet's serving certificate against `--kubelet-certificate-authority`
-(the cluster CA). vk_bridge gets one the way a kubelet does with `serverTLSBootstrap`: it creates a
-CertificateSigningRequest for signer `kubernetes.io/kubelet-serving` (subject
-`system:node:<node>`, organisation `system:nodes`, the node's IP and hostname as SANs), waits until
-someone approves it and the controller-manager signs it, and keeps the result in `cert_dir` for the
-next start. Nothing approves serving CSRs automatically: `kubectl certificate approve <name>` (the
-local stack does it with the admin kubeconfig). Files given in the settings are used as they are.
+(the cluster CA). vk_bridge gets one the way a kubelet does with `serverTLSBootstrap`: as its node
+(`system:node:<node>`, vk_bridge/identity.py) it creates a CertificateSigningRequest for signer
+`kubernetes.io/kubelet-serving` (subject `system:node:<node>`, organisation `system:nodes`, the
+node's address and names as SANs), waits until someone approves it and the controller-manager
+signs it, and keeps the result in `cert_dir` for the next start. Nothing approves serving CSRs
+automatically (a certificate for an address is worth checking): `kubectl certificate approve
+<name>` after checking requester, subject, SANs and key; the local stack does exactly that
+(localenv.desktop_stack.approve_vk_csrs). Files given in the settings are used as they are.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,13 +29,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kod import errors
+from kod.files import write_private
+from kod.kube import KubeClient
+from kod.kube_watch import list_and_watch
 from kod.log import get_logger
-from vk_bridge.kube import KubeClient
-from vk_bridge.watch import list_and_watch
 
 log = get_logger(__name__)
 
 SIGNER = "kubernetes.io/kubelet-serving"
+CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 #: A stored certificate this close to expiry (or with other SANs) is replaced at start.
 RENEW_BEFORE = timedelta(days=7)
 
@@ -44,20 +46,6 @@ RENEW_BEFORE = timedelta(days=7)
 class ServingCert:
     cert_file: Path
     key_file: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_key() -> ec.EllipticCurvePrivateKey:
@@ -86,17 +74,17 @@ def make_csr(key: ec.EllipticCurvePrivateKey, node_name: str, dns_names: list[st
 
 def cert_fits(
     cert_file: Path, key_file: Path, dns_names: list[str], ips: list[str], now: datetime | None = None,
-    *, ca_file: str | Path | None = None,
+    *, ca_pem: bytes | None = None,
 ) -> bool:
     """True when a stored certificate is valid for a while yet, names every wanted SAN, and (when
-    `ca_file` is given) was issued by that CA: a re-created cluster has a new CA, and the API
-    server would refuse the old certificate."""
+    the cluster's CA bundle `ca_pem` is given) was issued by that CA: a re-created cluster has a
+    new CA, and the API server would refuse the old certificate."""
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (OSError, ValueError):
         return False
-    if ca_file is not None and not _issued_by(cert, Path(ca_file)):
+    if ca_pem is not None and not issued_by(cert, ca_pem):
         return False
     now = now or datetime.now(UTC)
     if cert.not_valid_after_utc - RENEW_BEFORE < now or cert.not_valid_before_utc > now + timedelta(minutes=5):
@@ -112,10 +100,11 @@ def cert_fits(
     return set(d for d in dns_names if d) <= have_dns and set(i for i in ips if i) <= have_ips
 
 
-def _issued_by(cert: x509.Certificate, ca_file: Path) -> bool:
+def issued_by(cert: x509.Certificate, ca_pem: bytes) -> bool:
+    """True when one of the CAs in `ca_pem` signed `cert` (or `ca_pem` holds no readable CA)."""
     try:
-        cas = x509.load_pem_x509_certificates(ca_file.read_bytes())
-    except (OSError, ValueError):
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
         return True  # no readable CA: nothing to check against
     for ca in cas:
         try:
@@ -147,42 +136,47 @@ async def obtain_serving_cert(
     ips: list[str],
     cert_dir: Path,
     timeout: float,
-    ca_file: str | None = None,
+    ca_pem: bytes | None = None,
 ) -> ServingCert:
     """A serving certificate for the kubelet API from the cluster's kubelet-serving signer,
     reusing the stored one when it still fits (and, given the cluster CA, was issued by it)."""
     cert_dir = cert_dir.expanduser()
     cert_file, key_file = cert_dir / "kubelet-serving.crt", cert_dir / "kubelet-serving.key"
-    if cert_fits(cert_file, key_file, dns_names, ips, ca_file=ca_file):
+    if cert_fits(cert_file, key_file, dns_names, ips, ca_pem=ca_pem):
         return ServingCert(cert_file, key_file)
     key = make_key()
     csr_pem = make_csr(key, node_name, dns_names, ips)
     name = f"kod-vk-{node_name}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}"[:253]
-    await kube.create("/apis/certificates.k8s.io/v1/certificatesigningrequests", csr_object(name, csr_pem))
+    await kube.create(CSR_PATH, csr_object(name, csr_pem))
     log.info(
         "waiting for the kubelet serving certificate",
         csr=name,
-        hint=f"approve it: kubectl certificate approve {name}",
+        hint=f"a cluster admin checks and approves it: kubectl certificate approve {name}",
     )
-    try:
-        pem = await asyncio.wait_for(_wait_signed(kube, name), timeout)
-    except TimeoutError as exc:
-        raise errors.Unavailable(
-            f"CertificateSigningRequest {name} was not approved and signed within {timeout:.0f}s",
-            hint=f"approve it with `kubectl certificate approve {name}`, or set kubelet_api.cert_file/key_file",
-        ) from exc
-    _write_private(key_file, key_pem(key))
-    _write_private(cert_file, pem)
+    pem = await wait_for_certificate(
+        kube, name, timeout,
+        hint=f"approve it with `kubectl certificate approve {name}`, or set kubelet_api.cert_file/key_file",
+    )
+    write_private(key_file, key_pem(key))
+    write_private(cert_file, pem)
     log.info("kubelet serving certificate issued", csr=name)
     return ServingCert(cert_file, key_file)
 
 
+async def wait_for_certificate(kube: KubeClient, name: str, timeout: float, *, hint: str) -> bytes:
+    """The certificate (PEM) the signer put into CSR `name`, once approved and signed. Raises
+    Forbidden when it is denied or fails, Unavailable (with `hint`) after `timeout` seconds."""
+    try:
+        return await asyncio.wait_for(_wait_signed(kube, name), timeout)
+    except TimeoutError as exc:
+        raise errors.Unavailable(
+            f"CertificateSigningRequest {name} was not approved and signed within {timeout:.0f}s", hint=hint,
+        ) from exc
+
+
 async def _wait_signed(kube: KubeClient, name: str) -> bytes:
     async for event in list_and_watch(
-        kube,
-        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-        params={"fieldSelector": f"metadata.name={name}"},
-        timeout_seconds=60,
+        kube, CSR_PATH, params={"fieldSelector": f"metadata.name={name}"}, timeout_seconds=60, retry_refusals=False,
     ):
         objects = event.objects if event.type == "SYNC" else [event.object] if event.object else []
         for obj in objects:
@@ -205,7 +199,7 @@ async def client_ca_pem(kube: KubeClient, ca_file: Path | None) -> str:
     if not pem:
         raise errors.Unavailable(
             "cannot read the cluster's client CA (kube-system/extension-apiserver-authentication)",
-            hint="set kubelet_api.client_ca_file, or grant the RBAC in kustomizations/",
+            hint="set kubelet_api.client_ca_file, or let nodes read it: the RoleBinding in kustomizations/base",
         )
     return str(pem)
 

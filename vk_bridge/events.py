@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kod import errors
+from kod.kube import KubeClient
 from kod.log import get_logger
-from vk_bridge.kube import KubeClient
 from vk_bridge.status import k8s_time
 
 log = get_logger(__name__)

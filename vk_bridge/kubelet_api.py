@@ -14,14 +14,27 @@ Only callers the cluster authenticates get in, as with the kubelet's webhook mod
 certificate signed by the cluster's client CA (the API server's own `--kubelet-client-certificate`)
 or a bearer token the TokenReview API accepts; then a SubjectAccessReview must allow the verb on
 `nodes/<subresource>` of this node (containerLogs -> nodes/proxy, metrics -> nodes/metrics,
-healthz -> nodes/healthz or nodes/proxy). Answers to TokenReview and SubjectAccessReview are cached
-for `auth_cache_seconds`, denials are not.
+healthz -> nodes/healthz or nodes/proxy).
+
+Answers are cached like the kubelet's webhook authenticator and authorizer do (their defaults:
+token answers 2 min, allowed reviews 5 min, denied 30 s): an accepted token for
+`token_cache_seconds` (120), a rejected one for `token_failure_cache_seconds` (10; the kubelet
+keeps those 2 min too), allowed and denied SubjectAccessReviews for 300 and 30 s. Tokens are
+keyed by their SHA-256, never kept in clear. A review that failed (API server unreachable) is not
+cached. One TokenReview serves every concurrent request with the same token, and reviews of
+tokens not in the cache pass a token bucket (`token_reviews_per_second`, `token_review_burst`):
+beyond it callers get 429 with Retry-After, so a flood of made-up tokens costs the API server a
+bounded number of TokenReviews. (The API server itself calls with its client certificate, which
+needs no review.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,13 +45,13 @@ from pydantic import ValidationError
 
 from kod import errors, wire
 from kod.http import request_id_middleware
+from kod.kube import KubeClient
 from kod.log import get_logger
-from vk_bridge.kube import KubeClient
-from vk_bridge.provider import Provider
+from vk_bridge.provider import LogsSource
 
 log = get_logger(__name__)
 
-PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
+PROVIDER: web.AppKey[LogsSource] = web.AppKey("provider")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 KUBE: web.AppKey[KubeClient] = web.AppKey("kube")
 
@@ -100,43 +113,134 @@ def verb_for(method: str) -> str:
     return {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "get")
 
 
-class Authenticator:
-    """Authentication (client cert or TokenReview) and authorization (SubjectAccessReview)."""
+class TooManyRequests(errors.Unavailable):
+    """Throttled: try again after `retry_after` seconds (429 with Retry-After)."""
 
-    def __init__(self, kube: KubeClient, node_name: str, *, cache_seconds: float = 60.0) -> None:
+    status = 429
+    code = "TooManyRequests"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def take(self) -> float:
+        """Take one: 0.0 when there was one, else the seconds until there is."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class TtlCache(OrderedDict[Any, tuple[float, Any]]):
+    """key -> value until a deadline; at most `size` entries (the oldest go first)."""
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.size, self.clock = size, clock
+
+    def lookup(self, key: Any) -> tuple[bool, Any]:
+        """(True, value) when cached and fresh."""
+        hit = self.get(key)
+        if hit is None:
+            return False, None
+        if hit[0] <= self.clock():
+            del self[key]
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: Any, value: Any, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self[key] = (self.clock() + ttl, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Authenticator:
+    """Authentication (client cert or TokenReview) and authorization (SubjectAccessReview), with
+    the caches and the TokenReview budget the module docstring describes. `reviews` counts the
+    TokenReviews sent."""
+
+    def __init__(
+        self, kube: KubeClient, node_name: str, *, token_ttl: float = 120.0, token_failure_ttl: float = 10.0,
+        allowed_ttl: float = 300.0, denied_ttl: float = 30.0, reviews_per_second: float = 5.0, burst: int = 20,
+        cache_size: int = 4096, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.node_name = node_name
-        self.cache_seconds = cache_seconds
-        self._tokens: dict[str, tuple[float, UserInfo]] = {}
-        self._allowed: dict[tuple[Any, ...], float] = {}
+        self.token_ttl, self.token_failure_ttl = token_ttl, token_failure_ttl
+        self.allowed_ttl, self.denied_ttl = allowed_ttl, denied_ttl
+        self.clock = clock
+        self.reviews = 0
+        self._tokens = TtlCache(cache_size, clock)
+        self._access = TtlCache(cache_size, clock)
+        self._bucket = TokenBucket(reviews_per_second, burst, clock)
+        self._inflight: dict[bytes, asyncio.Task[UserInfo | None]] = {}
+        self._throttled_logged = -math.inf
 
     async def user_from_token(self, token: str) -> UserInfo:
-        now = time.monotonic()
-        cached = self._tokens.get(token)
-        if cached and cached[0] > now:
-            return cached[1]
-        review = await self.kube.create(
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
-        )
-        status = (review or {}).get("status") or {}
-        if not status.get("authenticated"):
+        """The user a bearer token stands for; Unauthorized when the cluster rejects it,
+        TooManyRequests when the review budget is spent."""
+        key = hashlib.sha256(token.encode()).digest()
+        hit, info = self._tokens.lookup(key)
+        if not hit:
+            task = self._inflight.get(key)
+            if task is None:
+                wait = self._bucket.take()
+                if wait:
+                    now = self.clock()
+                    if now - self._throttled_logged > 10:
+                        self._throttled_logged = now
+                        log.warning("kubelet API: too many unknown bearer tokens, TokenReviews throttled", retry_after=round(wait, 2))
+                    raise TooManyRequests("too many requests with unknown bearer tokens; try again later", retry_after=wait)
+                task = asyncio.get_running_loop().create_task(self._review(key, token))
+                self._inflight[key] = task
+            info = await asyncio.shield(task)
+        if info is None:
             raise errors.Unauthorized("the bearer token was not accepted by the cluster")
-        user = status.get("user") or {}
-        info = UserInfo(
-            name=user.get("username", ""), groups=tuple(user.get("groups") or ()), uid=user.get("uid", ""),
-            extra=user.get("extra") or {},
-        )
-        if len(self._tokens) > 1000:
-            self._tokens.clear()
-        self._tokens[token] = (now + self.cache_seconds, info)
+        assert isinstance(info, UserInfo)
         return info
 
+    async def _review(self, key: bytes, token: str) -> UserInfo | None:
+        try:
+            self.reviews += 1
+            review = await self.kube.create(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+            )
+            status = (review or {}).get("status") or {}
+            if not status.get("authenticated"):
+                self._tokens.put(key, None, self.token_failure_ttl)
+                return None
+            user = status.get("user") or {}
+            info = UserInfo(
+                name=user.get("username", ""), groups=tuple(user.get("groups") or ()), uid=user.get("uid", ""),
+                extra=user.get("extra") or {},
+            )
+            self._tokens.put(key, info, self.token_ttl)
+            return info
+        finally:
+            self._inflight.pop(key, None)
+
     async def authorize(self, user: UserInfo, verb: str, subresource: str) -> bool:
-        key = (user.name, user.groups, user.uid, verb, subresource)
-        now = time.monotonic()
-        if self._allowed.get(key, 0) > now:
-            return True
+        extra = tuple(sorted((k, tuple(v)) for k, v in user.extra.items()))
+        key = (user.name, user.groups, user.uid, extra, verb, subresource)
+        hit, allowed = self._access.lookup(key)
+        if hit:
+            return bool(allowed)
         spec: dict[str, Any] = {
             "user": user.name,
             "groups": list(user.groups),
@@ -153,10 +257,7 @@ class Authenticator:
             {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
         )
         allowed = bool(((review or {}).get("status") or {}).get("allowed"))
-        if allowed:
-            if len(self._allowed) > 1000:
-                self._allowed.clear()
-            self._allowed[key] = now + self.cache_seconds
+        self._access.put(key, allowed, self.allowed_ttl if allowed else self.denied_ttl)
         return allowed
 
 
@@ -178,7 +279,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Kubernetes' reason for each status code, for Status bodies.
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-            409: "Conflict", 501: "NotImplemented", 503: "ServiceUnavailable"}
+            409: "Conflict", 429: "TooManyRequests", 501: "NotImplemented", 503: "ServiceUnavailable"}
 
 
 def status_response(code: int, message: str) -> web.Response:
@@ -198,6 +299,10 @@ async def status_error_middleware(request: web.Request, handler: Handler) -> web
         if exc.status < 400:
             raise
         return status_response(exc.status, exc.reason or "error")
+    except TooManyRequests as exc:
+        response = status_response(exc.status, str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     except errors.KodError as exc:
         if exc.status >= 500:
             log.warning("kubelet API request failed", error=exc.code, message=str(exc), path=request.path)
@@ -290,7 +395,7 @@ async def not_supported(request: web.Request) -> web.Response:
     )
 
 
-def create_app(*, provider: Provider, kube: KubeClient, auth: Authenticator) -> web.Application:
+def create_app(*, provider: LogsSource, kube: KubeClient, auth: Authenticator) -> web.Application:
     """The kubelet API application (TLS is added by the server that runs it)."""
     app = web.Application(middlewares=[request_id_middleware, status_error_middleware, auth_middleware])
     app[PROVIDER] = provider

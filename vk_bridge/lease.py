@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kod import errors
+from kod.kube import KubeClient
 from kod.log import get_logger
-from vk_bridge.kube import KubeClient
 
 log = get_logger(__name__)
 

@@ -1,9 +1,17 @@
 """The Node object: registration and status.
 
-`node_object` builds the Node as data; `NodeController` registers it (creating it, or reconciling
-labels and the taint of an existing one without touching taints others put there), then keeps its
-status current: Ready follows the provider's ping, capacity comes from the ping or the settings,
-and the status is re-posted when it changes or every `status_interval_seconds`.
+`node_object` builds the Node as data; `NodeController` registers it (creating it, or bringing the
+labels of an existing one up to date), then keeps its status current: Ready follows the provider's
+ping, capacity comes from the ping or the settings, and the status is re-posted when it changes or
+every `status_interval_seconds`.
+
+What a node may write about itself is what NodeRestriction lets a kubelet write: labels outside
+`kubernetes.io`/`k8s.io` (but the kubelet's own: hostname, os, arch, zone, region, instance type,
+and the `kubelet.kubernetes.io`/`node.kubernetes.io` prefixes), never `node-restriction.kubernetes.io`;
+taints only when the Node is created (a node may not change its own taints later: an admin puts
+back a removed one). A Node of this name that is not this desktop's virtual node (no
+`type=virtual-kubelet` label or not managed by kod-vk, or another user's desktop) is never taken
+over: `check_ownership` refuses to start.
 """
 
 from __future__ import annotations
@@ -19,9 +27,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kod import errors, labels, quantity, wire
+from kod.kube import KubeClient
 from kod.log import get_logger
-from vk_bridge.kube import KubeClient
-from vk_bridge.provider import Provider
+from vk_bridge.provider import NodeProvider
 from vk_bridge.settings import NodeSettings
 from vk_bridge.status import k8s_time
 
@@ -99,20 +107,79 @@ def node_info(kubelet_version: str, runtime_version: str) -> dict[str, str]:
     }
 
 
+#: Labels of the kubernetes.io/k8s.io namespaces a kubelet may set on its own Node (NodeRestriction,
+#: k8s.io/kubelet/pkg/apis: KubeletLabels and KubeletLabelNamespaces).
+KUBELET_LABELS = frozenset({
+    "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch", "beta.kubernetes.io/os", "beta.kubernetes.io/arch",
+    "topology.kubernetes.io/zone", "topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region", "node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type",
+})
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+MANAGED_BY_ANNOTATION = "kod.io/managed-by"
+MANAGED_BY = "kod-vk"
+
+
+def _in_namespace(namespace: str, domain: str) -> bool:
+    return namespace == domain or namespace.endswith("." + domain)
+
+
+def label_forbidden_to_nodes(key: str) -> bool:
+    """True for a label NodeRestriction does not let a node set on itself."""
+    namespace = key.split("/", 1)[0] if "/" in key else ""
+    if _in_namespace(namespace, "node-restriction.kubernetes.io"):
+        return True
+    if not any(_in_namespace(namespace, d) for d in ("kubernetes.io", "k8s.io")):
+        return False
+    return key not in KUBELET_LABELS and not any(_in_namespace(namespace, d) for d in KUBELET_LABEL_NAMESPACES)
+
+
 def node_labels(settings: NodeSettings, arch: str) -> dict[str, str]:
-    """The node's labels: what virtual kubelets and this project's selectors look for."""
+    """The node's labels: what virtual kubelets and this project's selectors look for. No
+    `kubernetes.io/role` or `node-role.kubernetes.io/*`: a node may not set those (an admin may).
+    Raises InvalidInput for extra labels NodeRestriction would refuse."""
     out = {
         labels.NODE_TYPE: labels.VIRTUAL_KUBELET,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": arch,
         "kubernetes.io/hostname": settings.name,
-        "kubernetes.io/role": "agent",
         "node.kubernetes.io/exclude-from-external-load-balancers": "true",
     }
     if settings.user:
         out[labels.DESKTOP_OF] = settings.user
+    forbidden = sorted(k for k in settings.labels if label_forbidden_to_nodes(k))
+    if forbidden:
+        raise errors.InvalidInput(
+            f"node.labels {', '.join(forbidden)}: NodeRestriction does not let a node set these labels on itself",
+            hint=f"drop them from node.labels; a cluster admin can set them: kubectl label node {settings.name} KEY=VALUE",
+        )
     out.update(settings.labels)
     return out
+
+
+def ownership_problem(node: Mapping[str, Any], settings: NodeSettings) -> str | None:
+    """Why an existing Node of our name is not this desktop's virtual node, or None when it is."""
+    meta = node.get("metadata") or {}
+    have = meta.get("labels") or {}
+    managed = (meta.get("annotations") or {}).get(MANAGED_BY_ANNOTATION)
+    if have.get(labels.NODE_TYPE) != labels.VIRTUAL_KUBELET or managed != MANAGED_BY:
+        return (f"a Node named {settings.name} already exists and is not a kod virtual node "
+                f"(label {labels.NODE_TYPE}={have.get(labels.NODE_TYPE)!r}, annotation {MANAGED_BY_ANNOTATION}={managed!r})")
+    owner = have.get(labels.DESKTOP_OF)
+    if owner and settings.user and owner != settings.user:
+        return f"Node {settings.name} is the virtual node of desktop user {owner!r}, not of {settings.user!r}"
+    return None
+
+
+async def check_ownership(kube: KubeClient, settings: NodeSettings) -> None:
+    """Refuse (Conflict) to go on when a Node of our name exists and is not ours to adopt."""
+    node = await kube.get_or_none(f"/api/v1/nodes/{settings.name}")
+    problem = ownership_problem(node, settings) if node is not None else None
+    if problem:
+        raise errors.Conflict(
+            f"{problem}: vk_bridge never takes over another node",
+            hint=f"choose another node.name (KOD_VK_NODE__NAME); if that Node is a stale one of yours, a cluster "
+            f"admin deletes it: kubectl delete node {settings.name}",
+        )
 
 
 def node_taint() -> dict[str, str]:
@@ -160,7 +227,7 @@ class NodeController:
     def __init__(
         self,
         kube: KubeClient,
-        provider: Provider,
+        provider: NodeProvider,
         settings: NodeSettings,
         *,
         address: str,
@@ -178,6 +245,8 @@ class NodeController:
         self.registered = asyncio.Event()
         self.ready = asyncio.Event()
         self.info: wire.NodeInfo | None = None
+        #: The Node as the API last returned it (labels and taints others added included).
+        self.last_seen: dict[str, Any] | None = None
         self.provider_ok = False
         self.provider_message = "waiting for the first ping of InterLink"
         self._last_posted: tuple[Any, ...] | None = None
@@ -201,7 +270,7 @@ class NodeController:
             "metadata": {
                 "name": self.settings.name,
                 "labels": node_labels(self.settings, info["architecture"]),
-                "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kod.io/managed-by": "kod-vk"},
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0", MANAGED_BY_ANNOTATION: MANAGED_BY},
             },
             "spec": spec,
         }
@@ -227,7 +296,8 @@ class NodeController:
         }
 
     async def register(self) -> dict[str, Any]:
-        """Create the Node, or bring an existing one's labels and taint up to date."""
+        """Create the Node (with its taint), or bring an existing one's labels up to date; raises
+        Conflict for a Node of this name that is not ours (see `check_ownership`)."""
         await self.ping_once()
         wanted = self._object()
         node = await self.kube.get_or_none(self.path)
@@ -240,6 +310,7 @@ class NodeController:
         if node is not None and node.get("metadata", {}).get("resourceVersion"):
             node = await self._reconcile(node, wanted)
         self.uid = node["metadata"]["uid"]
+        self.last_seen = node
         self._conditions = list((node.get("status") or {}).get("conditions") or [])
         await self.post_status(force=True)
         self.registered.set()
@@ -247,22 +318,24 @@ class NodeController:
         return registered
 
     async def _reconcile(self, node: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+        problem = ownership_problem(node, self.settings)
+        if problem:
+            raise errors.Conflict(f"{problem}: vk_bridge never takes over another node",
+                                  hint=f"choose another node.name, or a cluster admin deletes it: kubectl delete node {self.settings.name}")
         meta = node.get("metadata") or {}
         have_labels = meta.get("labels") or {}
-        patch: dict[str, Any] = {"metadata": {}}
-        label_patch = {k: v for k, v in wanted["metadata"]["labels"].items() if have_labels.get(k) != v}
-        if label_patch:
-            patch["metadata"]["labels"] = label_patch
         taints = list((node.get("spec") or {}).get("taints") or [])
         if self.settings.taint and not any(t.get("key") == labels.VIRTUAL_NODE_TAINT_KEY for t in taints):
-            # A merge patch replaces the list: guard it with the resourceVersion we read.
-            patch["spec"] = {"taints": taints + [node_taint()]}
-            patch["metadata"]["resourceVersion"] = meta.get("resourceVersion")
-        if patch.get("spec") or label_patch:
-            try:
-                node = await self.kube.patch(self.path, patch)
-            except errors.Conflict:
-                return await self._reconcile(await self.kube.get(self.path), wanted)
+            # NodeRestriction forbids a node to change its own taints: only an admin can put it back.
+            log.warning(
+                "the node has lost its kod.io/virtual-node taint: pods that do not tolerate it may be scheduled here "
+                "(and are refused)", node=self.settings.name,
+                hint=f"a cluster admin restores it: kubectl taint node {self.settings.name} "
+                f"{labels.VIRTUAL_NODE_TAINT_KEY}=true:{labels.VIRTUAL_NODE_TAINT_EFFECT}",
+            )
+        label_patch = {k: v for k, v in wanted["metadata"]["labels"].items() if have_labels.get(k) != v}
+        if label_patch:
+            node = await self.kube.patch(self.path, {"metadata": {"labels": label_patch}})
         return node
 
     async def ping_once(self) -> None:
@@ -277,7 +350,7 @@ class NodeController:
                 else "sidecar not healthy: " + "; ".join(f"{s.name}: {s.message or 'down'}" for s in unhealthy)
             )
         except errors.KodError as exc:
-            ok, message = False, f"InterLink at {getattr(self.provider, 'url', '?')} does not answer: {exc}"
+            ok, message = False, f"InterLink at {self.provider.url} does not answer: {exc}"
         if (ok, message) != (self.provider_ok, self.provider_message):
             log.info("provider health changed", ok=ok, message=message)
             self.provider_ok, self.provider_message = ok, message
@@ -296,7 +369,7 @@ class NodeController:
         )
         if not force and key == self._last_posted:
             return
-        await self.kube.patch(self.path + "/status", {"status": status})
+        self.last_seen = await self.kube.patch(self.path + "/status", {"status": status}) or self.last_seen
         self._last_posted = key
         if self.provider_ok:
             self.ready.set()

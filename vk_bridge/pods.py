@@ -3,7 +3,7 @@
 Two streams feed one work queue of pod uids:
 
 - the API's pods with `spec.nodeName=<node>` (`list_and_watch`): what should run;
-- InterLink's pushed status (`Provider.watch`): what runs. Nothing polls per pod.
+- InterLink's pushed status (`StatusNotifier.watch`): what runs. Nothing polls per pod.
 
 Workers reconcile one uid at a time (a uid is never worked on by two workers at once), level-
 triggered, from the latest copy of both sides: start a pod InterLink does not have, write the
@@ -12,6 +12,10 @@ delete with the grace period, then the pod object with gracePeriodSeconds=0 and 
 precondition), and delete from InterLink what has no pod object any more. Nothing destructive
 happens before both sides have been listed once: on start that adopts running pods (create is
 idempotent by uid, so a running pod is never started twice) and removes orphans.
+
+Admission (vk_bridge/admission.py) decides first, where a pod is first seen: a pod it refuses
+ends Failed with the reason and a Warning event, and nothing of it is created; running pods
+adopted after a restart are checked again, oldest first, and a refused one is stopped.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from typing import Any
 import structlog
 
 from kod import errors, wire
+from kod.kube import KubeClient
+from kod.kube_watch import WatchEvent, list_and_watch
 from kod.log import get_logger, new_request_id, pod_context, request_id_var
 from vk_bridge import status as st
+from vk_bridge.admission import Admission, Decision, admitted_and_running
 from vk_bridge.events import EventRecorder
-from vk_bridge.kube import KubeClient
-from vk_bridge.provider import Provider
+from vk_bridge.provider import PodSync
 from vk_bridge.resolve import Resolver, UnresolvedReference
 from vk_bridge.settings import PodSettings
-from vk_bridge.watch import WatchEvent, list_and_watch
 
 log = get_logger(__name__)
 
@@ -93,13 +98,14 @@ class PodController:
     def __init__(
         self,
         kube: KubeClient,
-        provider: Provider,
+        provider: PodSync,
         resolver: Resolver,
         events: EventRecorder,
         *,
         node_name: str,
         host_ips: tuple[str, ...],
         settings: PodSettings,
+        admission: Admission,
         watch_timeout_seconds: int = 300,
     ) -> None:
         self.kube = kube
@@ -109,6 +115,7 @@ class PodController:
         self.node_name = node_name
         self.host_ips = host_ips
         self.settings = settings
+        self.admission = admission
         self.watch_timeout_seconds = watch_timeout_seconds
         #: The API's pods on this node, by uid (read-only copies).
         self.pods: dict[str, Mapping[str, Any]] = {}
@@ -125,6 +132,9 @@ class PodController:
         self._reported: set[str] = set()
         #: Pods whose object this controller removed; their DELETED event may still be on its way.
         self._removed: set[str] = set()
+        #: Pods admission let run here, and those it refused (with why).
+        self._admitted: set[str] = set()
+        self._refused: dict[str, Decision] = {}
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -196,10 +206,49 @@ class PodController:
 
     def _maybe_ready(self) -> None:
         if self.api_synced.is_set() and self.remote_synced.is_set():
+            self._admit_adopted()
             for uid in set(self.pods) | set(self.remote):
                 self.queue.add(uid)
             self.ready.set()
             log.info("pods synced", api=len(self.pods), interlink=len(self.remote))
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def _admit(self, pod: Mapping[str, Any]) -> Decision:
+        """Admission's answer for one pod, next to the admitted pods that have not ended; an
+        admitted pod counts from now on. Synchronous: two pods never race for the same room."""
+        uid = _uid(pod)
+        others = admitted_and_running(self.pods[u] for u in self._admitted if u != uid and u in self.pods)
+        decision = self.admission.admit(pod, others)
+        if decision.allowed:
+            self._admitted.add(uid)
+        else:
+            self._refused[uid] = decision
+        return decision
+
+    def _admit_adopted(self) -> None:
+        """After a restart, the pods that already run are admitted again, oldest first (as a
+        kubelet re-admits its pods in creation order), before any new pod."""
+        running = [p for uid, p in self.pods.items() if uid in self.remote
+                   and (p.get("status") or {}).get("phase") not in st.TERMINAL_PHASES
+                   and not (p.get("metadata") or {}).get("deletionTimestamp")]
+        running.sort(key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", _uid(p)))
+        for pod in running:
+            if _uid(pod) not in self._admitted:
+                self._admit(pod)
+
+    async def _refuse(self, pod: Mapping[str, Any], remote: wire.PodStatus | None, decision: Decision) -> None:
+        """A pod admission refused: its containers stopped when it already runs (adopted after
+        a restart), then Failed with the reason, and a Warning event."""
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if remote is None and status.get("phase") == "Failed" and status.get("reason") == decision.reason:
+            return  # said already
+        if remote is not None:
+            grace = int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            log.warning("stopping a pod admission refused", reason=decision.reason)
+            await self.provider.delete_pod(meta["namespace"], meta["name"], _uid(pod), grace_period_seconds=grace)
+            self.remote.pop(_uid(pod), None)
+        await self._fail(pod, decision.reason, decision.message)
 
     async def run_remote_watch(self) -> None:
         await self.provider.watch(self.on_remote_event, connected=self.remote_connected)
@@ -246,6 +295,8 @@ class PodController:
                 self._terminate(uid, remote.namespace, remote.name, None, ORPHAN_GRACE_SECONDS)
             self._failures.pop(uid, None)
             self._reported.discard(uid)
+            self._admitted.discard(uid)
+            self._refused.pop(uid, None)
             return
         meta = pod.get("metadata") or {}
         with structlog.contextvars.bound_contextvars(**pod_context(meta.get("namespace", ""), meta.get("name", ""), uid)):
@@ -257,9 +308,17 @@ class PodController:
                     grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
                 self._terminate(uid, meta["namespace"], meta["name"], pod, int(grace))
                 return
+            if remote is None and (pod.get("status") or {}).get("phase") in st.TERMINAL_PHASES:
+                return  # finished and gone from the runtime: nothing to run again
+            # Where a pod is first seen (or adopted): admission decides before anything is made.
+            refused = self._refused.get(uid)
+            if refused is None and uid not in self._admitted:
+                decision = self._admit(pod)
+                refused = None if decision.allowed else decision
+            if refused is not None:
+                await self._refuse(pod, remote, refused)
+                return
             if remote is None:
-                if (pod.get("status") or {}).get("phase") in st.TERMINAL_PHASES:
-                    return  # finished and gone from the runtime: nothing to run again
                 await self._start(pod)
                 return
             await self._write_status(pod, remote)

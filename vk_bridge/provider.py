@@ -1,89 +1,140 @@
 """The provider: where vk_bridge runs pods. The real one is InterLink over REST.
 
-The surface is split by caller, like virtual-kubelet's: the pod sync loop creates, deletes and
-lists; the node heartbeat pings; the kubelet API streams logs; and one task consumes pushed status
-changes (`watch`) instead of polling pods.
+The interface is split by its caller, as virtual-kubelet's is:
+
+    PodLifecycle     create, delete, get status      the pod workers (pods.py), the kubelet API
+    StatusNotifier   watch: pushed status changes     the pod controller's remote watch (pods.py)
+    NodeProvider     ping: health and capacity        the node heartbeat (node.py)
+    ContainerLogs    logs (an optional extra)         the kubelet API (kubelet_api.py)
+
+Each caller is typed against the narrow protocol it uses (`PodSync` for the pod controller,
+`LogsSource` for the kubelet API); `Provider` is all of them, what `main` wires in.
+Every method's errors are `kod.errors` exceptions (`Unavailable` is worth retrying, the others
+are not). Objects a provider returns or delivers are read-only: callers must not modify them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
-
-from pydantic import ValidationError
+from typing import NoReturn, Protocol, TypeVar, runtime_checkable
 
 from kod import errors, wire
 from kod.http import ApiClient
 from kod.log import get_logger
+from kod.watch_follow import LinkHealth, follow_watch
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 #: A stream that stays silent this long (three missed heartbeats) is dead: reconnect.
 WATCH_INACTIVITY_SECONDS = 3 * wire.WATCH_HEARTBEAT_SECONDS
-#: Longest watch line accepted (a SYNC of every pod); beyond it the stream is dropped.
-MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Grace period a delete allows for when the caller gives none (Kubernetes' default).
+DEFAULT_GRACE_SECONDS = 30
 
 
 @runtime_checkable
-class Provider(Protocol):
-    """What vk_bridge needs from the runtime. All methods are coroutines unless noted; errors are
-    `kod.errors` exceptions (`Unavailable` is worth retrying, the others are not). Returned
-    objects are read-only: callers must not modify them."""
+class PodLifecycle(Protocol):
+    """Runs and stops pods (virtual-kubelet's PodLifecycleHandler)."""
 
     async def create_pod(self, request: wire.PodCreateRequest) -> wire.PodStatus:
         """Start the pod. Idempotent by uid: creating a uid that already exists returns its
-        current status and starts nothing. A pod the runtime's policy refuses raises `Forbidden`
-        (or comes back Failed, with the reason in the status); nothing is started then."""
+        current status and starts nothing, so it may be called again after any failure. A pod
+        the runtime's policy refuses raises `Forbidden` (nothing is started then)."""
         ...
 
-    async def delete_pod(self, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None) -> wire.PodStatus | None:
-        """Stop the pod's containers (SIGTERM, then SIGKILL after the grace period) and remove
-        them; returns the final status, or None when the pod was not there. May be called more
-        than once for the same pod; only the given uid is touched."""
+    async def delete_pod(
+        self, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None
+    ) -> wire.PodStatus | None:
+        """Stop the pod's containers (SIGTERM, then SIGKILL after the grace period; None: the
+        pod's own) and remove them; returns the final status, or None when the pod was not
+        there. Delete may be called more than once for the same pod, also while a delete of it
+        runs; only the given uid is touched (a new pod of the same name is left alone)."""
         ...
 
     async def get_pod_status(self, namespace: str, name: str) -> wire.PodStatus:
         """The pod's current status; `NotFound` when the runtime does not know it."""
         ...
 
-    async def list_pods(self) -> Sequence[wire.PodStatus]:
-        """Every pod the runtime knows, running or finished."""
+
+@runtime_checkable
+class StatusNotifier(Protocol):
+    """Pushes status changes (virtual-kubelet's PodNotifier): nothing polls per pod."""
+
+    async def watch(self, notify: Callable[[wire.WatchEvent], None], *, connected: asyncio.Event | None = None) -> NoReturn:
+        """Deliver pushed status changes until cancelled, reconnecting forever. Every (re)connection
+        starts with a SYNC event carrying every pod, so nothing missed while disconnected is lost
+        for good; then STATUS, DELETED and HEARTBEAT events in order. `notify` must not block (it
+        may only update memory and enqueue) and must not raise. `connected` is set while a stream
+        is open (from its SYNC on) and cleared when it breaks."""
         ...
 
-    def logs(self, namespace: str, name: str, container: str, options: wire.LogOptions) -> AsyncIterator[bytes]:
-        """A container's log as chunks of bytes; follows (until cancelled or the container stops)
-        when `options.follow`. Raises `NotFound` before the first chunk for an unknown container.
-        (Not a coroutine: an async generator.)"""
-        ...
+
+@runtime_checkable
+class NodeProvider(Protocol):
+    """What the node heartbeat asks (virtual-kubelet's NodeProvider)."""
+
+    #: Where the runtime is (a URL), for the node's condition messages.
+    url: str
 
     async def ping(self) -> wire.NodeInfo:
-        """Health and capacity of the runtime; raises `Unavailable` when it cannot answer."""
+        """Health and capacity of the runtime, answered quickly (it is called every few seconds
+        and must not retry for long); raises `Unavailable` when the runtime cannot answer."""
         ...
 
-    async def watch(self, notify: Callable[[wire.WatchEvent], None], *, connected: asyncio.Event | None = None) -> None:
-        """Deliver pushed status changes until cancelled, reconnecting forever. Every (re)connection
-        starts with a SYNC event carrying every pod, so nothing missed is lost for good; then
-        STATUS and DELETED events in order. `notify` must not block (it may only enqueue);
-        `connected` is set while a stream is open and cleared when it breaks."""
+
+@runtime_checkable
+class ContainerLogs(Protocol):
+    """An optional extra: container logs, for `kubectl logs`."""
+
+    def logs(self, namespace: str, name: str, container: str, options: wire.LogOptions) -> AsyncIterator[bytes]:
+        """A container's log as chunks of bytes; follows (until the consumer stops or the container
+        stops) when `options.follow`. Raises `NotFound` before the first chunk for an unknown pod
+        or container, and `Unavailable` when the stream breaks midway. (An async generator, not a
+        coroutine.)"""
         ...
+
+
+@runtime_checkable
+class PodSync(PodLifecycle, StatusNotifier, Protocol):
+    """What the pod controller uses: the lifecycle, and the pushed status that drives it."""
+
+
+@runtime_checkable
+class LogsSource(PodLifecycle, ContainerLogs, Protocol):
+    """What the kubelet API uses: a pod's status (its containers) and their logs."""
+
+
+@runtime_checkable
+class Provider(PodLifecycle, StatusNotifier, NodeProvider, ContainerLogs, Protocol):
+    """Everything, as `main` wires it in; `close()` releases its connections."""
 
     async def close(self) -> None:
-        """Release connections."""
+        """Release connections; nothing may be called afterwards."""
         ...
 
 
 class InterLinkProvider:
-    """`Provider` on the InterLink REST API (`kod.wire`), with retries for `Unavailable`."""
+    """`Provider` on the InterLink REST API (`kod.wire`) through `kod.http.ApiClient`; calls are
+    retried with `backoff` while InterLink is `Unavailable`."""
 
     def __init__(
-        self, url: str, token: str | None, *, timeout: float = 30.0, backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0)
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0),
+        watch_idle_seconds: float = WATCH_INACTIVITY_SECONDS,
     ) -> None:
         self.url = url
-        self._api = ApiClient(url, token, timeout=timeout)
+        self._api = ApiClient(
+            url, token, timeout=timeout, name="InterLink",
+            unreachable_hint="check that kod-interlink runs and that interlink.url in vk_bridge's settings points to it",
+        )
         self._timeout = timeout
         self._backoff = tuple(backoff)
+        self._watch_idle_seconds = watch_idle_seconds
 
     async def close(self) -> None:
         await self._api.close()
@@ -107,10 +158,13 @@ class InterLinkProvider:
         )
         return result
 
-    async def delete_pod(self, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None) -> wire.PodStatus | None:
+    async def delete_pod(
+        self, namespace: str, name: str, uid: str, *, grace_period_seconds: int | None
+    ) -> wire.PodStatus | None:
         params = wire.DeleteOptions(uid=uid, gracePeriodSeconds=grace_period_seconds).model_dump(exclude_none=True)
-        # The call lasts as long as the grace period: give it that much on top of the usual timeout.
-        timeout = self._timeout + (grace_period_seconds or 30)
+        # The call lasts as long as the grace period: give it that much (at least Kubernetes'
+        # default, which a pod's own period may be) on top of the usual timeout.
+        timeout = self._timeout + max(grace_period_seconds or 0, DEFAULT_GRACE_SECONDS)
         try:
             result: wire.PodStatus = await self._retrying(
                 "delete",
@@ -128,12 +182,6 @@ class InterLinkProvider:
         )
         return result
 
-    async def list_pods(self) -> Sequence[wire.PodStatus]:
-        result: wire.PodStatusList = await self._retrying(
-            "list", lambda: self._api.request("GET", f"{wire.API_PREFIX}/pods", model=wire.PodStatusList)
-        )
-        return result.items
-
     async def logs(self, namespace: str, name: str, container: str, options: wire.LogOptions) -> AsyncIterator[bytes]:
         params = options.model_dump(exclude_none=True, mode="json")
         params = {k: v for k, v in params.items() if v is not False}
@@ -146,46 +194,12 @@ class InterLinkProvider:
         result: wire.NodeInfo = await self._api.request("GET", f"{wire.API_PREFIX}/ping", model=wire.NodeInfo, timeout=10.0)
         return result
 
-    async def watch(self, notify: Callable[[wire.WatchEvent], None], *, connected: asyncio.Event | None = None) -> None:
-        failures = 0
-        while True:
-            try:
-                async for line in self._watch_lines():
-                    event = wire.WatchEvent.model_validate_json(line)
-                    if event.type == "SYNC":
-                        failures = 0
-                        if connected is not None:
-                            connected.set()
-                    notify(event)
-                raise errors.Unavailable("InterLink closed the watch stream")
-            except (errors.KodError, ValidationError, TimeoutError) as exc:
-                if connected is not None:
-                    connected.clear()
-                delay = self._backoff[min(failures, len(self._backoff) - 1)] if self._backoff else 1.0
-                failures += 1
-                log.warning("InterLink watch interrupted, reconnecting", attempt=failures, delay=delay, error=str(exc))
-                await asyncio.sleep(delay)
-
-    async def _watch_lines(self) -> AsyncIterator[bytes]:
-        """The NDJSON stream as lines, with an inactivity timeout: a stream that misses three
-        heartbeats is treated as broken. Lines are split here because aiohttp's line reader
-        refuses lines over 128 KiB, and a SYNC of a few hundred pods is larger."""
-        chunks = self._api.stream("GET", f"{wire.API_PREFIX}/watch").__aiter__()
-        pending = b""
-        try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), WATCH_INACTIVITY_SECONDS)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise errors.Unavailable(f"no heartbeat from InterLink for {WATCH_INACTIVITY_SECONDS:.0f}s") from exc
-                pending += chunk
-                if len(pending) > MAX_LINE_BYTES:
-                    raise errors.Unavailable(f"a watch line from InterLink exceeds {MAX_LINE_BYTES} bytes")
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield line
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+    async def watch(self, notify: Callable[[wire.WatchEvent], None], *, connected: asyncio.Event | None = None) -> NoReturn:
+        await follow_watch(
+            self._api,
+            notify,
+            idle_seconds=self._watch_idle_seconds,
+            backoff=self._backoff,
+            health=LinkHealth(event=connected),
+            logger=log.bind(peer="InterLink", url=self.url),
+        )

@@ -1,4 +1,4 @@
-"""`resolve.References` on the Kubernetes API: Secrets, ConfigMaps, tokens and Services."""
+"""`resolve.References` on the Kubernetes API: Secrets, ConfigMaps, claims, tokens and Services."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kod import errors
-from vk_bridge.kube import KubeClient
-from vk_bridge.watch import ObjectCache
+from kod.kube import KubeClient
+from kod.kube_watch import ObjectCache
 
 #: How long a pod start waits for the first list of Services before going on without them.
 SERVICES_WAIT_SECONDS = 10.0
@@ -28,6 +28,13 @@ class KubeReferences:
 
     async def config_map(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         found: Mapping[str, Any] | None = await self.kube.get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        return found
+
+    async def persistent_volume_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        # The Node authorizer lets a node read the claims of pods bound to it (and no others).
+        found: Mapping[str, Any] | None = await self.kube.get_or_none(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
+        )
         return found
 
     async def service_account_token(

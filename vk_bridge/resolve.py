@@ -9,7 +9,10 @@ that the sidecar never needs Kubernetes credentials. Covered, with the kubelet's
   expanded); service-link variables like the kubelet's (`enableServiceLinks`);
 - command and args expanded with the container's final environment;
 - Secret, ConfigMap, downwardAPI and projected volumes (items, modes, optional; projected
-  serviceAccountToken through the TokenRequest API, bound to the pod).
+  serviceAccountToken through the TokenRequest API, bound to the pod);
+- PersistentVolumeClaims: each one the pod mounts must exist (and not be being deleted), as the
+  kubelet requires before it mounts one; its name and uid go into the request, so the sidecar
+  makes storage only for claims that exist, one per claim uid.
 
 Limits, said plainly: `status.podIP`/`status.podIPs` are not known before the sidecar creates the
 pod's network namespace, so they resolve to "" (as on a kubelet before the sandbox exists);
@@ -60,7 +63,7 @@ def _volume_error(volume: str, message: str) -> UnresolvedReference:
 
 class References(Protocol):
     """Where the resolver reads what pods reference. Implemented on the Kubernetes API by
-    `vk_bridge.kube.references`; returned objects are read-only."""
+    `vk_bridge.references.KubeReferences`; returned objects are read-only."""
 
     async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The Secret object, or None when it does not exist."""
@@ -76,6 +79,9 @@ class References(Protocol):
 
     async def services(self, namespace: str) -> Sequence[Mapping[str, Any]]:
         """The Services of `namespace` plus the master services of `default`."""
+
+    async def persistent_volume_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The PersistentVolumeClaim object, or None when it does not exist."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,10 @@ class Resolver:
         for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
             containers.append(await ctx.container(c))
         volumes = [v for v in [await ctx.volume(vol) for vol in spec.get("volumes") or []] if v is not None]
-        return wire.PodCreateRequest(pod=wire.Pod.model_validate(pod), containers=containers, volumes=volumes)
+        claims = [await ctx.claim(vol) for vol in spec.get("volumes") or [] if vol.get("persistentVolumeClaim")]
+        return wire.PodCreateRequest(
+            pod=wire.Pod.model_validate(pod), containers=containers, volumes=volumes, claims=_unique(claims)
+        )
 
 
 class _PodContext:
@@ -425,6 +434,17 @@ class _PodContext:
             return wire.ResolvedVolume(name=name, files=_dedupe(projected), defaultMode=default_mode)
         return None
 
+    async def claim(self, vol: Mapping[str, Any]) -> wire.ClaimRef:
+        """The claim volume `vol` names, confirmed to exist (the kubelet's check before mounting)."""
+        name = str(vol["persistentVolumeClaim"].get("claimName") or "")
+        found = await self.r._refs.persistent_volume_claim(self.ns, name)
+        if found is None:
+            raise _volume_error(vol["name"], f'persistentvolumeclaim "{name}" not found')
+        meta = found.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            raise _volume_error(vol["name"], f'persistentvolumeclaim "{name}" is being deleted')
+        return wire.ClaimRef(name=name, uid=str(meta.get("uid") or ""))
+
     async def secret_files(
         self, volume: str, secret_name: str, items: list[Mapping[str, Any]] | None, optional: bool
     ) -> list[wire.FileItem]:
@@ -505,6 +525,14 @@ def _project(
             raise _volume_error(volume, f"{kind} {obj!r} has no key {key!r}, which the volume's items reference")
         files.append(wire.FileItem(path=item["path"], data=data[key], mode=item.get("mode")))
     return files
+
+
+def _unique(claims: list[wire.ClaimRef]) -> list[wire.ClaimRef]:
+    """Each claim once (two volumes may name the same claim)."""
+    seen: dict[str, wire.ClaimRef] = {}
+    for c in claims:
+        seen.setdefault(c.name, c)
+    return list(seen.values())
 
 
 def _dedupe(files: list[wire.FileItem]) -> list[wire.FileItem]:

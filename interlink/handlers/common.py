@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
-from kod import errors
-
-# A DNS-1123 subdomain (pod names) and label (namespaces, containers), as Kubernetes checks them.
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
+from kod import errors, names
 
 def path_name(request: web.Request, key: str, *, label: bool = False) -> str:
     """A path parameter that must be a Kubernetes name; anything else is InvalidInput (400)."""
     value = request.match_info[key]
     limit = 63 if label else 253
-    if len(value) > limit or not (_LABEL if label else _SUBDOMAIN).match(value):
+    if not (names.is_dns_label(value) if label else names.is_dns_subdomain(value)):
         kind = "DNS label" if label else "DNS subdomain"
         raise errors.InvalidInput(f"{key} {value!r} is not a valid Kubernetes name (a {kind} of at most {limit} characters)")
     return value

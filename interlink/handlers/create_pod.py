@@ -28,8 +28,8 @@ async def create_pod(request: web.Request) -> web.Response:
     store = request.app[STORE]
     sidecars = request.app[SIDECARS]
     held = store.locate(meta.namespace, meta.name)
-    client = sidecars.clients[held] if held else sidecars.for_new_pod(req.pod)
-    status, pod = await client.call("POST", "/v1/pods", PodStatus, data=await request.read())
-    store.record(client.name, pod)
-    bound.info("pod created" if status == 201 else "pod exists", sidecar=client.name, phase=pod.phase)
-    return json_model(pod.model_copy(update={"sidecar": client.name}), status=status)
+    sidecar = sidecars.by_name[held] if held else sidecars.for_new_pod(req.pod)
+    status, pod = await sidecar.api.call("POST", "/v1/pods", PodStatus, data=await request.read())
+    store.record(sidecar.name, pod)
+    bound.info("pod created" if status == 201 else "pod exists", sidecar=sidecar.name, phase=pod.phase)
+    return json_model(pod.model_copy(update={"sidecar": sidecar.name}), status=status)

@@ -26,14 +26,14 @@ _UNKNOWN_GRACE_SECONDS = 300
 async def delete_pod(request: web.Request) -> web.Response:
     namespace, name = pod_ref(request)
     opts = parse_query(request, DeleteOptions)
-    client = await locate(request.app, namespace, name, opts.uid)
+    sidecar = await locate(request.app, namespace, name, opts.uid)
     grace = opts.gracePeriodSeconds if opts.gracePeriodSeconds is not None else _UNKNOWN_GRACE_SECONDS
-    _, pod = await client.call(
+    _, pod = await sidecar.api.call(
         "DELETE",
         f"/v1/pods/{namespace}/{name}",
         PodStatus,
         params=opts.model_dump(exclude_none=True),
-        timeout=client.settings.timeout_seconds + grace,
+        timeout=sidecar.settings.timeout_seconds + grace,
     )
-    log.info("pod deleted", sidecar=client.name, **pod_context(namespace, name, pod.uid))
-    return json_model(pod.model_copy(update={"sidecar": client.name}))
+    log.info("pod deleted", sidecar=sidecar.name, **pod_context(namespace, name, pod.uid))
+    return json_model(pod.model_copy(update={"sidecar": sidecar.name}))

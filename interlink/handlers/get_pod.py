@@ -18,6 +18,6 @@ from interlink.state import locate
 
 async def get_pod(request: web.Request) -> web.Response:
     namespace, name = pod_ref(request)
-    client = await locate(request.app, namespace, name)
-    _, pod = await client.call("GET", f"/v1/pods/{namespace}/{name}", PodStatus)
-    return json_model(pod.model_copy(update={"sidecar": client.name}))
+    sidecar = await locate(request.app, namespace, name)
+    _, pod = await sidecar.api.call("GET", f"/v1/pods/{namespace}/{name}", PodStatus)
+    return json_model(pod.model_copy(update={"sidecar": sidecar.name}))

@@ -46,20 +46,18 @@ def merge(infos: list[NodeInfo]) -> NodeInfo:
 
 
 async def ping(request: web.Request) -> web.Response:
-    sidecars = request.app[SIDECARS]
     timeout = request.app[SETTINGS].ping_timeout_seconds
-    clients = list(sidecars.clients.values())
+    sidecars = list(request.app[SIDECARS].by_name.values())
     results = await asyncio.gather(
-        *(c.call("GET", "/v1/ping", NodeInfo, timeout=timeout) for c in clients), return_exceptions=True
+        *(s.api.call("GET", "/v1/ping", NodeInfo, timeout=timeout) for s in sidecars), return_exceptions=True
     )
     answered: list[NodeInfo] = []
     health: list[SidecarHealth] = []
-    for client, result in zip(clients, results, strict=True):
-        link = sidecars.health[client.name]
+    for sidecar, result in zip(sidecars, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, errors.KodError):
                 raise result
-            health.append(SidecarHealth(name=client.name, ok=False, message=str(result)))
+            health.append(SidecarHealth(name=sidecar.name, ok=False, message=str(result)))
             continue
         info = result[1]
         try:
@@ -67,11 +65,12 @@ async def ping(request: web.Request) -> web.Response:
                 quantity.parse(value)
         except errors.InvalidInput as exc:
             # The sidecar's mistake, not the caller's: leave it out rather than answer 400.
-            health.append(SidecarHealth(name=client.name, ok=False, message=f"bad capacity: {exc}"))
+            health.append(SidecarHealth(name=sidecar.name, ok=False, message=f"bad capacity: {exc}"))
             continue
         answered.append(info)
+        link = sidecar.health
         note = None if link.connected else f"status stream down: {link.error}"
-        health.append(SidecarHealth(name=client.name, ok=True, message=note))
+        health.append(SidecarHealth(name=sidecar.name, ok=True, message=note))
     if not answered:
         problems = "; ".join(h.message or h.name for h in health)
         raise errors.Unavailable(f"no sidecar answers: {problems}")

@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
+from kod import errors
 from kod.http import parse_query
 from kod.log import get_logger, pod_context
 from kod.wire import LogOptions
@@ -28,25 +28,28 @@ async def pod_logs(request: web.Request) -> web.StreamResponse:
     namespace, name = pod_ref(request)
     container = path_name(request, "container", label=True)
     opts = parse_query(request, LogOptions)
-    client = await locate(request.app, namespace, name)
+    sidecar = await locate(request.app, namespace, name)
     path = f"/v1/pods/{namespace}/{name}/containers/{container}/logs"
-    bound = log.bind(sidecar=client.name, container=container, **pod_context(namespace, name))
+    bound = log.bind(sidecar=sidecar.name, container=container, **pod_context(namespace, name))
     sidecars = request.app[SIDECARS]
-    async with client.open(path, params=opts.model_dump(mode="json", exclude_defaults=True)) as upstream:
+    async with sidecar.api.open(path, params=opts.model_dump(mode="json", exclude_defaults=True)) as upstream:
         response = web.StreamResponse(headers={"Content-Type": upstream.headers.get("Content-Type", "text/plain; charset=utf-8")})
         await response.prepare(request)
         sidecars.streams.add(upstream)
         try:
             # `write` waits while the client's socket is full, and aiohttp stops reading the
             # sidecar's socket while its buffer is full: a slow reader slows the source.
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except ConnectionResetError:
+            bound.debug("log client went away", follow=opts.follow)
+            return response
+        except errors.Unavailable as exc:
             if request.transport is None or request.transport.is_closing():
                 bound.debug("log client went away", follow=opts.follow)
                 return response
             if not sidecars.stopping:
-                bound.warning("log stream from the sidecar broke", error=str(exc) or type(exc).__name__)
+                bound.warning("log stream from the sidecar broke", error=str(exc))
             # Cut the client's stream too instead of ending it cleanly: a log that merely stops
             # would look complete.
             request.transport.close()

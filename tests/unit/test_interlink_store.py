@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from interlink.hub import Hub
 from interlink.store import PodStore
+from kod.hub import Hub
 from kod.wire import PodStatus, WatchEvent
 
 

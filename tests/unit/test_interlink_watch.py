@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from interlink.app import create_app
 from interlink.state import HUB
-from interlink.upstream import ndjson_lines
+from kod.lines import read_lines
 from kod.wire import WatchEvent
 from tests.unit.interlink_fake_sidecar import CLIENT_TOKEN, AUTH, FakeSidecar, interlink_settings, pod_body, wait_for
 
@@ -24,7 +24,7 @@ class Watch:
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
-        self._lines = ndjson_lines(resp.content, idle_seconds=5.0)
+        self._lines = read_lines(resp.content, idle_seconds=5.0)
 
     async def next(self, *, heartbeats: bool = False) -> WatchEvent:
         while True:

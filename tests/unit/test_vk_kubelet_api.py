@@ -1,13 +1,17 @@
 """The kubelet HTTPS API over real TLS: only callers the cluster authenticates (a client certificate
 from its CA, or a token TokenReview accepts) and authorizes (SubjectAccessReview) read logs; the
-query becomes typed LogOptions; bad input is 400, unknown pods 404, exec 501 - never 500."""
+query becomes typed LogOptions; bad input is 400, unknown pods 404, exec 501 - never 500. Review
+answers are cached like the kubelet's, and a flood of made-up tokens costs a bounded number of
+TokenReviews."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kod import errors
+from kod.kube import KubeClient
+from kod.kube_config import Connection
 from tests.unit.vk_fakes import TOKEN, FakeInterLink
 from vk_bridge.certs import ServingCert, cert_fits, make_csr, make_key, server_ssl_context
-from vk_bridge.kube import Connection, KubeClient
 from vk_bridge.kubelet_api import Authenticator, create_app, parse_log_options, start_server, subresource_for, user_from_peercert
 from vk_bridge.provider import InterLinkProvider
 from tests.unit.test_vk_provider import create_request
@@ -79,12 +84,15 @@ class FakeAuthApi:
         self.tokens = {"good-token": {"username": "alice", "groups": ["devs"]}, "weak-token": {"username": "bob", "groups": []}}
         self.allowed = {("alice", "proxy"), ("kube-apiserver-kubelet-client", "proxy"), ("alice", "metrics")}
         self.reviews: list[dict[str, Any]] = []
+        self.token_reviews = 0
         self.app = web.Application()
         self.app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
         self.app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self.access_review)
 
     async def token_review(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.token_reviews += 1
+        await asyncio.sleep(0.01)  # a review takes a moment: concurrent requests overlap
         user = self.tokens.get(body["spec"]["token"])
         return web.json_response({**body, "status": {"authenticated": bool(user), **({"user": user} if user else {})}}, status=201)
 
@@ -96,9 +104,19 @@ class FakeAuthApi:
         return web.json_response({**body, "status": {"allowed": ok}}, status=201)
 
 
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Setup:
-    def __init__(self, url: str, pki: Pki, auth_api: FakeAuthApi, interlink: FakeInterLink) -> None:
-        self.url, self.pki, self.auth_api, self.interlink = url, pki, auth_api, interlink
+    def __init__(self, url: str, pki: Pki, auth_api: FakeAuthApi, interlink: FakeInterLink, clock: Clock) -> None:
+        self.url, self.pki, self.auth_api, self.interlink, self.clock = url, pki, auth_api, interlink, clock
 
     def client_ssl(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.pki.ca_pem)
@@ -107,9 +125,20 @@ class Setup:
         return ctx
 
     async def get(self, path: str, *, cert: tuple[Path, Path] | None = None, token: str | None = None) -> tuple[int, str]:
+        status, _, body = await self.get_full(path, cert=cert, token=token)
+        return status, body
+
+    async def get_full(self, path: str, *, cert: tuple[Path, Path] | None = None, token: str | None = None,
+                       session: aiohttp.ClientSession | None = None) -> tuple[int, Mapping[str, str], str]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as s, s.get(self.url + path, ssl=self.client_ssl(cert), headers=headers) as r:
-            return r.status, await r.text()
+        own = session is None
+        s = session or aiohttp.ClientSession()
+        try:
+            async with s.get(self.url + path, ssl=self.client_ssl(cert), headers=headers) as r:
+                return r.status, dict(r.headers), await r.text()
+        finally:
+            if own:
+                await s.close()
 
 
 @pytest.fixture
@@ -122,9 +151,12 @@ async def setup(tmp_path: Path, aiohttp_server: Callable[..., Any]) -> AsyncIter
     provider = InterLinkProvider(str(il_server.make_url("")), TOKEN, backoff=())
     await provider.create_pod(create_request(uid="u1", name="p1"))
     crt, key = pki.issue("serving", "system:node:vnode", "system:nodes", server=True)
-    app = create_app(provider=provider, kube=kube, auth=Authenticator(kube, "vnode", cache_seconds=60))
+    clock = Clock()
+    auth = Authenticator(kube, "vnode", token_ttl=120, token_failure_ttl=10, allowed_ttl=300, denied_ttl=30,
+                         reviews_per_second=5, burst=20, clock=clock)
+    app = create_app(provider=provider, kube=kube, auth=auth)
     runner, port = await start_server(app, "127.0.0.1", 0, server_ssl_context(ServingCert(crt, key), pki.ca_pem))
-    yield Setup(f"https://127.0.0.1:{port}", pki, auth_api, interlink)
+    yield Setup(f"https://127.0.0.1:{port}", pki, auth_api, interlink, clock)
     await runner.cleanup()
     await provider.close()
     await kube.close()
@@ -132,8 +164,9 @@ async def setup(tmp_path: Path, aiohttp_server: Callable[..., Any]) -> AsyncIter
 
 async def test_the_api_servers_client_certificate_reads_logs(setup: Setup) -> None:
     cert = setup.pki.issue("apiserver", "kube-apiserver-kubelet-client", "kubeadm:cluster-admins")
+    setup.interlink.logs["u1/c"] = ["one", "two", "three"]
     status, body = await setup.get("/containerLogs/ns/p1/c?tailLines=1", cert=cert)
-    assert (status, body) == (200, "hello from c\n")
+    assert (status, body) == (200, "three\n")  # the tail option reached the runtime
     review = setup.auth_api.reviews[-1]
     assert review["user"] == "kube-apiserver-kubelet-client" and review["groups"] == ["kubeadm:cluster-admins"]
     assert review["resourceAttributes"] == {"verb": "get", "resource": "nodes", "subresource": "proxy", "name": "vnode", "version": "v1"}
@@ -181,6 +214,59 @@ async def test_metrics_count_api_requests(setup: Setup) -> None:
     assert status == 200 and 'kod_vk_api_requests_total{verb="POST",resource="subjectaccessreviews"}' in body
 
 
+async def test_a_rejected_token_is_reviewed_again_only_after_10_s_an_accepted_one_after_2_min(setup: Setup) -> None:
+    api = setup.auth_api
+    assert (await setup.get("/healthz", token="forged-token"))[0] == 401
+    assert (await setup.get("/healthz", token="forged-token"))[0] == 401
+    assert api.token_reviews == 1
+    setup.clock.now += 11
+    assert (await setup.get("/healthz", token="forged-token"))[0] == 401
+    assert api.token_reviews == 2
+
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+    setup.clock.now += 110
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+    assert api.token_reviews == 3
+    setup.clock.now += 11  # 121 s after the review
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+    assert api.token_reviews == 4
+
+
+async def test_access_reviews_are_cached_5_min_when_allowed_and_30_s_when_denied(setup: Setup) -> None:
+    api = setup.auth_api
+    for _ in range(2):
+        assert (await setup.get("/containerLogs/ns/p1/c", token="weak-token"))[0] == 403
+        assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+    assert len(api.reviews) == 2
+    setup.clock.now += 31
+    assert (await setup.get("/containerLogs/ns/p1/c", token="weak-token"))[0] == 403
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+    assert len(api.reviews) == 3  # only the denial was asked again
+    api.allowed.discard(("alice", "proxy"))
+    setup.clock.now += 270  # 301 s after alice's review: asked again, and now refused
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 403
+
+
+async def test_a_flood_of_bad_tokens_costs_a_bounded_number_of_token_reviews(setup: Setup) -> None:
+    api = setup.auth_api
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        same = [setup.get_full("/healthz", token="forged-token", session=session) for _ in range(200)]
+        made_up = [setup.get_full("/healthz", token=secrets.token_urlsafe(16), session=session) for _ in range(300)]
+        answers = await asyncio.gather(*same, *made_up)
+    codes = [status for status, _, _ in answers]
+    assert set(codes) <= {401, 429} and codes.count(429) >= 250
+    assert all(int(headers["Retry-After"]) >= 1 for status, headers, _ in answers if status == 429)
+    # The bucket holds 20 and the clock did not move: the same token is reviewed once, the
+    # made-up ones until the bucket is empty.
+    assert api.token_reviews <= 20
+    # A caller whose token is known still gets in while the flood is throttled (the API server
+    # itself calls with its client certificate and needs no review at all).
+    cert = setup.pki.issue("apiserver", "kube-apiserver-kubelet-client")
+    assert (await setup.get("/containerLogs/ns/p1/c", cert=cert))[0] == 200
+    setup.clock.now += 1  # five more reviews a second
+    assert (await setup.get("/containerLogs/ns/p1/c", token="good-token"))[0] == 200
+
+
 def test_log_options_parse_like_the_kubelet() -> None:
     opts = parse_log_options({"follow": "true", "tailLines": "10", "limitBytes": "100", "timestamps": "1",
                               "sinceTime": "2026-01-02T03:04:05Z", "previous": "false", "container": "ignored"})
@@ -223,10 +309,7 @@ def test_a_stored_certificate_is_reused_only_when_it_fits(tmp_path: Path) -> Non
     assert not cert_fits(crt, key, ["localhost", "other-host"], ["127.0.0.1"])  # a SAN is missing
     assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], now=datetime.now(UTC) + timedelta(days=25))  # expires soon
     assert not cert_fits(tmp_path / "missing.crt", key, [], [])
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_text(pki.ca_pem)
-    assert cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_file=ca_file)
+    assert cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_pem=pki.ca_pem.encode())
     (tmp_path / "new").mkdir()
-    new_ca = tmp_path / "new" / "ca.crt"
-    new_ca.write_text(Pki(tmp_path / "new", name="recreated-cluster-ca").ca_pem)
-    assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_file=new_ca)  # the cluster was re-created
+    new_ca = Pki(tmp_path / "new", name="recreated-cluster-ca").ca_pem.encode()
+    assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_pem=new_ca)  # the cluster was re-created

@@ -1,6 +1,7 @@
 """The pod sync loop against a real (fake) InterLink server and a recording API server: adoption
 without restarts, orphan removal, idempotent starts, refusal, graceful deletion, retries of pods
-whose Secret appears late, and status written from pushed events only."""
+whose Secret appears late, status written from pushed events only, and admission where pods are
+first seen and when they are adopted."""
 
 from __future__ import annotations
 
@@ -13,23 +14,31 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from kod import wire
+from kod.kube import KubeClient
+from kod.kube_config import Connection
+from kod.kube_watch import WatchEvent
 from tests.unit.vk_fakes import TOKEN, FakeInterLink, FakeKubeApi
+from vk_bridge.admission import Admission, NodeFacts as AdmissionFacts
 from vk_bridge.events import EventRecorder
-from vk_bridge.kube import Connection, KubeClient
 from vk_bridge.pods import PodController, WorkQueue
 from vk_bridge.provider import InterLinkProvider
 from vk_bridge.references import KubeReferences
 from vk_bridge.resolve import NodeFacts, Resolver
-from vk_bridge.settings import PodSettings
-from vk_bridge.watch import WatchEvent
+from vk_bridge.settings import AdmissionSettings, PodSettings
+
+#: The harness's node: owner namespace "ns", 2 cores, 10 pods.
+NODE = AdmissionFacts(name="vnode", labels={"kubernetes.io/hostname": "vnode"}, allocatable={"cpu": "2", "memory": "4Gi", "pods": "10"})
 
 
 def api_pod(name: str, uid: str, *, privileged: bool = False, env: list[dict[str, Any]] | None = None,
-            deleting: int | None = None) -> dict[str, Any]:
+            deleting: int | None = None, namespace: str = "ns", cpu: str | None = None,
+            created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
     container: dict[str, Any] = {"name": "c", "image": "busybox", "env": env or []}
     if privileged:
         container["securityContext"] = {"privileged": True}
-    meta: dict[str, Any] = {"name": name, "namespace": "ns", "uid": uid}
+    if cpu:
+        container["resources"] = {"requests": {"cpu": cpu}}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid, "creationTimestamp": created}
     if deleting is not None:
         meta.update(deletionTimestamp="2026-01-01T00:00:00Z", deletionGracePeriodSeconds=deleting)
     return {"metadata": meta, "spec": {"nodeName": "vnode", "containers": [container]},
@@ -50,8 +59,8 @@ class Harness:
             self.api.add_pod(pod)
         self.controller.on_api_event(WatchEvent(kind, object=pod))  # type: ignore[arg-type]
 
-    def status_of(self, name: str) -> dict[str, Any]:
-        return self.api.pods[("ns", name)].get("status") or {}
+    def status_of(self, name: str, namespace: str = "ns") -> dict[str, Any]:
+        return self.api.pods[(namespace, name)].get("status") or {}
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -74,6 +83,7 @@ async def harness(aiohttp_server: Callable[..., Any]) -> AsyncIterator[Harness]:
     controller = PodController(
         kube, provider, resolver, EventRecorder(kube, "vnode"), node_name="vnode", host_ips=("10.0.0.5",),
         settings=PodSettings(workers=4, retry_backoff=(0.05,)),
+        admission=Admission(AdmissionSettings(owner_namespace="ns"), node_name="vnode", node_user="u", node=lambda: NODE),
     )
     tasks = [asyncio.create_task(controller.run_remote_watch()), asyncio.create_task(controller.run_workers())]
     yield Harness(interlink, api, controller)
@@ -189,9 +199,9 @@ async def test_interlink_restart_resyncs_without_duplicates(harness: Harness) ->
     harness.sync()
     harness.event("ADDED", api_pod("web", "u1"))
     await until(lambda: harness.status_of("web").get("phase") == "Running")
+    # The pod finishes while InterLink restarts: no event says so, only the new stream's SYNC.
+    harness.interlink.finish("u1", 0, push=False)
     harness.interlink.break_watches()
-    await asyncio.sleep(0.3)
-    harness.interlink.finish("u1", 0)
     await until(lambda: harness.status_of("web").get("phase") == "Succeeded")
     assert harness.interlink.creates == 1
 
@@ -205,3 +215,56 @@ async def test_work_queue_never_runs_a_key_twice_at_once() -> None:
     assert q._queue.qsize() == 0
     q.done(key)
     assert await asyncio.wait_for(q.get(), 1) == "a"
+
+
+# --- admission ------------------------------------------------------------------------------------
+
+
+async def test_a_pod_of_another_namespace_fails_with_the_reason_and_nothing_is_created(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("intruder", "u-x", namespace="other"))
+    await until(lambda: harness.status_of("intruder", "other").get("phase") == "Failed")
+    st = harness.status_of("intruder", "other")
+    assert st["reason"] == "NotAllowedByOwner" and "other/intruder" in st["message"]
+    await until(lambda: any(e["reason"] == "NotAllowedByOwner" for e in harness.api.events))
+    # Its object stays (Failed, like a pod the kubelet rejects); nothing reached InterLink.
+    await asyncio.sleep(0.2)
+    assert harness.interlink.creates == 0 and not harness.interlink.pods
+    assert ("other", "intruder") in harness.api.pods
+
+
+async def test_resources_are_those_of_admitted_pods_that_have_not_ended(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("big", "u-big", cpu="1500m"))
+    await until(lambda: harness.status_of("big").get("phase") == "Running")
+    harness.event("ADDED", api_pod("second", "u-2", cpu="1"))
+    await until(lambda: harness.status_of("second").get("phase") == "Failed")
+    assert harness.status_of("second")["reason"] == "OutOfcpu"
+    assert harness.status_of("second")["message"] == "Node didn't have enough resource: cpu, requested: 1000, used: 1500, capacity: 2000"
+    # Once the big one ended, its room is free again.
+    harness.interlink.finish("u-big", 0)
+    await until(lambda: harness.status_of("big").get("phase") == "Succeeded")
+    harness.event("ADDED", api_pod("third", "u-3", cpu="1"))
+    await until(lambda: harness.status_of("third").get("phase") == "Running")
+    assert set(harness.interlink.requests) == {"u-big", "u-3"}
+
+
+async def test_adopted_pods_are_admitted_again_oldest_first_and_a_refused_one_is_stopped(harness: Harness) -> None:
+    """After a restart (here: the first sync), running pods are re-checked: a pod of a namespace
+    the owner no longer allows is stopped and Failed; of two that no longer fit together, the
+    younger is."""
+    own = api_pod("own", "u-own", cpu="1500m", created="2026-01-01T00:00:00Z")
+    younger = api_pod("younger", "u-young", cpu="1", created="2026-01-02T00:00:00Z")
+    stranger = api_pod("stranger", "u-s", namespace="other", created="2025-12-01T00:00:00Z")
+    for p in (own, younger, stranger):
+        harness.interlink.adopt(request_for(p))
+    await until(lambda: harness.controller.remote_synced.is_set())
+    harness.sync(younger, stranger, own)
+    await until(lambda: harness.status_of("stranger", "other").get("phase") == "Failed")
+    await until(lambda: harness.status_of("younger").get("phase") == "Failed")
+    assert harness.status_of("stranger", "other")["reason"] == "NotAllowedByOwner"
+    assert harness.status_of("younger")["reason"] == "OutOfcpu"
+    await until(lambda: set(harness.interlink.pods) == {"u-own"})
+    assert sorted(uid for uid, _ in harness.interlink.deletes) == ["u-s", "u-young"]
+    await until(lambda: harness.status_of("own").get("phase") == "Running")
+    assert harness.interlink.creates == 0

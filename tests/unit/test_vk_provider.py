@@ -1,5 +1,6 @@
 """The InterLink provider against a real (fake) InterLink server on a free port: idempotent create,
-policy refusal, deletion, logs, token errors, and a watch that reconnects with a fresh SYNC."""
+policy refusal, deletion, logs, token errors, and a watch that reconnects with a fresh SYNC; and
+the provider interface split by caller."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ from aiohttp.test_utils import TestServer
 
 from kod import errors, wire
 from tests.unit.vk_fakes import TOKEN, FakeInterLink
-from vk_bridge.provider import InterLinkProvider, Provider
+from vk_bridge import kubelet_api, node, pods
+from vk_bridge.provider import (
+    ContainerLogs,
+    InterLinkProvider,
+    LogsSource,
+    NodeProvider,
+    PodLifecycle,
+    PodSync,
+    Provider,
+    StatusNotifier,
+)
 
 
 def create_request(uid: str = "u1", name: str = "p1", privileged: bool = False) -> wire.PodCreateRequest:
@@ -39,10 +50,33 @@ async def provider(interlink: tuple[FakeInterLink, TestServer]) -> AsyncIterator
     await p.close()
 
 
-async def test_the_interlink_provider_satisfies_the_protocol() -> None:
+async def test_the_interlink_provider_satisfies_every_protocol() -> None:
     p = InterLinkProvider("http://127.0.0.1:1", None)
-    assert isinstance(p, Provider)
+    for protocol in (Provider, PodLifecycle, StatusNotifier, NodeProvider, ContainerLogs, PodSync, LogsSource):
+        assert isinstance(p, protocol), protocol.__name__
     await p.close()
+
+
+def _methods(protocol: type) -> set[str]:
+    """A protocol's members: its methods and its declared attributes, inherited ones included."""
+    declared = {name for cls in protocol.__mro__ for name in getattr(cls, "__annotations__", {})}
+    return {name for name in dir(protocol) if not name.startswith("_")} | declared
+
+
+def test_each_caller_gets_only_the_methods_it_uses() -> None:
+    """The split by caller: the pod controller cannot ping, the node cannot create pods, the
+    kubelet API cannot delete them; and every method of the whole is some caller's."""
+    assert _methods(PodSync) == {"create_pod", "delete_pod", "get_pod_status", "watch"}
+    assert _methods(NodeProvider) == {"ping", "url"}
+    assert _methods(LogsSource) == {"create_pod", "delete_pod", "get_pod_status", "logs"}
+    assert _methods(Provider) == _methods(PodSync) | _methods(NodeProvider) | _methods(LogsSource) | {"close"}
+    hints = {
+        pods.PodController.__init__: "PodSync",
+        node.NodeController.__init__: "NodeProvider",
+        kubelet_api.create_app: "LogsSource",
+    }
+    for function, protocol in hints.items():
+        assert function.__annotations__["provider"] == protocol, function.__qualname__
 
 
 async def test_a_sync_larger_than_aiohttps_line_limit_arrives_whole(
@@ -61,11 +95,16 @@ async def test_a_sync_larger_than_aiohttps_line_limit_arrives_whole(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_create_is_idempotent_by_uid(interlink: tuple[FakeInterLink, TestServer], provider: InterLinkProvider) -> None:
+async def test_a_repeated_create_returns_the_pods_current_status(interlink: tuple[FakeInterLink, TestServer],
+                                                                  provider: InterLinkProvider) -> None:
     fake, _ = interlink
-    first = await provider.create_pod(create_request())
-    again = await provider.create_pod(create_request())
-    assert first.phase == again.phase == "Running"
+    request = create_request()
+    first = await provider.create_pod(request)
+    assert fake.requests["u1"] == request  # what InterLink got is the request as given
+    fake.finish("u1", 0)  # the pod moved on meanwhile
+    again = await provider.create_pod(request)  # a resend (the virtual kubelet restarted, say)
+    # InterLink's answer to a known uid comes back as it is: the pod's status now, not the first answer.
+    assert (again.uid, again.phase, again.version) == ("u1", "Succeeded", first.version + 1)
     assert fake.creates == 1
 
 
@@ -97,7 +136,7 @@ async def test_missing_or_wrong_token_is_unauthorized(interlink: tuple[FakeInter
     p = InterLinkProvider(str(server.make_url("")), token, backoff=())
     try:
         with pytest.raises(errors.Unauthorized):
-            await p.list_pods()
+            await p.get_pod_status("ns", "p1")
     finally:
         await p.close()
 
@@ -105,10 +144,11 @@ async def test_missing_or_wrong_token_is_unauthorized(interlink: tuple[FakeInter
 async def test_unreachable_interlink_is_unavailable_after_retries() -> None:
     p = InterLinkProvider("http://127.0.0.1:9", TOKEN, backoff=(0.01, 0.01))
     try:
-        with pytest.raises(errors.Unavailable):
+        with pytest.raises(errors.Unavailable, match="InterLink at http://127.0.0.1:9 cannot be reached"):
             await p.ping()
-        with pytest.raises(errors.Unavailable):
-            await p.list_pods()
+        with pytest.raises(errors.Unavailable) as caught:
+            await p.get_pod_status("ns", "p1")
+        assert caught.value.hint and "kod-interlink" in caught.value.hint
     finally:
         await p.close()
 
@@ -132,6 +172,7 @@ async def test_watch_pushes_status_and_resyncs_after_a_broken_stream(
         fake.break_watches()
         again = await asyncio.wait_for(_next_of_type(events, "SYNC"), 5)
         assert [p.uid for p in again.pods or []] == ["u1"]
+        assert connected.is_set()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -144,7 +185,7 @@ async def _next_of_type(events: asyncio.Queue[wire.WatchEvent], kind: str) -> wi
             return event
 
 
-async def test_watch_treats_a_silent_stream_as_dead(monkeypatch: pytest.MonkeyPatch, aiohttp_server: Callable[..., object]) -> None:
+async def test_watch_treats_a_silent_stream_as_dead(aiohttp_server: Callable[..., object]) -> None:
     """A stream that neither sends events nor heartbeats is abandoned and reopened."""
     opened = 0
 
@@ -160,10 +201,11 @@ async def test_watch_treats_a_silent_stream_as_dead(monkeypatch: pytest.MonkeyPa
     app = web.Application()
     app.router.add_get("/v1/watch", silent)
     server = await aiohttp_server(app)  # type: ignore[misc]
-    monkeypatch.setattr("vk_bridge.provider.WATCH_INACTIVITY_SECONDS", 0.2)
-    p = InterLinkProvider(str(server.make_url("")), None, backoff=(0.01,))
-    task = asyncio.create_task(p.watch(lambda e: None))
+    p = InterLinkProvider(str(server.make_url("")), None, backoff=(0.01,), watch_idle_seconds=0.2)
+    connected = asyncio.Event()
+    task = asyncio.create_task(p.watch(lambda e: None, connected=connected))
     try:
+        await asyncio.wait_for(connected.wait(), 5)
         for _ in range(100):
             if opened >= 2:
                 break

@@ -34,6 +34,7 @@ class DictRefs:
         self.config_maps: dict[str, dict[str, Any]] = {}
         self.svcs: list[dict[str, Any]] = []
         self.token_requests: list[dict[str, Any]] = []
+        self.claims: dict[str, dict[str, Any]] = {}
 
     async def secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.secrets.get(f"{namespace}/{name}")
@@ -47,6 +48,9 @@ class DictRefs:
 
     async def services(self, namespace: str) -> Sequence[Mapping[str, Any]]:
         return [s for s in self.svcs if s["metadata"]["namespace"] in (namespace, "default")]
+
+    async def persistent_volume_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.claims.get(f"{namespace}/{name}")
 
 
 NODE = NodeFacts(name="desktop-x", host_ips=("10.0.0.5",), allocatable={"cpu": "8", "memory": "16Gi"})
@@ -291,3 +295,18 @@ async def test_service_variables_are_in_env_and_usable_in_expansion(refs: DictRe
             enableServiceLinks=False)
     env = env_of(await resolve(refs, p))
     assert env["API"] == "https://10.96.0.1" and env["KUBERNETES_SERVICE_PORT"] == "443"
+
+
+async def test_claims_are_confirmed_with_their_uid_and_a_missing_one_waits(refs: DictRefs) -> None:
+    vols = [{"name": "home", "persistentVolumeClaim": {"claimName": "data"}},
+            {"name": "again", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}}]
+    p = pod([{"name": "c", "image": "i"}], volumes=vols)
+    with pytest.raises(UnresolvedReference) as info:
+        await resolve(refs, p)
+    assert 'persistentvolumeclaim "data" not found' in str(info.value) and info.value.event_reason == "FailedMount"
+    refs.claims["ns1/data"] = {"metadata": {"name": "data", "uid": "claim-uid-1"}}
+    req = await resolve(refs, p)
+    assert req.claims == [wire.ClaimRef(name="data", uid="claim-uid-1")]
+    refs.claims["ns1/data"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    with pytest.raises(UnresolvedReference, match="is being deleted"):
+        await resolve(refs, p)
