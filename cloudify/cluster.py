@@ -2,7 +2,7 @@
 delete them all at the end.
 
 Creation order: the Job first (the others need its uid as their owner) together with the PVC
-(-v); then the Secret and the Service at once. Three round trips of ~10 ms; meanwhile the Job
+(-v); then the two Secrets (the app's, the viewer's) and the Service at once. Three round trips of ~10 ms; meanwhile the Job
 controller is already making the app pod, and the kubelet finds the Secret in place when it
 mounts it.
 """
@@ -14,14 +14,14 @@ import contextlib
 from typing import Any
 
 from kod import errors, labels
+from kod.kube import KubeClient
 
 from cloudify import manifests
-from cloudify.kube import Kube
 from cloudify.manifests import SessionPlan
 
 
 class ClusterSide:
-    def __init__(self, kube: Kube, plan: SessionPlan, *, node_port: bool, xauthority: bytes | None) -> None:
+    def __init__(self, kube: KubeClient, plan: SessionPlan, *, node_port: bool, xauthority: bytes | None) -> None:
         self.kube, self.plan, self.node_port, self.xauthority = kube, plan, node_port, xauthority
         self.job: dict[str, Any] | None = None
         self.service: dict[str, Any] | None = None
@@ -36,7 +36,8 @@ class ClusterSide:
         return f"{base}/{name}" if name else base
 
     async def ensure_namespace(self) -> None:
-        """Create the sessions' namespace when it is missing (the first session ever)."""
+        """Create the sessions' namespace when it is missing, when the credentials may (an
+        admin's); a user's may not: then say who must make it."""
         try:
             await self.kube.create("/api/v1/namespaces", {
                 "apiVersion": "v1", "kind": "Namespace",
@@ -44,6 +45,12 @@ class ClusterSide:
             })
         except errors.Conflict:
             pass
+        except errors.Forbidden as exc:
+            raise errors.NotFound(
+                f"your namespace {self.ns} does not exist, and your credentials may not create it",
+                hint=f"ask the cluster's admin for namespace {self.ns} with cloudify's role for you in it "
+                "(docs/cloudify.md, \"Your namespace\"); the local cluster makes it with `python -m localenv up --demo`",
+            ) from exc
 
     async def create(self) -> None:
         """Create the Job (and PVC), then the Secret and Service owned by the Job."""
@@ -55,11 +62,21 @@ class ClusterSide:
                 raise
             await self.ensure_namespace()
             self.job = await self._create_job_and_claim(job_manifest)
+        except errors.Forbidden as exc:
+            # RBAC answers before the namespace is looked up: a missing namespace, or one that is
+            # not yours, looks the same.
+            raise errors.Forbidden(
+                f"you may not start sessions in namespace {self.ns}: {exc.message}",
+                hint=f"your sessions go to your own namespace ({self.ns} unless `namespace` is set); ask the "
+                "cluster's admin for it with cloudify's role for you in it (docs/cloudify.md, \"Your namespace\")",
+            ) from exc
         self.owner = manifests.owner_reference(self.job)
-        secret = manifests.session_secret(self.plan, self.owner, xauthority=self.xauthority)
+        app_secret = manifests.app_secret(self.plan, self.owner)
+        viewer_secret = manifests.viewer_secret(self.plan, self.owner, xauthority=self.xauthority)
         service = manifests.app_service(self.plan, self.owner, node_port=self.node_port)
-        _, self.service = await asyncio.gather(
-            self.kube.create(self._path("/api/v1", "secrets"), secret),
+        _, _, self.service = await asyncio.gather(
+            self.kube.create(self._path("/api/v1", "secrets"), app_secret),
+            self.kube.create(self._path("/api/v1", "secrets"), viewer_secret),
             self.kube.create(self._path("/api/v1", "services"), service),
         )
 
@@ -86,28 +103,30 @@ class ClusterSide:
         The Job's dependents would go with it anyway; deleting them explicitly makes it quick."""
         names = self.plan.names
         await asyncio.gather(
-            self.kube.delete(self._path("/apis/batch/v1", "jobs", names.base), propagation="Background"),
-            self.kube.delete(self._path("/api/v1", "secrets", names.base)),
-            self.kube.delete(self._path("/api/v1", "services", names.base)),
-            self.kube.delete(self._path("/api/v1", "pods", names.viewer), grace=0),
+            self.kube.delete(self._path("/apis/batch/v1", "jobs", names.base), missing_ok=True),
+            self.kube.delete(self._path("/api/v1", "secrets", names.app_secret), missing_ok=True),
+            self.kube.delete(self._path("/api/v1", "secrets", names.viewer_secret), missing_ok=True),
+            self.kube.delete(self._path("/api/v1", "services", names.base), missing_ok=True),
+            self.kube.delete(self._path("/api/v1", "pods", names.viewer), grace_seconds=0, missing_ok=True),
             return_exceptions=True,
         )
         await delete_session_pods(self.kube, self.ns, names.session)
 
 
-async def delete_session_pods(kube: Kube, namespace: str, session: str) -> None:
+async def delete_session_pods(kube: KubeClient, namespace: str, session: str) -> None:
     """Delete the session's pods right away (the garbage collector would take a moment longer).
     The app keeps its grace period, to save its settings."""
     with contextlib.suppress(errors.KodError):
-        pods = await kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{labels.SESSION}={session}")
+        pods = await kube.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"{labels.SESSION}={session}"})
         await asyncio.gather(*(
             kube.delete(f"/api/v1/namespaces/{namespace}/pods/{p['metadata']['name']}",
-                        grace=0 if p["metadata"].get("labels", {}).get(labels.ROLE) == "viewer" else None)
+                        grace_seconds=0 if p["metadata"].get("labels", {}).get(labels.ROLE) == "viewer" else None,
+                        missing_ok=True)
             for p in pods.get("items", [])
         ), return_exceptions=True)
 
 
-async def wait_gone(kube: Kube, namespace: str, session: str, *, timeout: float) -> bool:
+async def wait_gone(kube: KubeClient, namespace: str, session: str, *, timeout: float) -> bool:
     """Wait until no pod of the session is left (their containers are gone then, on the node and
     on the desktop); False when `timeout` passes first."""
     path = f"/api/v1/namespaces/{namespace}/pods"
@@ -116,7 +135,7 @@ async def wait_gone(kube: Kube, namespace: str, session: str, *, timeout: float)
     deadline = loop.time() + timeout
     while True:
         try:
-            listing = await kube.get(path, labelSelector=sel)
+            listing = await kube.get(path, params={"labelSelector": sel})
         except errors.KodError:
             return False
         remaining = {p["metadata"]["uid"] for p in listing.get("items", [])}
@@ -124,9 +143,10 @@ async def wait_gone(kube: Kube, namespace: str, session: str, *, timeout: float)
             return True
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                async for kind, pod in kube.watch_from(path, listing["metadata"].get("resourceVersion"), labelSelector=sel):
-                    if kind == "DELETED":
-                        remaining.discard(pod["metadata"]["uid"])
+                params = {"labelSelector": sel, "resourceVersion": listing["metadata"].get("resourceVersion")}
+                async for event in kube.watch_stream(path, params=params):
+                    if event.get("type") == "DELETED":
+                        remaining.discard(event["object"]["metadata"]["uid"])
                         if not remaining:
                             return True
         except TimeoutError:

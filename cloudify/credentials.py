@@ -2,9 +2,17 @@
 
 Generated fresh for every session (the original made one RSA-4096 pair per run, which takes about
 a second; ed25519 takes ~15 ms) and never written anywhere but a private directory that lives for
-one ssh-keygen call. The client's public key goes to the app pod's authorized_keys, the host's
-private key to its sshd; the viewer gets the client's private key and a known_hosts line that pins
-the host key, so the viewer verifies the app (StrictHostKeyChecking=yes) and the app the viewer.
+one ssh-keygen call. They are split between the two sides, and each side gets only its own
+(`app_files`, `viewer_files`: two Secrets in the cluster, cloudify/manifests.py):
+
+- the app: the host's private key (its sshd's identity), the client's public key (the only key
+  sshd accepts) and the VNC password;
+- the viewer: the client's private key, a known_hosts line that pins the host's public key, and
+  the VNC password.
+
+So the viewer verifies the app (StrictHostKeyChecking=yes) and the app the viewer, and whoever
+reads the viewer's side (the desktop's virtual node, which may read only what its pods mount)
+cannot impersonate the app.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kod import errors
+from kod import apps, errors
 
 #: VNC's own authentication uses the first 8 bytes of the password only (a DES key): the rest
 #: would add nothing. Letters and digits so that it survives any shell or URL unquoted.
@@ -43,6 +51,24 @@ class Credentials:
         """A known_hosts line that trusts exactly this session's host key, at any address (the
         viewer reaches the app through a NodePort, a port-forward or a tunnel)."""
         return f"{pattern} {self.host.public}\n"
+
+    def app_files(self) -> dict[str, str]:
+        """What the app side gets, by the images' file names (kod.apps): the host's private key,
+        the client's public key as authorized_keys, the VNC password."""
+        return {
+            apps.SECRET_AUTHORIZED_KEYS: self.client.public + "\n",
+            apps.SECRET_HOST_KEY: self.host.private,
+            apps.SECRET_VNC_PASSWORD: self.vnc_password,
+        }
+
+    def viewer_files(self) -> dict[str, str]:
+        """What the viewer side gets: the client's private key, the pinned host key, the VNC
+        password. Never the host's private key."""
+        return {
+            apps.SECRET_SSH_KEY: self.client.private,
+            apps.SECRET_KNOWN_HOSTS: self.known_hosts(),
+            apps.SECRET_VNC_PASSWORD: self.vnc_password,
+        }
 
 
 def new_password(length: int = VNC_PASSWORD_LENGTH) -> str:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -123,15 +122,36 @@ def answers(sock: Path) -> bool:
 
 
 def socket_group(sock: Path) -> int | None:
-    """The group a viewer must be in to reach `sock`: its directory's group when others may not
-    enter the directory; None when anyone may (or the directory is root's own group)."""
+    """The group a viewer must be in to reach `sock`: its directory's group (None for root's own
+    group, which no viewer joins). `check_private_dir` has refused a directory others may enter."""
     try:
         st = sock.parent.stat()
     except OSError:
         return None
-    if st.st_mode & 0o001 or st.st_gid == 0:
-        return None
-    return st.st_gid
+    return None if st.st_gid == 0 else st.st_gid
+
+
+def check_private_dir(directory: Path, gid: int) -> None:
+    """Refuse a kod sound socket directory that lets other local users in: anyone who can enter
+    it can play and record through the socket (anonymous auth). Only its owner and the desktop
+    group `gid` may enter it (mode 0710 or 0750), nobody else, and the group may not write.
+    InvalidInput saying how to fix it otherwise."""
+    st = directory.stat()
+    mode = st.st_mode & 0o7777
+    fix = (f"`chgrp {gid} {directory} && chmod 0710 {directory}` (as its owner or root), or set "
+           "kod_pulse_dir to a directory only you and that group may enter")
+    if mode & 0o007:
+        raise errors.InvalidInput(
+            f"the kod sound socket's directory {directory} lets every local user in (mode {mode:o}): "
+            "whoever enters it can play and record through your PulseAudio; refusing to use it", hint=fix)
+    if mode & 0o070 and st.st_gid != gid:
+        raise errors.InvalidInput(
+            f"the kod sound socket's directory {directory} lets group {st.st_gid} in, not the desktop "
+            f"group {gid}: refusing to use it", hint=fix)
+    if mode & 0o020:
+        raise errors.InvalidInput(
+            f"the kod sound socket's directory {directory} is writable by its group (mode {mode:o}): a "
+            "viewer could replace the socket; refusing to use it", hint=fix)
 
 
 def session_pulse(settings: CloudifySettings, host: HostEnv) -> Path | None:
@@ -152,7 +172,10 @@ def kod_pulse(settings: CloudifySettings, host: HostEnv) -> Path | None:
             raise errors.InvalidInput(f"pulse_socket {p}: no PulseAudio answers there", hint="is PulseAudio running?")
         return p
     p = Path(settings.kod_pulse_dir) / "native"
-    return p if answers(p) else None
+    if not answers(p):
+        return None
+    check_private_dir(p.parent, settings.desktop_gid)
+    return p
 
 
 async def ensure_kod_pulse(settings: CloudifySettings, host: HostEnv) -> tuple[Path | None, str]:
@@ -168,13 +191,26 @@ async def ensure_kod_pulse(settings: CloudifySettings, host: HostEnv) -> tuple[P
         why = "no PulseAudio answers in this session" if own is None else "pactl is not installed (pulseaudio-utils)"
         return None, f"no sound: {why}"
     directory = Path(settings.kod_pulse_dir)
+    gid = settings.desktop_gid
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(PermissionError):
-            os.chown(directory, -1, settings.desktop_gid)
-        directory.chmod(0o710 if directory.stat().st_gid == settings.desktop_gid else 0o711)
+        # Made private from the start (never a moment in which others may enter it).
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         return None, f"no sound: cannot make {directory} ({exc}); ask for it to be made (or set pulse_socket)"
+    try:
+        if directory.stat().st_gid != gid:
+            os.chown(directory, -1, gid)
+        if directory.stat().st_uid == os.geteuid():
+            directory.chmod(0o710)
+    except PermissionError:
+        # Never a mode that lets others in instead (0711 would: the socket accepts anyone).
+        raise errors.InvalidInput(
+            f"cannot give the kod sound socket's directory {directory} to the desktop group {gid} "
+            "(you are not in it), and viewers reach the socket only through that group",
+            hint=f"ask for it to be made: `install -d -g {gid} -m 0710 {directory}` and add yourself to "
+            f"group {gid}; or set desktop_gid to a group of yours that only viewers join",
+        ) from None
+    check_private_dir(directory, gid)
     sock = directory / "native"
     proc = await asyncio.create_subprocess_exec(
         pactl, "-s", f"unix:{own}", "load-module", "module-native-protocol-unix", f"socket={sock}", "auth-anonymous=1",

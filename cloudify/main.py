@@ -1,7 +1,7 @@
 """`cloudify`: run desktop apps in Kubernetes pods and use them on this desktop.
 
     cloudify firefox                     # Firefox in the cluster, on your screen, with sound
-    cloudify -s -q 7 -t 30 libreoffice   # encrypted, better picture, 30 s start-up timeout
+    cloudify -q 7 -t 30 libreoffice      # better picture, 30 s start-up timeout (always encrypted)
     cloudify -v firefox                  # keep settings and bookmarks across sessions
     cloudify -r docker blender           # the viewer in local Docker instead of a pod
     cloudify -p novnc firefox            # in your browser (implies -r native)
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from kod import __version__, errors
+from kod import __version__, console, errors
 from kod.log import configure
 
 from cloudify import settings as s
@@ -51,12 +51,16 @@ commands:
 
 examples:
   cloudify firefox
-  cloudify -q 7 -t 10 -s firefox
-  cloudify -q 7 -t 10 -s -r docker firefox
+  cloudify -q 7 -t 10 firefox
+  cloudify -q 7 -t 10 -r docker firefox
   cloudify -v libreoffice
   cloudify -p novnc firefox
   cloudify sessions --json
   cloudify stop k3x9a0b2
+
+who you are: cloudify uses your own credentials ($KUBECONFIG, ~/.kube/config, then the
+kubeconfig the local cluster made for you, ~/.local/share/kod/cluster/users/<user>.kubeconfig;
+never its admin's), and your sessions live in your own namespace, kod-<user> (--namespace).
 
 settings: defaults come from {config} (TOML; keys as the long options,
 e.g. `quality = 7`), then KOD_CLOUDIFY_* environment variables (KOD_CLOUDIFY_QUALITY=7), then
@@ -69,9 +73,10 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("cluster and settings")
     g.add_argument("--config", metavar="FILE", type=Path, help=f"settings file (default {s.settings_path()})")
-    g.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default $KUBECONFIG, ~/.kube/config, the local cluster's)")
+    g.add_argument("--kubeconfig", metavar="FILE", help="your kubeconfig (default $KUBECONFIG, ~/.kube/config, then the "
+                   "one the local cluster made for you, ~/.local/share/kod/cluster/users/<user>.kubeconfig; never its admin's)")
     g.add_argument("--context", metavar="NAME", help="kubeconfig context (default the current one)")
-    g.add_argument("--namespace", "-n", metavar="NS", help="namespace of the sessions (default kod)")
+    g.add_argument("--namespace", "-n", metavar="NS", help="namespace of the sessions (default your own, kod-<user>)")
     g.add_argument("--user", metavar="NAME", help="your user name in the cluster (default your login name)")
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="log detail on stderr (default warning)")
@@ -126,6 +131,9 @@ def report(exc: errors.KodError, err: TextIO | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Output may go to a pipe whose reader dies (`| tee log` and Ctrl-C): losing messages must
+    # never stop a cleanup or change the exit code.
+    console.install()
     parser = build_parser()
     args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "command", None):

@@ -1,10 +1,15 @@
 """The session's Kubernetes objects, built as data (plain dicts in the API's JSON shape).
 
     job      = app_job(plan)                 # the app: a Job, so the cluster expires it alone
-    secret   = session_secret(plan, owner)   # keys and password, owned by the Job
+    secret   = app_secret(plan, owner)       # the app's keys and password, owned by the Job
+    secret   = viewer_secret(plan, owner)    # the viewer's keys, password and X cookie, owned by the Job
     service  = app_service(plan, owner)      # NodePort (or ClusterIP), owned by the Job
     viewer   = viewer_pod(plan, owner, ...)  # on the user's virtual node, owned by the Job
     volume   = data_claim(plan)              # -v: one PVC per user and app, never owned
+
+The two Secrets split the session's credentials (cloudify/credentials.py): the app pod mounts only
+the app's, the viewer pod only the viewer's, so the desktop's virtual node, which may read only
+the Secrets of its own pods, never sees the app's SSH host private key.
 
 Why a Job: `activeDeadlineSeconds` ends a forgotten session, `ttlSecondsAfterFinished` deletes a
 finished one, and since every other object of the session has the Job as its owner, the garbage
@@ -29,8 +34,8 @@ from cloudify.settings import CloudifySettings
 FINISHED_TTL_SECONDS = 10
 #: Grace period of the app: enough for the app to save its profile, short enough to end quickly.
 APP_GRACE_SECONDS = 10
-#: Keys of the session Secret (the images' file names, kod.apps). The app pod mounts only
-#: APP_KEYS, the viewer only VIEWER_KEYS.
+#: Keys of the session's Secrets (the images' file names, kod.apps): the app's Secret holds
+#: APP_KEYS, the viewer's VIEWER_KEYS (and the X cookie).
 K_AUTHORIZED_KEYS = apps.SECRET_AUTHORIZED_KEYS
 K_HOST_KEY = apps.SECRET_HOST_KEY
 K_VNC_PASSWORD = apps.SECRET_VNC_PASSWORD
@@ -97,13 +102,15 @@ class SessionPlan:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a viewer finds the app: an address and the ports there. `vnc_port`/`novnc_port`
-    are None when they are reached through the SSH tunnel instead (-s)."""
+    """Where a viewer finds the app: SSH at `host`; in clear mode (--insecure) VNC or noVNC at
+    `vnc_host` (cloudify's port-forward: never a NodePort). `vnc_port`/`novnc_port` are None when
+    they are reached through the SSH tunnel instead (the default)."""
 
     host: str
     ssh_port: int
     vnc_port: int | None = None
     novnc_port: int | None = None
+    vnc_host: str | None = None
 
 
 def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
@@ -122,39 +129,41 @@ def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-def session_secret(plan: SessionPlan, owner: dict[str, Any], *, xauthority: bytes | None = None) -> dict[str, Any]:
-    """The session's keys and password. Each pod mounts only the keys it needs."""
-    creds = plan.credentials
-    data = {
-        K_AUTHORIZED_KEYS: _b64(creds.client.public + "\n"),
-        K_HOST_KEY: _b64(creds.host.private),
-        K_VNC_PASSWORD: _b64(creds.vnc_password),
-        K_CLIENT_KEY: _b64(creds.client.private),
-        K_KNOWN_HOSTS: _b64(creds.known_hosts()),
-    }
-    if xauthority:
-        data[K_XAUTHORITY] = _b64(xauthority)
+def _secret(plan: SessionPlan, name: str, role: str, owner: dict[str, Any], data: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": plan.metadata(plan.names.base, n.ROLE_APP, owner),
+        "metadata": plan.metadata(name, role, owner),
         "type": "Opaque",
         "data": data,
     }
 
 
+def app_secret(plan: SessionPlan, owner: dict[str, Any]) -> dict[str, Any]:
+    """The app's side: sshd's host private key, the one client key it accepts, the VNC password."""
+    data = {k: _b64(v) for k, v in plan.credentials.app_files().items()}
+    return _secret(plan, plan.names.app_secret, n.ROLE_APP, owner, data)
+
+
+def viewer_secret(plan: SessionPlan, owner: dict[str, Any], *, xauthority: bytes | None = None) -> dict[str, Any]:
+    """The viewer's side: the client's private key, the pinned host key, the VNC password, and
+    the desktop's X cookie (pod mode). Never the host's private key."""
+    data = {k: _b64(v) for k, v in plan.credentials.viewer_files().items()}
+    if xauthority:
+        data[K_XAUTHORITY] = _b64(xauthority)
+    return _secret(plan, plan.names.viewer_secret, n.ROLE_VIEWER, owner, data)
+
+
 def _ports(options: SessionOptions) -> list[tuple[str, int]]:
-    ports = [("ssh", apps.SSH_PORT)]
-    if options.exposes_vnc:
-        ports.append(("vnc", apps.VNC_PORT))
-    if options.exposes_novnc:
-        ports.append(("novnc", apps.NOVNC_PORT))
-    return ports
+    # SSH only, in every mode: VNC and noVNC listen on the app pod's localhost, reached through
+    # SSH (the default) or, in clear mode, the API server's port-forward: never on every node.
+    return [("ssh", apps.SSH_PORT)]
 
 
 def app_service(plan: SessionPlan, owner: dict[str, Any], *, node_port: bool) -> dict[str, Any]:
-    """The app's Service: SSH always (the sound stream's tunnel, and VNC with -s); VNC or noVNC only
-    without -s. NodePort when the desktop reaches node addresses, else ClusterIP."""
+    """The app's Service: SSH only (VNC and noVNC inside it, and the sound stream); in clear mode
+    VNC goes through the API server's port-forward instead, never a NodePort. NodePort when the
+    desktop reaches node addresses, else ClusterIP."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -194,7 +203,9 @@ def app_job(plan: SessionPlan) -> dict[str, Any]:
         apps.ENV_VNC_PASSWORD_FILE: f"{secret_dir}/{K_VNC_PASSWORD}",
         apps.ENV_AUTHORIZED_KEYS_FILE: f"{secret_dir}/{K_AUTHORIZED_KEYS}",
         apps.ENV_HOST_KEY_FILE: f"{secret_dir}/{K_HOST_KEY}",
-        apps.ENV_ENCRYPT: "1" if opts.secure else "0",
+        # VNC and noVNC on the pod's localhost only, in every mode: SSH's -L and the API server's
+        # port-forward (clear mode) both connect there; nothing else of the cluster reaches them.
+        apps.ENV_ENCRYPT: "1",
         apps.ENV_GEOMETRY: settings.geometry,
         apps.ENV_DEPTH: settings.depth,
         apps.ENV_VNC_PORT: apps.VNC_PORT,
@@ -219,7 +230,7 @@ def app_job(plan: SessionPlan) -> dict[str, Any]:
         {
             "name": "session",
             "secret": {
-                "secretName": plan.names.base,
+                "secretName": plan.names.app_secret,
                 "items": [{"key": k, "path": k} for k in APP_KEYS],
                 # Group-readable for the app's user (fsGroup); sshd accepts a host key that the
                 # user does not own, and the files are copied nowhere.
@@ -311,6 +322,7 @@ def viewer_env(plan: SessionPlan, target: Target, *, display: str, pulse_socket:
     }
     if target.vnc_port is not None:
         env[apps.ENV_TARGET_VNC_PORT] = target.vnc_port
+        env[apps.ENV_TARGET_VNC_HOST] = target.vnc_host or target.host
     if pulse_socket:
         env[apps.ENV_PULSE_SOCKET] = pulse_socket
         env[apps.ENV_AUDIO_LATENCY_MS] = apps.AUDIO_LATENCY_MS
@@ -344,16 +356,18 @@ def viewer_pod(
         secret_dir=secret_dir,
         xauthority=f"{secret_dir}/{K_XAUTHORITY}" if with_xauthority else None,
     )
+    # Host paths read-only: the desktop's Docker sidecar mounts them no other way (connecting to
+    # a socket needs no write access to its directory).
     mounts = [
         {"name": "session", "mountPath": secret_dir, "readOnly": True},
-        {"name": "x11", "mountPath": X11_DIR},
+        {"name": "x11", "mountPath": X11_DIR, "readOnly": True},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "session", "secret": {"secretName": plan.names.base, "items": items, "defaultMode": 0o440}},
+        {"name": "session", "secret": {"secretName": plan.names.viewer_secret, "items": items, "defaultMode": 0o440}},
         {"name": "x11", "hostPath": {"path": X11_DIR, "type": "Directory"}},
     ]
     if pulse_dir:
-        mounts.append({"name": "pulse", "mountPath": VIEWER_PULSE_DIR})
+        mounts.append({"name": "pulse", "mountPath": VIEWER_PULSE_DIR, "readOnly": True})
         volumes.append({"name": "pulse", "hostPath": {"path": pulse_dir, "type": "Directory"}})
     return {
         "apiVersion": "v1",

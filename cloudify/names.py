@@ -52,7 +52,18 @@ class SessionNames:
 
     @property
     def viewer(self) -> str:
+        """Name of the viewer pod, and of the viewer's Secret."""
         return f"{self.base}-viewer"
+
+    @property
+    def app_secret(self) -> str:
+        """The app's Secret (host private key, authorized key, VNC password)."""
+        return self.base
+
+    @property
+    def viewer_secret(self) -> str:
+        """The viewer's Secret (client private key, pinned host key, VNC password, X cookie)."""
+        return self.viewer
 
     @property
     def container(self) -> str:

@@ -26,12 +26,14 @@ class SessionOptions:
     persist: bool
 
     @property
-    def exposes_vnc(self) -> bool:
-        """Whether the app pod serves VNC beyond its own localhost (never with -s)."""
+    def forwards_vnc(self) -> bool:
+        """Clear mode (--insecure) with VNC: the viewer reaches VNC without SSH, through cloudify's
+        port-forward (the app pod serves it on its localhost only, never on a NodePort)."""
         return not self.secure and self.protocol == "vnc"
 
     @property
-    def exposes_novnc(self) -> bool:
+    def forwards_novnc(self) -> bool:
+        """Clear mode with noVNC: the browser reaches noVNC through cloudify's port-forward."""
         return not self.secure and self.protocol == "novnc"
 
 

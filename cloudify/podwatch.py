@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kod import errors, labels
+from kod.kube import KubeClient
+from kod.kube_watch import watch_changes
 
 from cloudify import names as n
-from cloudify.kube import Kube
 
 #: Container waiting reasons that will not fix themselves.
 FATAL_WAITING = frozenset({
@@ -106,7 +107,7 @@ class SessionPods:
     """One watch over the pods labelled with the session id; `app` and `viewer` are their states.
     Start with `start()`, stop with `close()`."""
 
-    def __init__(self, kube: Kube, namespace: str, session: str) -> None:
+    def __init__(self, kube: KubeClient, namespace: str, session: str) -> None:
         self.kube, self.namespace, self.session = kube, namespace, session
         self.app = PodState(n.ROLE_APP)
         self.viewer = PodState(n.ROLE_VIEWER)
@@ -134,12 +135,16 @@ class SessionPods:
 
     async def _follow(self) -> None:
         path = f"/api/v1/namespaces/{self.namespace}/pods"
-        async for kind, pod in self.kube.watch(path, label_selector=f"{labels.SESSION}={self.session}"):
+        # A refusal (403: the user may not watch pods) is raised, not retried: the session ends
+        # with it at once; an API server that blinks is waited out.
+        changes = watch_changes(self.kube, path, params={"labelSelector": f"{labels.SESSION}={self.session}"}, retry_refusals=False)
+        async for event in changes:
+            pod = dict(event.object or {})
             role = pod["metadata"].get("labels", {}).get(labels.ROLE)
             state = self.app if role == n.ROLE_APP else self.viewer if role == n.ROLE_VIEWER else None
             if state is None:
                 continue
-            self._update(state, kind, pod)
+            self._update(state, event.type, pod)
             self.changed.set()
 
     @staticmethod

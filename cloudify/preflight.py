@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kod import errors, labels
+from kod import apps, errors, labels
+from kod.kube import KubeClient
+from kod.names import virtual_node_name
 
-from cloudify.kube import Kube
 from cloudify.options import SessionOptions
 from cloudify.settings import CloudifySettings
 
@@ -93,13 +93,6 @@ def eligible_app_nodes(nodes: list[NodeView], settings: CloudifySettings) -> lis
     ]
 
 
-def default_virtual_node_name(hostname: str) -> str:
-    """The desktop stack's default name for this desktop's node: desktop-<host name> (the rule of
-    localenv.desktop_stack and vk_bridge)."""
-    host = re.sub(r"[^a-z0-9.-]+", "-", hostname.lower()).strip("-.") or "localhost"
-    return f"desktop-{host}"[:253].rstrip("-.")
-
-
 def find_virtual_node(nodes: list[NodeView], user: str, *, name: str | None = None,
                       hostname: str = "") -> NodeView | None:
     """The user's virtual node (type=virtual-kubelet, kod.io/desktop-of=<user>): the one named
@@ -108,16 +101,16 @@ def find_virtual_node(nodes: list[NodeView], user: str, *, name: str | None = No
     mine = [n for n in nodes if n.is_virtual and n.labels.get(labels.DESKTOP_OF) == user]
     if name is not None:
         return next((n for n in mine if n.name == name), None)
-    default = default_virtual_node_name(hostname) if hostname else None
+    default = virtual_node_name(hostname) if hostname else None
     mine.sort(key=lambda n: (n.name != default, not n.ready, n.created))
     return mine[0] if mine else None
 
 
-async def measure(kube: Kube, *, timeout: float) -> tuple[float, list[NodeView]]:
+async def measure(kube: KubeClient, *, timeout: float) -> tuple[float, list[NodeView]]:
     """List the nodes; (seconds it took, the nodes). Raises Unavailable when there is no answer
     within `timeout`."""
     start = time.monotonic()
-    listing = await kube.request("GET", "/api/v1/nodes", timeout=timeout)
+    listing = await kube.request("GET", "/api/v1/nodes", timeout=timeout, retry=False)
     return time.monotonic() - start, [NodeView.of(n) for n in listing.get("items", [])]
 
 
@@ -144,8 +137,7 @@ def check(
     if settings.check_images and not any(n.has_image(app_image) for n in pre.app_nodes):
         raise errors.NotFound(
             f"image {app_image} is on no node that may run {options.app.name}",
-            hint="build and import it with `python -m localenv images`; if your nodes pull from a "
-            "registry, set check_images = false in the config file",
+            hint=image_advice(options.app.image, app_image),
         )
     if options.run_mode == "pod":
         pre.virtual_node = find_virtual_node(pre.nodes, user, name=settings.virtual_node, hostname=hostname)
@@ -158,7 +150,7 @@ def check(
             raise errors.Unavailable(
                 f"there is no virtual node for user {user!r} (a node labelled {labels.NODE_TYPE}="
                 f"{labels.VIRTUAL_KUBELET},{labels.DESKTOP_OF}={user})",
-                hint="start the desktop stack (`python -m localenv desktop-up`), or run the viewer "
+                hint="start the desktop stack (`python -m localenv up --demo`), or run the viewer "
                 "locally with -r docker or -r native",
             )
         if not pre.virtual_node.ready:
@@ -166,6 +158,16 @@ def check(
                 f"your virtual node {pre.virtual_node.name} is not ready",
                 hint="is the desktop stack running? or use -r docker / -r native",
             )
+
+
+def image_advice(name: str, ref: str) -> str:
+    """What to do when no node has the app's image `ref` (the project's image `name`): the one
+    command that builds it and imports it into the cluster's nodes, when it is the project's own
+    image; else where it must come from."""
+    pulled = "if your nodes pull from a registry, set check_images = false in the config file"
+    if ref == apps.image_ref(name):
+        return f"build it and import it into the cluster with `python -m localenv images {name}`; {pulled}"
+    return f"push {ref} to a registry your nodes pull from (or load it onto them); {pulled}"
 
 
 def is_loopback(address: str) -> bool:

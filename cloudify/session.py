@@ -1,7 +1,9 @@
 """One session, from `cloudify firefox` to the last object deleted.
 
-    prepare      desktop checks; keys (in parallel); the cluster measured (2 s threshold: else
-                 the app runs locally when installed); nodes, image and virtual node checked;
+    prepare      desktop checks; keys (in parallel); the cluster measured (its first answer
+                 within 2 s, the link's round trip and, off a LAN, throughput: else the app runs
+                 locally when installed; the picture's quality and compression fitted to the
+                 link unless the user chose them); nodes, image and virtual node checked;
                  how the viewer reaches the app decided; the session recorded locally; then the
                  Job, Secret, Service (PVC) created and the viewer started at once: it retries
                  while the app starts
@@ -20,24 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kod import apps, errors
+from kod.kube import KubeClient
+from kod.kube_channels import exec_lines
 from kod.log import get_logger
 
-from cloudify import credentials, desktop, fallback, preflight
+from cloudify import credentials, desktop, fallback, link, preflight
 from cloudify import names as n
 from cloudify.cluster import ClusterSide, wait_gone
 from cloudify.context import Context
-from cloudify.kube import Kube
 from cloudify.manifests import SessionPlan, Target
 from cloudify.options import SessionOptions
 from cloudify.podwatch import SessionPods, wait_for
-from cloudify.portforward import PodForwarder
+from cloudify.portforward import PodForwarder, ViewerAddress, parse_port_range, same_user_guard
 from cloudify.progress import Timeline
 from cloudify.state import HeldRecord, SessionRecord
 from cloudify.viewers.base import Viewer
@@ -85,11 +89,13 @@ class SessionRunner:
         self.names = n.SessionNames(
             session=n.new_session_id(), app=options.app, user=ctx.user, namespace=self.settings.namespace
         )
-        self.kube: Kube | None = None
+        self.kube: KubeClient | None = None
         self.cluster: ClusterSide | None = None
         self.pods: SessionPods | None = None
         self.viewer: Viewer | None = None
         self.forwarders: list[PodForwarder] = []
+        #: Who may use the session's forwarders when the viewer runs in a container or a pod.
+        self._viewer_guard = ViewerAddress()
         self.record: HeldRecord | None = None
         self.docker: Any = None
         self._log_task: asyncio.Task[None] | None = None
@@ -112,6 +118,8 @@ class SessionRunner:
 
     async def _run(self) -> int:
         opts, settings = self.opts, self.settings
+        if not opts.secure:
+            self._warn_clear()
         io = await self._desktop_io()
         local = fallback.local_command(opts.app, settings) if settings.fallback else None
         creds_task = asyncio.create_task(credentials.generate(self.names.session))
@@ -122,6 +130,7 @@ class SessionRunner:
             if pre is None:
                 creds_task.cancel()
                 return await self._run_locally(local)
+            opts = self.opts  # the picture fitted to the link
             preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image),
                             hostname=self.ctx.hostname)
             if docker_task is not None:
@@ -159,6 +168,11 @@ class SessionRunner:
         self.viewer = self._make_viewer(plan, pre, io)
         await self.viewer.start(target)
         self._step("viewer started")
+        if self.forwarders and opts.run_mode == "docker":
+            from cloudify.viewers.docker import DockerViewer
+
+            assert isinstance(self.viewer, DockerViewer)
+            self._viewer_guard.set(await self.viewer.address())
         where = f"via NodePort {target.host}" if address else "via the API server's port-forward"
         self.tl.mark("prepare", f"session {self.names.session}: {opts.app.name}, viewer {opts.run_mode}, {where}")
         await self._wait_started()
@@ -232,6 +246,21 @@ class SessionRunner:
                 return None
             self.tl.say(f"  ! the cluster is slow (answered in {latency:.2f} s); going on since "
                         f"{self.opts.app.name} is not installed here")
+        try:
+            measured = await link.measure(self.kube, answer=latency, settings=self.settings, local_app=local is not None)
+        except errors.Unavailable as exc:
+            if local:
+                self._fallback_reason = f"the cluster stopped answering within {threshold:g} s ({exc.message})"
+                return None
+            raise
+        verdict = fallback.judge(measured, self.settings, local_app=local is not None)
+        if verdict.local:
+            self._fallback_reason = verdict.reason
+            return None
+        quality, compression, why = link.picture(measured, self.settings)
+        self.opts = dataclasses.replace(self.opts, quality=quality, compression=compression)
+        self.tl.say(f"  link to the cluster: {verdict.reason}")
+        self.tl.say(f"  picture: {why}")
         return preflight.Preflight(latency=latency, nodes=nodes)
 
     async def _run_locally(self, argv: list[str] | None) -> int:
@@ -271,23 +300,47 @@ class SessionRunner:
         self.record.save()
 
     async def _target(self, address: str | None) -> Target:
-        assert self.cluster is not None and self.kube is not None
+        """Where the viewer finds the app: SSH at the NodePort (or through cloudify's port-forward
+        when no node address answers), and in clear mode VNC/noVNC through the port-forward."""
+        assert self.cluster is not None
         opts = self.opts
         if address is not None:
-            ports = self.cluster.node_ports()
-            return Target(host=address, ssh_port=ports["ssh"], vnc_port=ports.get("vnc"), novnc_port=ports.get("novnc"))
+            target = Target(host=address, ssh_port=self.cluster.node_ports()["ssh"])
+        else:
+            target = Target(host=self._bind or self._forward_address(), ssh_port=await self._forwarder(apps.SSH_PORT))
+        if opts.forwards_vnc or opts.forwards_novnc:
+            bind = self._bind or self._forward_address()
+            port = await self._forwarder(apps.VNC_PORT if opts.forwards_vnc else apps.NOVNC_PORT)
+            if opts.forwards_vnc:
+                target = replace(target, vnc_host=bind, vnc_port=port)
+            else:
+                target = replace(target, vnc_host=bind, novnc_port=port)
+        return target
+
+    async def _forwarder(self, port: int) -> int:
+        """A port-forward listener for the app pod's `port`, open only to this session's viewer:
+        its own user's sockets (native), else its container's or pod's address."""
+        assert self.kube is not None
         bind = self._bind or self._forward_address()
-        wanted = {"ssh": apps.SSH_PORT}
-        if opts.exposes_vnc:
-            wanted["vnc"] = apps.VNC_PORT
-        if opts.exposes_novnc:
-            wanted["novnc"] = apps.NOVNC_PORT
-        local: dict[str, int] = {}
-        for name, port in wanted.items():
-            fwd = PodForwarder(self.kube, self.names.namespace, port, bind=bind)
-            local[name] = await fwd.start()
-            self.forwarders.append(fwd)
-        return Target(host=bind, ssh_port=local["ssh"], vnc_port=local.get("vnc"), novnc_port=local.get("novnc"))
+        native = self.opts.run_mode == "native"
+        guard = same_user_guard() if native else self._viewer_guard
+        ports = (0, 0) if native else parse_port_range(self.settings.forward_ports)
+        fwd = PodForwarder(self.kube, self.names.namespace, port, bind=bind, guard=guard, ports=ports)
+        local = await fwd.start()
+        self.forwarders.append(fwd)
+        return local
+
+    def _warn_clear(self) -> None:
+        """Clear mode is the user's explicit choice: say what it gives away, here and in the log."""
+        what = "VNC" if self.opts.protocol == "vnc" else "noVNC"
+        self.tl.say(
+            f"cloudify: WARNING: --insecure: {what} is not carried inside SSH in this session. The viewer cannot "
+            "check that it talks to the session's app, and only the one-time VNC password (8 characters, "
+            "DES challenge-response) guards the screen and keyboard. It goes through the API server's "
+            "port-forward (never a NodePort). Leave out --insecure to encrypt it (the default)."
+        )
+        log.warning("session not encrypted (--insecure): VNC without SSH, through the API server's port-forward",
+                    session=self.names.session, app=self.opts.app.name, protocol=self.opts.protocol)
 
     def _forward_address(self) -> str:
         if self.settings.forward_address:
@@ -352,6 +405,8 @@ class SessionRunner:
 
         async def viewer_running() -> None:
             where = await self.viewer.wait_running(timeout)  # type: ignore[union-attr]
+            if self.opts.run_mode == "pod" and self.pods is not None and self.pods.viewer.pod_ip:
+                self._viewer_guard.set(self.pods.viewer.pod_ip)  # the pod's address: its forwarders' only client
             self.tl.mark("viewer running", where)
 
         async def first_frame() -> None:
@@ -413,7 +468,7 @@ class SessionRunner:
 
         async def log() -> None:
             path = f"/api/v1/namespaces/{self.names.namespace}/pods/{name}/log"
-            async for line in self.kube.stream_lines(path, follow="true", container="app"):  # type: ignore[union-attr]
+            async for line in self.kube.stream_lines(path, params={"follow": True, "container": "app"}):  # type: ignore[union-attr]
                 if VIEWER_CONNECTED_MARK in line:
                     connected.set()
                 if line.startswith(APP_WINDOW_MARK):
@@ -422,7 +477,7 @@ class SessionRunner:
                     return
 
         async def probe() -> None:
-            async for line in self.kube.exec_lines(self.names.namespace, name, "app", ["sh", "-c", WINDOW_PROBE]):  # type: ignore[union-attr]
+            async for line in exec_lines(self.kube, self.names.namespace, name, "app", ["sh", "-c", WINDOW_PROBE]):  # type: ignore[arg-type]
                 if line.strip() == "shown":
                     shown.set()
                     return

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kod import errors, labels
+from kod.kube import KubeClient
 
 from cloudify import names as n
 from cloudify.cluster import delete_session_pods, wait_gone
-from cloudify.kube import Kube
 from cloudify.state import Registry, SessionRecord
 
 #: Seconds `stop` waits for a running cloudify to clean up after SIGTERM.
@@ -99,15 +99,15 @@ def _info_from_job(job: dict[str, Any]) -> SessionInfo:
     )
 
 
-async def list_sessions(kube: Kube | None, namespace: str, user: str, registry: Registry) -> list[SessionInfo]:
+async def list_sessions(kube: KubeClient | None, namespace: str, user: str, registry: Registry) -> list[SessionInfo]:
     """The user's sessions in the cluster, joined with this desktop's records (a session being
     created or one the cluster lost shows from its record alone). `kube=None`: records only."""
     found: dict[str, SessionInfo] = {}
     if kube is not None:
         sel = n.user_selector(user)
         jobs, pods = await asyncio.gather(
-            kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs", labelSelector=sel),
-            kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=sel),
+            kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs", params={"labelSelector": sel}),
+            kube.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": sel}),
         )
         for job in jobs.get("items", []):
             info = _info_from_job(job)
@@ -137,16 +137,16 @@ async def list_sessions(kube: Kube | None, namespace: str, user: str, registry: 
     return sorted(found.values(), key=lambda i: i.started or "")
 
 
-async def collect(kube: Kube | None, namespace: str, session: str, *, docker_url: str | None,
+async def collect(kube: KubeClient | None, namespace: str, session: str, *, docker_url: str | None,
                   record: SessionRecord | None = None) -> None:
     """Delete everything of one session: its objects in the cluster (by label, whatever their
     names), its local viewer containers and private files. The PVC stays."""
     if kube is not None:
         sel = f"{labels.SESSION}={session}"
         for api, kind in (("/apis/batch/v1", "jobs"), ("/api/v1", "services"), ("/api/v1", "secrets")):
-            listing = await kube.get(f"{api}/namespaces/{namespace}/{kind}", labelSelector=sel)
+            listing = await kube.get(f"{api}/namespaces/{namespace}/{kind}", params={"labelSelector": sel})
             await asyncio.gather(*(
-                kube.delete(f"{api}/namespaces/{namespace}/{kind}/{o['metadata']['name']}")
+                kube.delete(f"{api}/namespaces/{namespace}/{kind}/{o['metadata']['name']}", missing_ok=True)
                 for o in listing.get("items", [])
             ))
         await delete_session_pods(kube, namespace, session)
@@ -194,7 +194,7 @@ def local_container_sessions(docker_url: str | None, user: str) -> set[str]:
     return {c.labels.get(labels.D_SESSION, "") for c in containers} - {""}
 
 
-async def stop(kube: Kube | None, namespace: str, user: str, registry: Registry, session: str, *,
+async def stop(kube: KubeClient | None, namespace: str, user: str, registry: Registry, session: str, *,
                docker_url: str | None) -> str:
     """Stop one of the user's sessions. One that a cloudify on this desktop runs is asked to end
     (SIGTERM: it cleans up itself, as after Ctrl-C); any other is collected directly. Returns
@@ -247,7 +247,7 @@ class GcReport:
     kept_running: list[str] = field(default_factory=list)
 
 
-async def gc(kube: Kube | None, namespace: str, user: str, registry: Registry, *, hostname: str,
+async def gc(kube: KubeClient | None, namespace: str, user: str, registry: Registry, *, hostname: str,
              docker_url: str | None, now: datetime | None = None) -> GcReport:
     """Collect every leftover (see the module docstring); sessions that run are kept."""
     now = now or datetime.now(UTC)
@@ -272,15 +272,15 @@ async def gc(kube: Kube | None, namespace: str, user: str, registry: Registry, *
     return report
 
 
-async def user_volumes(kube: Kube, namespace: str, user: str) -> list[dict[str, Any]]:
+async def user_volumes(kube: KubeClient, namespace: str, user: str) -> list[dict[str, Any]]:
     """The user's persistent volumes (one per app used with -v)."""
     sel = f"{labels.MANAGED_BY}={labels.MANAGED_BY_CLOUDIFY},{labels.USER}={user},{labels.ROLE}={n.ROLE_DATA}"
-    listing = await kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", labelSelector=sel)
+    listing = await kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", params={"labelSelector": sel})
     return list(listing.get("items", []))
 
 
-async def delete_volumes(kube: Kube, namespace: str, claims: list[dict[str, Any]]) -> None:
+async def delete_volumes(kube: KubeClient, namespace: str, claims: list[dict[str, Any]]) -> None:
     await asyncio.gather(*(
-        kube.delete(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{c['metadata']['name']}")
+        kube.delete(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{c['metadata']['name']}", missing_ok=True)
         for c in claims
     ))

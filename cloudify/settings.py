@@ -8,9 +8,15 @@ environment carries anyway ($DISPLAY, $XAUTHORITY, $KUBECONFIG, $XDG_RUNTIME_DIR
 Example `~/.config/kod/cloudify.toml`:
 
     quality = 7
-    secure = true
-    namespace = "kod"
+    secure = true                # the default (false: --insecure, warned about)
+    namespace = "kod-alice"      # the default: kod-<user>, your own namespace
     user_node = "my-laptop"      # this desktop is also a cluster node: never run apps there
+
+Whose cluster credentials: your own. The kubeconfig is the setting, else $KUBECONFIG, else
+~/.kube/config, else the one the local environment wrote for you
+(~/.local/share/kod/cluster/users/<user>.kubeconfig); never the local cluster's admin
+kubeconfig. Your sessions live in your own namespace, kod-<user>, in which the cluster's admin
+gave you cloudify's role (kustomizations/users); nobody else's role reaches into it.
 """
 
 from __future__ import annotations
@@ -25,17 +31,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from kod import apps, errors
+from kod import apps, errors, names
 from kod.settings import config_home, load_settings
 
 ENV_PREFIX = "KOD_CLOUDIFY_"
 #: The original's threshold: a cluster slower than this to answer is "slow" (thesis, 4.5).
 SLOW_CLUSTER_SECONDS = 2.0
+#: A round trip over this makes typing and scrolling in a remote window feel late (a home link
+#: has 20-60 ms; a transatlantic one ~100-150 ms).
+MAX_RTT_MS = 150.0
+#: Under this the picture of a moving window drops frames even at low quality (cloudify.link).
+MIN_MBPS = 2.0
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_QUALITY = 5
 DEFAULT_COMPRESSION = 2
-#: Where the local environment (`python -m localenv up`) writes the cluster's kubeconfig.
-LOCALENV_KUBECONFIG = "~/.local/share/kod/cluster/admin.kubeconfig"
+#: Where the local environment (`python -m localenv up --demo`) writes a user's own kubeconfig
+#: (localenv/users.py): never the admin's.
+LOCALENV_USER_KUBECONFIG = "~/.local/share/kod/cluster/users/{user}.kubeconfig"
 
 RunMode = Literal["pod", "docker", "native"]
 Protocol = Literal["vnc", "novnc"]
@@ -49,21 +61,23 @@ class CloudifySettings(BaseModel):
     # --- The session's options (each has a command-line flag that overrides it) ---
     run_mode: RunMode = Field(default="pod", description="Where the viewer runs: pod (a pod on your virtual node), docker, native.")
     protocol: Protocol = Field(default="vnc", description="vnc (a VNC viewer) or novnc (your browser).")
-    secure: bool = Field(default=False, description="Carry VNC inside SSH; nothing unencrypted leaves the app pod.")
+    secure: bool = Field(default=True, description="Carry VNC/noVNC inside SSH (the default: nothing of a session crosses the network unencrypted). false is --insecure: VNC without SSH, through the API server's port-forward, protected only by its one-time password; warned about.")
     timeout: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for each start-up phase.")
     quality: int = Field(default=DEFAULT_QUALITY, ge=0, le=9, description="JPEG quality of the picture, 0-9.")
     compression: int = Field(default=DEFAULT_COMPRESSION, ge=0, le=9, description="zlib compression level, 0-9.")
     persist: bool = Field(default=False, description="Keep the app's settings and documents in a volume per user and app.")
 
     # --- The cluster ---
-    kubeconfig: str | None = Field(default=None, description="Kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the local cluster's.")
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig file (your own credentials); default $KUBECONFIG, ~/.kube/config, then the one the local cluster made for you (~/.local/share/kod/cluster/users/<user>.kubeconfig).")
     context: str | None = Field(default=None, description="Kubeconfig context; default the current one.")
-    namespace: str = Field(default="kod", description="Namespace of the sessions; created when missing.")
+    namespace: str | None = Field(default=None, description="Namespace of the sessions; default your own, kod-<user> (the cluster's admin makes it, with your rights in it).")
     user: str | None = Field(default=None, description="Your user name in the cluster (labels, volume names, your virtual node); default your login name.")
     user_node: str | None = Field(default=None, description="Name of the cluster node that is this desktop, if any: apps never run there.")
     virtual_node: str | None = Field(default=None, description="Your virtual node for -r pod, when you have several; default the one named desktop-<this host's name>, else a ready one.")
     reach: Reach = Field(default="auto", description="How the viewer reaches the app: a NodePort, the API server's port-forward, or auto (NodePort when a node address answers).")
     slow_threshold: float = Field(default=SLOW_CLUSTER_SECONDS, gt=0, description="A cluster that takes longer to answer is too slow: run the app locally when it is installed.")
+    max_rtt_ms: float = Field(default=MAX_RTT_MS, gt=0, description="A link whose round trip to the API server (measured before each session) is longer runs the app locally when it is installed.")
+    min_mbps: float = Field(default=MIN_MBPS, ge=0, description="A link slower than this (Mbit/s from the cluster, measured when the round trip is not a LAN's) runs the app locally when it is installed.")
     fallback: bool = Field(default=True, description="Run the app locally when the cluster is unreachable or slow and the app is installed.")
     image_repo: str = Field(default=apps.IMAGE_REPO, description="Repository of the app and viewer images.")
     image_tag: str = Field(default=apps.IMAGE_TAG, description="Tag of the app and viewer images.")
@@ -87,6 +101,7 @@ class CloudifySettings(BaseModel):
     browser: str | None = Field(default=None, description="Command that opens the noVNC URL; default xdg-open when installed.")
     state_dir: str | None = Field(default=None, description="Where running sessions are recorded; default $XDG_STATE_HOME/kod/sessions.")
     forward_address: str | None = Field(default=None, description="Address the port-forward listens on; default 127.0.0.1 for -r native, this host's address on Docker's bridge otherwise.")
+    forward_ports: str = Field(default="39400-39499", description="Ports the port-forward listens on for a viewer in a container or a pod (the Docker sidecar lets its pods reach this range of the desktop, network.host_allow); 0: any free port.")
     persist_paths: dict[str, list[str]] = Field(default_factory=dict, description='What -v keeps, per app, relative to the app\'s home (default: the catalog\'s, `cloudify apps`), e.g. {firefox = [".config/mozilla", "Downloads"]}.')
     local_commands: dict[str, list[str]] = Field(default_factory=dict, description='How to run an app installed locally (the fallback), e.g. {firefox = ["flatpak", "run", "org.mozilla.firefox"]}; default the usual command names.')
 
@@ -106,19 +121,23 @@ class CloudifySettings(BaseModel):
                     raise ValueError(f"{app}: {path!r} must be a path relative to the app's home, without '..'")
         return value
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not names.is_dns_label(value):
+            raise ValueError(names.dns_label_problem(value))
+        return value
+
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
-        if value is not None and not LABEL_VALUE.fullmatch(value):
+        if value is not None and not (value and names.is_label_value(value)):
             raise ValueError("must be a valid label value: letters, digits, '-', '_', '.', at most 63")
         return value
 
     def image(self, name: str) -> str:
         """The reference of one of the project's images under the configured repo and tag."""
         return f"{self.image_repo}/{name}:{self.image_tag}"
-
-
-LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -188,15 +207,27 @@ def user_name(settings: CloudifySettings, host: HostEnv) -> str:
     return safe
 
 
-def kubeconfig_path(settings: CloudifySettings, host: HostEnv) -> Path | None:
+def namespace(settings: CloudifySettings, user: str) -> str:
+    """The sessions' namespace: the setting, else the user's own, kod-<user>."""
+    if settings.namespace:
+        return settings.namespace
+    try:
+        return names.user_namespace(user)
+    except ValueError as exc:
+        raise errors.InvalidInput(str(exc), hint=f"set `namespace = \"...\"` in {settings_path()} or {ENV_PREFIX}NAMESPACE") from exc
+
+
+def kubeconfig_path(settings: CloudifySettings, host: HostEnv, user: str | None = None) -> Path | None:
     """The kubeconfig to use: the setting, $KUBECONFIG (first entry), ~/.kube/config, then the
-    local cluster's; None when none exists."""
+    one the local cluster made for `user` (default: the login name made label-safe); None when
+    none exists. Never the local cluster's admin kubeconfig."""
     candidates: list[str] = []
     if settings.kubeconfig:
         return Path(settings.kubeconfig).expanduser()
     if host.kubeconfig:
         candidates.append(host.kubeconfig.split(os.pathsep)[0])
-    candidates += [str(host.home / ".kube" / "config"), LOCALENV_KUBECONFIG.replace("~", str(host.home), 1)]
+    mine = LOCALENV_USER_KUBECONFIG.format(user=user or user_name(settings, host))
+    candidates += [str(host.home / ".kube" / "config"), mine.replace("~", str(host.home), 1)]
     for cand in candidates:
         p = Path(cand).expanduser()
         if p.is_file():

@@ -8,6 +8,7 @@ from typing import Any
 
 from kod import apps
 
+from cloudify.commands import _table
 from cloudify.context import Context
 
 
@@ -31,13 +32,22 @@ def rows(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
+def table(data: list[dict[str, Any]], width: int | None = None) -> str:
+    """The apps as a table `width` columns wide (default: the terminal's); the paths -v keeps and
+    the description wrap onto more lines rather than run into each other."""
+    lines = [
+        [row["name"], row["image"], " ".join(row["persists"]),
+         row["description"] + (f" (needs {', '.join(row['needs'])})" if row["needs"] else "")]
+        for row in data
+    ]
+    return _table.render(["APP", "IMAGE", "KEPT WITH -v", "DESCRIPTION"], lines, width=width,
+                         wrap={"KEPT WITH -v", "DESCRIPTION"})
+
+
 def handle(args: argparse.Namespace, ctx: Context) -> int:
     data = rows(ctx)
     if args.json:
         print(json.dumps(data, indent=2), file=ctx.out)
         return 0
-    print(f"{'APP':<14}{'IMAGE':<28}{'KEPT WITH -v':<34}DESCRIPTION", file=ctx.out)
-    for row in data:
-        needs = f" (needs {', '.join(row['needs'])})" if row["needs"] else ""
-        print(f"{row['name']:<14}{row['image']:<28}{' '.join(row['persists']):<34}{row['description']}{needs}", file=ctx.out)
+    print(table(data), file=ctx.out)
     return 0

@@ -23,8 +23,8 @@ removed. Without a reachable cluster, an app installed on this desktop runs here
 EXAMPLES = """\
 examples:
   cloudify firefox                         Firefox in the cluster, the viewer as a pod on your virtual node
-  cloudify -q 7 -t 10 -s firefox           better picture, 10 s timeout, VNC only inside SSH
-  cloudify -q 7 -t 10 -s -r docker firefox the same with the viewer in local Docker
+  cloudify -q 7 -t 10 firefox              better picture, 10 s timeout (encrypted, as always)
+  cloudify -q 7 -t 10 -r docker firefox    the same with the viewer in local Docker
   cloudify -v libreoffice                  settings and documents kept in your volume for LibreOffice
   cloudify -p novnc firefox                in your browser (implies -r native)
   cloudify --timings firefox               how long each start-up phase took
@@ -34,9 +34,12 @@ run modes (-r):
   docker  cloudify runs the viewer in the local Docker engine
   native  your own vncviewer and ssh (or browser, with -p novnc)
 
-security: without -s, VNC (or noVNC) crosses the network unencrypted but password-protected (a
-one-time password; VNC authentication uses 8 characters of it); sound always goes through SSH.
-With -s nothing leaves the app pod unencrypted: VNC and noVNC listen on its localhost only."""
+security: encrypted by default. VNC (or noVNC) and the sound go through SSH with keys made for
+the session, and the viewer pins the app's host key; VNC and noVNC listen on the app pod's
+localhost only, never on a node's address. -s (the original's flag) is accepted and changes
+nothing. --insecure turns the SSH tunnel off for VNC/noVNC, with a warning: the viewer then
+reaches VNC through the API server's port-forward (never a NodePort), cannot check that it talks
+to the session's app, and only the one-time password (8 characters count) guards it."""
 
 
 def _int_range(lo: int, hi: int, what: str) -> Any:
@@ -69,8 +72,12 @@ def add_parser(sub: Any, name: str, *, parents: list[argparse.ArgumentParser], a
     )
     p.add_argument("app", metavar="APP", help=f"the app: {', '.join(apps.APPS)}")
     g = p.add_argument_group("session options (defaults from the config file)")
-    g.add_argument("-s", "--secure", action=argparse.BooleanOptionalAction, default=None,
-                   help="carry VNC/noVNC inside SSH: nothing unencrypted leaves the app pod")
+    g.add_argument("-s", "--secure", action="store_const", const=True, default=None,
+                   help="encrypt (the default, kept from the original: changes nothing)")
+    g.add_argument("--insecure", dest="secure", action="store_const", const=False,
+                   help="VNC/noVNC without SSH, through the API server's port-forward; guarded only by the "
+                   "one-time VNC password (warned about)")
+    g.add_argument("--no-secure", dest="secure", action="store_const", const=False, help=argparse.SUPPRESS)
     g.add_argument("-t", "--timeout", type=_positive_seconds, metavar="SECONDS",
                    help="seconds to wait for each start-up phase (default 60)")
     g.add_argument("-p", "--protocol", choices=("vnc", "novnc"), help="vnc (a VNC viewer, default) or novnc (your browser)")

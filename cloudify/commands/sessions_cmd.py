@@ -10,7 +10,7 @@ from typing import Any
 from kod import errors
 
 from cloudify import sessions
-from cloudify.commands import _async
+from cloudify.commands import _async, _table
 from cloudify.context import Context
 
 
@@ -61,10 +61,17 @@ def handle(args: argparse.Namespace, ctx: Context) -> int:
         print(f"no sessions of {ctx.user} in namespace {ctx.settings.namespace}", file=ctx.out)
         return 0
     now = datetime.now(UTC)
-    print(f"{'SESSION':<10}{'APP':<14}{'STATE':<11}{'MODE':<8}{'OPTIONS':<14}{'AGE':<6}{'NODE':<16}DESKTOP", file=ctx.out)
+    print(table(found, now), file=ctx.out)
+    return 0
+
+
+def table(found: list[sessions.SessionInfo], now: datetime, width: int | None = None) -> str:
+    """The sessions as a table, each column as wide as its content (a long node name never runs
+    into the next column)."""
+    lines = []
     for s in found:
         opts = ",".join(o for o, on in (("secure", s.secure), ("persist", bool(s.persist)), ("novnc", s.protocol == "novnc")) if on) or "-"
         here = "this one" + (f" (pid {s.pid})" if s.cli_alive else "") if s.recorded_here else (s.desktop_host or "-")
-        print(f"{s.session:<10}{s.app:<14}{s.state():<11}{s.run_mode:<8}{opts:<14}{_age(s.started, now):<6}"
-              f"{(s.app_node or '-'):<16}{here}", file=ctx.out)
-    return 0
+        lines.append([s.session, s.app, s.state(), s.run_mode, opts, _age(s.started, now), s.app_node or "-", here])
+    return _table.render(["SESSION", "APP", "STATE", "MODE", "OPTIONS", "AGE", "NODE", "DESKTOP"], lines,
+                         width=width, wrap={"DESKTOP"})

@@ -154,6 +154,22 @@ class DockerViewer:
             raise errors.Internal("could not copy the session's keys into the viewer container")
         self._container.start()
 
+    async def address(self) -> str:
+        """The container's IPv4 address on its network: the only client cloudify's forwarders
+        accept from this mode (Unavailable when it has none)."""
+        def read() -> str:
+            self._container.reload()
+            net = self._container.attrs.get("NetworkSettings") or {}
+            found = net.get("IPAddress") or next(
+                (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")), "")
+            return str(found or "")
+
+        found = await asyncio.to_thread(read)
+        if not found:
+            raise errors.Unavailable("the viewer container has no network address (it ended at once?)",
+                                     hint="see its log: `docker logs " + str(self._container.name) + "`")
+        return found
+
     def _wait_sync(self) -> int:
         result = self._container.wait()
         return int(result.get("StatusCode", 1))

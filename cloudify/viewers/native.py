@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
 import shlex
 import shutil
 import signal
@@ -29,9 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from kod import apps, errors
+from kod.files import create_private
 from kod.log import get_logger
 
 from cloudify.manifests import SessionPlan, Target
+from cloudify.portforward import UnixRelay, same_user_guard
 
 log = get_logger(__name__)
 
@@ -143,6 +144,7 @@ class NativeViewer:
         self._stopping = False
         self._local: tuple[str, int] | str = ""
         self._viewer_task: asyncio.Task[None] | None = None
+        self._relay: UnixRelay | None = None
         self.url: str | None = None
 
     # --- checks, before anything is created ---
@@ -176,15 +178,19 @@ class NativeViewer:
             forwards += ["-L", f"{sock}:localhost:{apps.VNC_PORT}"]
             self._local = sock
         elif opts.secure:
-            port = free_port()
-            forwards += ["-L", f"127.0.0.1:{port}:localhost:{apps.NOVNC_PORT}"]
-            self._local = ("127.0.0.1", port)
+            # A browser reaches noVNC only over TCP: ssh's -L goes to a socket of the session's
+            # 0700 directory, and a loopback relay that accepts only this user's sockets leads
+            # there (an `ssh -L 127.0.0.1:PORT` would be open to every local user).
+            sock_path = self._dir / "novnc.sock"
+            forwards += ["-L", f"{sock_path}:localhost:{apps.NOVNC_PORT}"]
+            self._relay = UnixRelay(sock_path, guard=same_user_guard())
+            self._local = ("127.0.0.1", await self._relay.start())
         elif opts.protocol == "vnc":
             assert target.vnc_port is not None
-            self._local = (target.host, target.vnc_port)
+            self._local = (target.vnc_host or target.host, target.vnc_port)
         else:
             assert target.novnc_port is not None
-            self._local = (target.host, target.novnc_port)
+            self._local = (target.vnc_host or target.host, target.novnc_port)
         if forwards:
             self._ssh_task = asyncio.create_task(self._keep_ssh(target, forwards))
         self._viewer_task = asyncio.create_task(self._launch_viewer())
@@ -214,6 +220,13 @@ class NativeViewer:
             await asyncio.Event().wait()
         assert self._viewer is not None and self._dir is not None
         code = await self._viewer.wait()
+        with contextlib.suppress(OSError):
+            # TigerVNC ends with 0 after refusing a server; its log says why.
+            if "No matching security types" in (self._dir / "vncviewer.log").read_text(errors="replace"):
+                raise errors.Forbidden(
+                    "the VNC server does not use the session's authentication (VncAuth): the viewer refused it",
+                    hint="an impostor may be on the path; run the app again, without --insecure",
+                )
         if code != 0 and not self._stopping:
             with contextlib.suppress(OSError):
                 tail = (self._dir / "vncviewer.log").read_text(errors="replace").strip().splitlines()[-8:]
@@ -238,6 +251,8 @@ class NativeViewer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._relay is not None:
+            await self._relay.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -249,9 +264,7 @@ class NativeViewer:
         if self._on_path:
             self._on_path(str(self._dir))
         for name, text in (("id_ed25519", creds.client.private), ("known_hosts", creds.known_hosts())):
-            fd = os.open(self._dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+            create_private(self._dir / name, text)
 
     def ssh_argv(self, target: Target, forwards: list[str]) -> list[str]:
         assert self._dir is not None
@@ -375,7 +388,12 @@ class NativeViewer:
             self._viewer = await asyncio.create_subprocess_exec(
                 self.vncviewer_tool,
                 "-QualityLevel", str(opts.quality), "-CompressLevel", str(opts.compression), "-AutoSelect=0",
-                "-Shared=0", "-AlertOnFatalError=0", server,
+                # Only the authentication the app's server uses: a server (an impostor on the
+                # path, in clear mode) that offers none or another is refused.
+                "-SecurityTypes", "VncAuth",
+                # No dialog on an error (a refused server, a lost connection): vncviewer ends, and
+                # so does the session, instead of waiting for a click on "reconnect".
+                "-Shared=0", "-AlertOnFatalError=0", "-ReconnectOnError=0", server,
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
                 env=env, preexec_fn=die_with_parent,
             )

@@ -11,9 +11,9 @@ import contextlib
 from typing import Any
 
 from kod import errors
+from kod.kube import KubeClient
 
 from cloudify import manifests
-from cloudify.kube import Kube
 from cloudify.manifests import SessionPlan, Target
 from cloudify.podwatch import SessionPods, wait_for
 from cloudify.viewers.base import viewer_failure
@@ -24,7 +24,7 @@ class PodViewer:
 
     def __init__(
         self,
-        kube: Kube,
+        kube: KubeClient,
         plan: SessionPlan,
         pods: SessionPods,
         *,
@@ -81,10 +81,10 @@ class PodViewer:
         out: list[str] = []
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
-                async for line in self.kube.stream_lines(f"{self.path}/log", tailLines=lines):
+                async for line in self.kube.stream_lines(f"{self.path}/log", params={"tailLines": lines}):
                     out.append(line)
         return "\n".join(out)
 
     async def stop(self) -> None:
         if self._created:
-            await self.kube.delete(self.path, grace=0)
+            await self.kube.delete(self.path, grace_seconds=0, missing_ok=True)

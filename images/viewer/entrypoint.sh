@@ -10,8 +10,10 @@
 # Configuration (the contract with cloudify; the names are in kod/apps.py):
 #   KOD_TARGET_HOST          where the app is reachable (node IP, service name, localhost, ...)
 #   KOD_TARGET_SSH_PORT=2222 sshd's port at that address
-#   KOD_TARGET_VNC_PORT=5900 VNC's port at that address (unencrypted mode only)
-#   KOD_ENCRYPT=1            VNC through `ssh -L` to the app's localhost (the app then listens only there)
+#   KOD_TARGET_VNC_PORT=5900 VNC's port (unencrypted mode only: cloudify's port-forward, never a NodePort)
+#   KOD_TARGET_VNC_HOST      where that port is (unencrypted mode; default KOD_TARGET_HOST)
+#   KOD_ENCRYPT=1            VNC through `ssh -L` to the app's localhost (the default; 0: the clear
+#                            mode the user asked for, --insecure)
 #   KOD_VNC_PORT=5900        VNC's port inside the app container (the -L target)
 #   KOD_AUDIO_PORT=4713      the app container's sound stream port (an -L target on its 127.0.0.1)
 #   KOD_AUDIO_LATENCY_MS=60  the playback buffer on the desktop (pacat --latency-msec)
@@ -72,10 +74,11 @@ wait_reachable() {
 umask 077
 host=${KOD_TARGET_HOST:-}
 [[ -n $host ]] || fail $EXIT_USAGE "KOD_TARGET_HOST is not set: give the app's address (node IP, service name or localhost)"
-encrypt=${KOD_ENCRYPT:-0}
+encrypt=${KOD_ENCRYPT:-1}
 [[ $encrypt == 0 || $encrypt == 1 ]] || fail $EXIT_USAGE "KOD_ENCRYPT=$encrypt must be 0 or 1"
 ssh_port=$(number KOD_TARGET_SSH_PORT 2222 1 65535) || exit
 target_vnc_port=$(number KOD_TARGET_VNC_PORT 5900 1 65535) || exit
+vnc_host=${KOD_TARGET_VNC_HOST:-$host}
 vnc_port=$(number KOD_VNC_PORT 5900 1 65535) || exit
 audio_port=$(number KOD_AUDIO_PORT 4713 1 65535) || exit
 audio_latency=$(number KOD_AUDIO_LATENCY_MS 60 10 5000) || exit
@@ -97,7 +100,7 @@ fi
 
 # What this container may do on the desktop, said once at start (docs/security.md has the details).
 log "note: drawing on the desktop's X display $display: X gives every client on a display the means to read the others' input and windows; this viewer is the only client of the session that touches it"
-[[ $encrypt == 1 ]] || log "note: VNC is not encrypted in this session (only the one-time password protects it); encryption (-s) sends it through SSH"
+[[ $encrypt == 1 ]] || log "WARNING: VNC is not carried inside SSH in this session (cloudify --insecure): only the one-time VNC password protects it, and this viewer cannot check that it talks to the session's app; leave out --insecure to encrypt it"
 
 # The VNC password, obfuscated as vncviewer reads it, in a file only this user can read.
 password=${KOD_VNC_PASSWORD:-}
@@ -202,12 +205,14 @@ fi
 if [[ $encrypt == 1 ]]; then
     server="127.0.0.1::$vnc_port"
 else
-    wait_reachable "$host" "$target_vnc_port" "the app's VNC server"
-    server="$host::$target_vnc_port"
+    wait_reachable "$vnc_host" "$target_vnc_port" "the app's VNC server"
+    server="$vnc_host::$target_vnc_port"
 fi
 
 # Errors end the viewer with a message in the log, never with a dialog waiting for a click.
-args=(-passwd "$RUN_DIR/vncpasswd" -AlertOnFatalError=0 -ReconnectOnError=0)
+# Only the authentication the app's server uses (VncAuth): a server that offers none ("None") or
+# another is refused, so an impostor on the path cannot show a screen of its own without the password.
+args=(-passwd "$RUN_DIR/vncpasswd" -SecurityTypes VncAuth -AlertOnFatalError=0 -ReconnectOnError=0)
 # vncviewer 1.12 ignores -QualityLevel unless auto-selection is off, and -CompressLevel unless
 # -CustomCompressLevel is on (measured: identical bytes at levels 0 and 9 without it).
 [[ -n $quality || -n $compression ]] && args+=(-AutoSelect=0)
@@ -230,7 +235,9 @@ while :; do
 done
 wait "$tpid" 2>/dev/null
 # TigerVNC 1.12's vncviewer exits 0 after most errors (it only logs them), so its log decides.
-if grep -q -E 'Authentication fail' "$vlog"; then
+if grep -q -i -E 'no matching security types|security type.*not supported|Server requested security type' "$vlog"; then
+    fail $EXIT_AUTH "the VNC server at $server does not use the session's authentication (VncAuth): refusing it (an impostor?)"
+elif grep -q -E 'Authentication fail' "$vlog"; then
     fail $EXIT_AUTH "the app's VNC server refused the password: wrong or expired session token (KOD_VNC_PASSWORD)"
 elif grep -q -i -E "can't open display|unable to open display" "$vlog"; then
     fail $EXIT_USAGE "cannot open the X display $display: check the mounted /tmp/.X11-unix and the X authority file (XAUTHORITY)"

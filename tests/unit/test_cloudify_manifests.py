@@ -24,7 +24,7 @@ JOB = {"metadata": {"name": "kod-firefox-abc", "uid": "uid-1"}}
 def plan(app: str = "firefox", **overrides: object) -> m.SessionPlan:
     settings = CloudifySettings(**overrides)  # type: ignore[arg-type]
     options = session_options(app, settings, run_mode_given=False)
-    names = SessionNames(session="abc12345", app=options.app, user="alice", namespace="kod")
+    names = SessionNames(session="abc12345", app=options.app, user="alice", namespace="kod-alice")
     return m.SessionPlan(names=names, options=options, settings=settings, credentials=CREDS,
                          now=datetime(2030, 1, 1, tzinfo=UTC), desktop_host="desk")
 
@@ -55,38 +55,59 @@ def test_the_app_is_a_job_that_expires_and_never_lands_on_a_desktop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "ports", "encrypt"),
-    [
-        ({}, ["ssh", "vnc"], "0"),
-        ({"protocol": "novnc"}, ["ssh", "novnc"], "0"),
-        ({"secure": True}, ["ssh"], "1"),
-        ({"secure": True, "protocol": "novnc"}, ["ssh"], "1"),
-    ],
+    "overrides",
+    [{}, {"protocol": "novnc"}, {"secure": False}, {"secure": False, "protocol": "novnc"}],
+    ids=["default", "novnc", "insecure", "insecure-novnc"],
 )
-def test_only_ssh_is_exposed_when_secure(overrides: dict, ports: list[str], encrypt: str) -> None:
+def test_only_ssh_is_ever_published_and_vnc_stays_on_the_pods_localhost(overrides: dict) -> None:
     p = plan(**overrides)
+    assert p.options.secure is (overrides.get("secure", True))
     service = m.app_service(p, m.owner_reference(JOB), node_port=True)
-    assert [x["name"] for x in service["spec"]["ports"]] == ports
+    assert [x["name"] for x in service["spec"]["ports"]] == ["ssh"]  # never VNC on every node's address
     assert service["spec"]["type"] == "NodePort"
     container = m.app_job(p)["spec"]["template"]["spec"]["containers"][0]
-    assert [x["name"] for x in container["ports"]] == ports
+    assert [x["name"] for x in container["ports"]] == ["ssh"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env[apps.ENV_ENCRYPT] == encrypt
+    assert env[apps.ENV_ENCRYPT] == "1"  # the app: VNC and noVNC on 127.0.0.1 only
     assert m.app_service(p, m.owner_reference(JOB), node_port=False)["spec"]["type"] == "ClusterIP"
 
 
-def test_each_pod_mounts_only_its_own_secrets() -> None:
+def test_in_clear_mode_the_viewer_finds_vnc_at_the_port_forward_not_the_node() -> None:
+    p = plan(secure=False)
+    target = m.Target("10.0.0.1", 30022, vnc_port=39401, vnc_host="172.17.0.1")
+    env = m.viewer_env(p, target, display=":0", pulse_socket=None, secret_dir="/s", xauthority=None)
+    assert env[apps.ENV_ENCRYPT] == "0" and env[apps.ENV_TARGET_HOST] == "10.0.0.1"
+    assert (env[apps.ENV_TARGET_VNC_HOST], env[apps.ENV_TARGET_VNC_PORT]) == ("172.17.0.1", "39401")
+    secure = m.viewer_env(plan(), m.Target("10.0.0.1", 30022), display=":0", pulse_socket=None, secret_dir="/s",
+                          xauthority=None)
+    assert secure[apps.ENV_ENCRYPT] == "1" and apps.ENV_TARGET_VNC_PORT not in secure
+
+
+def test_the_session_is_split_into_the_apps_and_the_viewers_secret_and_each_pod_mounts_only_its_own() -> None:
     p = plan()
-    secret = m.session_secret(p, m.owner_reference(JOB), xauthority=b"cookie")
-    assert decode(secret, m.K_AUTHORIZED_KEYS).strip() == CREDS.client.public
-    assert decode(secret, m.K_KNOWN_HOSTS) == f"* {CREDS.host.public}\n"
-    app_items = {i["key"] for i in m.app_job(p)["spec"]["template"]["spec"]["volumes"][0]["secret"]["items"]}
-    assert app_items == {m.K_AUTHORIZED_KEYS, m.K_HOST_KEY, m.K_VNC_PASSWORD}  # not the viewer's private key
-    viewer = m.viewer_pod(p, m.owner_reference(JOB), m.Target("10.0.0.1", 30022, 30059), node="vn", display=":0",
+    owner = m.owner_reference(JOB)
+    app, viewer_secret = m.app_secret(p, owner), m.viewer_secret(p, owner, xauthority=b"cookie")
+    assert app["metadata"]["name"] == "kod-firefox-abc12345" and viewer_secret["metadata"]["name"] == "kod-firefox-abc12345-viewer"
+    assert set(app["data"]) == {m.K_AUTHORIZED_KEYS, m.K_HOST_KEY, m.K_VNC_PASSWORD}
+    assert decode(app, m.K_AUTHORIZED_KEYS).strip() == CREDS.client.public
+    assert decode(app, m.K_HOST_KEY) == CREDS.host.private
+    # The viewer's side holds no host private key, in no key: only the pinned public key.
+    assert set(viewer_secret["data"]) == {m.K_CLIENT_KEY, m.K_KNOWN_HOSTS, m.K_VNC_PASSWORD, m.K_XAUTHORITY}
+    assert not any(CREDS.host.private in decode(viewer_secret, k) for k in viewer_secret["data"])
+    assert decode(viewer_secret, m.K_KNOWN_HOSTS) == f"* {CREDS.host.public}\n"
+    assert decode(viewer_secret, m.K_CLIENT_KEY) == CREDS.client.private
+    assert decode(app, m.K_VNC_PASSWORD) == decode(viewer_secret, m.K_VNC_PASSWORD) == CREDS.vnc_password
+    assert not any(CREDS.client.private in decode(app, k) for k in app["data"])
+    job_volume = m.app_job(p)["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    assert job_volume["secretName"] == app["metadata"]["name"]
+    assert {i["key"] for i in job_volume["items"]} == {m.K_AUTHORIZED_KEYS, m.K_HOST_KEY, m.K_VNC_PASSWORD}
+    viewer = m.viewer_pod(p, owner, m.Target("10.0.0.1", 30022, 30059), node="vn", display=":0",
                           pulse_dir="/run/user/1/kod/pulse", with_xauthority=True)
-    vol = next(v for v in viewer["spec"]["volumes"] if v["name"] == "session")
-    assert {i["key"] for i in vol["secret"]["items"]} == {m.K_CLIENT_KEY, m.K_KNOWN_HOSTS, m.K_VNC_PASSWORD, m.K_XAUTHORITY}
-    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    secrets = [v["secret"] for v in viewer["spec"]["volumes"] if "secret" in v]
+    assert [s["secretName"] for s in secrets] == [viewer_secret["metadata"]["name"]]  # the viewer's only
+    assert {i["key"] for i in secrets[0]["items"]} == {m.K_CLIENT_KEY, m.K_KNOWN_HOSTS, m.K_VNC_PASSWORD, m.K_XAUTHORITY}
+    assert app["metadata"]["ownerReferences"][0]["uid"] == viewer_secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert viewer_secret["metadata"]["labels"][labels.ROLE] == "viewer"
 
 
 def test_the_viewer_runs_only_on_the_users_virtual_node_without_privileges() -> None:

@@ -45,12 +45,18 @@ def test_login_names_become_label_values(tmp_path: Path) -> None:
         s.user_name(s.CloudifySettings(), s.HostEnv(home=tmp_path, login="@@@"))
 
 
-def test_kubeconfig_is_found_in_the_usual_order(tmp_path: Path) -> None:
-    local = tmp_path / ".local/share/kod/cluster/admin.kubeconfig"
+def test_kubeconfig_is_found_in_the_usual_order_and_is_never_the_local_admins(tmp_path: Path) -> None:
+    admin = tmp_path / ".local/share/kod/cluster/admin.kubeconfig"
+    admin.parent.mkdir(parents=True)
+    admin.write_text("x")
+    host = s.HostEnv(home=tmp_path, login="u")
+    assert s.kubeconfig_path(s.CloudifySettings(), host) is None
+    local = tmp_path / ".local/share/kod/cluster/users/u.kubeconfig"
     local.parent.mkdir(parents=True)
     local.write_text("x")
-    host = s.HostEnv(home=tmp_path, login="u")
     assert s.kubeconfig_path(s.CloudifySettings(), host) == local
+    # The user's name (setting) picks the user's file.
+    assert s.kubeconfig_path(s.CloudifySettings(user="bob"), host) is None
     home = tmp_path / ".kube/config"
     home.parent.mkdir()
     home.write_text("x")
@@ -59,6 +65,14 @@ def test_kubeconfig_is_found_in_the_usual_order(tmp_path: Path) -> None:
     named.write_text("x")
     assert s.kubeconfig_path(s.CloudifySettings(), s.HostEnv(home=tmp_path, login="u", kubeconfig=str(named))) == named
     assert s.kubeconfig_path(s.CloudifySettings(kubeconfig="/explicit"), host) == Path("/explicit")
+
+
+def test_the_sessions_namespace_is_the_users_own_unless_set() -> None:
+    assert s.namespace(s.CloudifySettings(), "alice") == "kod-alice"
+    assert s.namespace(s.CloudifySettings(), "Jean-Dupont_corp") == "kod-jean-dupont-corp"
+    assert s.namespace(s.CloudifySettings(namespace="team"), "alice") == "team"
+    with pytest.raises(ValueError, match="DNS-1123 label"):
+        s.CloudifySettings(namespace="Not/A/Namespace")
 
 
 def test_host_env_reads_the_desktop_facts() -> None:
