@@ -8,7 +8,9 @@ daemon in `k8s/`, the hostPath `provisioner`, images moved from Docker by `image
 each daemon a background process tracked by a PID file (`procs`). `paths` says where everything
 lives; `handle` gives tests and tools a handle on the cluster to use (the local one, or the one
 KUBECONFIG names). The project's images (`images`) and the desktop stack (`desktop_stack`) are
-other components' modules that `up --demo` calls.
+other components' modules that `up --demo` calls; the desktop stack makes its owner's cluster
+user (`users`: certificate, kubeconfig, namespace kod-<user>, RBAC) and keeps its node in the
+registry of virtual nodes that the admission policy reads (`node_registry`).
 
 Layering: localenv imports only `kod` (and third-party libraries).
 """

@@ -3,7 +3,7 @@
     python -m localenv up [--demo]       # everything, idempotently; a second run starts nothing
     python -m localenv demo [APP]        # up --demo, then `cloudify APP` on your screen or a virtual one
     python -m localenv status [--json]   # what runs, the node, the paths
-    python -m localenv images            # build the project's images (localenv.images)
+    python -m localenv images [IMAGE...] # build the project's images, import the apps' and viewer's into the cluster
     python -m localenv down [--wipe] [--docker]
 """
 
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from kod import errors
-from localenv import cluster, settings as settings_mod
+from kod import console, errors
+from localenv import cluster, handle, images as images_mod, settings as settings_mod
 from localenv.progress import Progress
 from localenv.settings import LocalEnvSettings
 
@@ -45,16 +45,17 @@ def cmd_up(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) ->
         images = _optional("localenv.images")
         stack = _optional("localenv.desktop_stack")
         assert images is not None and stack is not None
-        images.build_all(progress=progress)
+        images.build_and_import(target, progress)
         stack.up(progress=progress, cluster=target)
     return 0
 
 
 def cmd_images(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
-    images = _optional("localenv.images")
-    if images is None:
-        raise errors.Unavailable("localenv.images does not exist yet: there are no project images to build")
-    images.build_all(progress=progress)
+    env = os.environ
+    # Starts nothing: the images go into the cluster that answers (KUBECONFIG's, else the local one).
+    target = handle.running(s, kubeconfig=env.get("KUBECONFIG"), node_name=env.get("KOD_TEST_NODE"),
+                            image_loader=env.get("KOD_IMAGE_LOADER"))
+    images_mod.build_and_import(target, progress, only=args.images or None)
     return 0
 
 
@@ -145,12 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what runs; exit code 0 when the cluster is up, 3 when not")
     p.add_argument("--json", action="store_true", help="machine-readable, with every path and port")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("images", help="build the project's images (localenv.images)")
+    p = sub.add_parser(
+        "images", help="build the project's images and import the apps' and the viewer's into the cluster",
+        description="Build the project's images (those whose inputs changed; see localenv.images), then import "
+        "the session images among them (the apps' and the viewer's) into the nodes of the cluster that answers "
+        "(KUBECONFIG's, else the local one; with a reused cluster through KOD_IMAGE_LOADER) and wait until a "
+        "node reports them, so that cloudify finds them. Starts no cluster: without one the images are only built.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="only these images (and the ones they build FROM): " + ", ".join(s.name for s in images_mod.specs()))
     p.set_defaults(func=cmd_images)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    # `make demo 2>&1 | tee log`, then Ctrl-C: tee dies first. Lost output must not stop the
+    # demo's cleanup nor change its exit code (nor end `status | head` with a traceback).
+    console.install()
     args = build_parser().parse_args(argv)
     progress = Progress(quiet=args.quiet)
     try:
@@ -164,6 +176,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
-    except BrokenPipeError:  # `status | head`
-        code = 0
     sys.exit(code)

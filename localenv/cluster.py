@@ -7,10 +7,11 @@
     cluster.status(s)                              # dict, as `status --json` prints it
     cluster.down(s, wipe=False)
 
-The order of `up`: Debian packages, the Docker engine, the base image, the Kubernetes and etcd
-builds, the host's kernel settings, certificates, then the daemons (etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy), the cluster's own
-images, RBAC and the StorageClass, the storage provisioner, and a wait for the node to be Ready.
+The order of `up`: Debian packages, the Docker engine, the base image, the Kubernetes, etcd and
+konnectivity builds, the host's kernel settings, certificates, then the daemons (etcd,
+kube-apiserver, the konnectivity server and the real node's agent, kube-controller-manager,
+kube-scheduler, containerd, kubelet, kube-proxy), the cluster's own images, RBAC and the
+StorageClass, the storage provisioner, and a wait for the node to be Ready.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 
 from kod import errors
 from localenv import (
-    base_image, cluster_images, docker_engine, gobuild, handle, host, images_import, packages, procs, wipe,
+    base_image, cluster_images, docker_engine, gobuild, handle, host, images_import, konnectivity, packages, procs,
+    wipe,
 )
 from localenv.k8s import (
     addons, apiserver, certs, cni, containerd, controller_manager, etcd, kube_proxy, kubelet, scheduler,
@@ -44,9 +46,12 @@ CONTROL_PLANE: tuple[Callable[[Context], procs.Daemon], ...] = (
     etcd.daemon, apiserver.daemon, controller_manager.daemon, scheduler.daemon,
 )
 NODE: tuple[Callable[[Context], procs.Daemon], ...] = (containerd.daemon, kubelet.daemon, kube_proxy.daemon)
+#: The tunnel to nodes behind NAT (with `konnectivity`, the default): started right after the API
+#: server, whose "cluster" traffic goes through it.
+TUNNEL: tuple[Callable[[Context], procs.Daemon], ...] = (konnectivity.server_daemon, konnectivity.node_agent_daemon)
 DAEMON_NAMES = (
-    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
-    "kube-proxy", storage.NAME,
+    "etcd", "kube-apiserver", konnectivity.SERVER_NAME, konnectivity.NODE_AGENT_NAME, "kube-controller-manager",
+    "kube-scheduler", "containerd", "kubelet", "kube-proxy", storage.NAME,
 )
 
 
@@ -119,7 +124,10 @@ def _prepare_host(settings: LocalEnvSettings, progress: Progress) -> None:
         step.done(docker_engine.ensure(docker_state_dir(paths)))
     with progress.step(f"base image {base_image.IMAGE}") as step:
         step.done(base_image.ensure(paths.base_image_cache, step))
-    for build in (gobuild.kubernetes_build(paths), gobuild.etcd_build(paths)):
+    builds = [gobuild.kubernetes_build(paths), gobuild.etcd_build(paths)]
+    if settings.konnectivity:
+        builds.append(gobuild.konnectivity_build(paths))
+    for build in builds:
         with progress.step(f"build {build.name}") as step:
             step.done(gobuild.ensure(build, paths.logs_dir, step))
     gobuild.link_kubectl(paths)
@@ -141,6 +149,8 @@ def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
         d = make(ctx)
         with progress.step(d.name) as step:
             step.done(_say(*procs.ensure(d)))
+        if d.name == "kube-apiserver":
+            _tunnel(ctx, progress)
 
     with progress.step("cluster images (pause, testbox)") as step:
         step.done("; ".join(cluster_images.ensure(img, paths.logs_dir) for img in cluster_images.ALL))
@@ -164,6 +174,19 @@ def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
     progress.total("up")
     progress.line(f"    kubeconfig: {paths.admin_kubeconfig}\n    kubectl:    {paths.kubectl}")
     return ctx
+
+
+def _tunnel(ctx: Context, progress: Progress) -> None:
+    """The konnectivity server and the real node's agent (or, when turned off, none left running)."""
+    if not ctx.settings.konnectivity:
+        for name in (konnectivity.NODE_AGENT_NAME, konnectivity.SERVER_NAME):
+            if procs.stop_by_pid_file(ctx.paths.run_dir / f"{name}.pid"):
+                progress.line(f"    stopped {name} (konnectivity is off)")
+        return
+    for make in TUNNEL:
+        d = make(ctx)
+        with progress.step(d.name) as step:
+            step.done(_say(*procs.ensure(d)))
 
 
 def kubectl(ctx: Context, *args: str, input: str | None = None, check: bool = True,
@@ -248,7 +271,8 @@ def _down(settings: LocalEnvSettings, progress: Progress, *, wipe_state: bool, s
             step.done(f"stopped pid {pid}" if pid else "was not running")
     with progress.step("stop the pods' containers") as step:
         step.done(f"killed {_stop_pods(ctx)} containers")
-    for name in ("containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+    for name in ("containerd", "kube-scheduler", "kube-controller-manager", konnectivity.NODE_AGENT_NAME,
+                 konnectivity.SERVER_NAME, "kube-apiserver", "etcd"):
         with progress.step(f"stop {name}") as step:
             pid = procs.stop_by_pid_file(paths.run_dir / f"{name}.pid")
             step.done(f"stopped pid {pid}" if pid else "was not running")
@@ -278,7 +302,8 @@ def status(settings: LocalEnvSettings | None = None) -> dict[str, Any]:
     settings = settings or load()
     paths = paths_for(settings)
     daemons: dict[str, Any] = {}
-    for name in DAEMON_NAMES:
+    tunnel = (konnectivity.SERVER_NAME, konnectivity.NODE_AGENT_NAME)
+    for name in (n for n in DAEMON_NAMES if settings.konnectivity or n not in tunnel):
         record = procs.read_record(paths.run_dir / f"{name}.pid")
         alive = bool(record and procs.is_alive(record))
         daemons[name] = {

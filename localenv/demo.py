@@ -38,12 +38,12 @@ from types import FrameType
 from typing import Any, Protocol
 
 from kod import apps, errors
-from localenv import cluster, desktop_stack, host, images
+from localenv import cluster, desktop_stack, host, images, users
 from localenv.handle import ClusterHandle
 from localenv.progress import Progress
 from localenv.settings import LocalEnvSettings
 from localenv.virtual_desktop import (Box, Image, VirtualDesktop, Window, decode_png, die_with_parent, display_opens,
-                                      tool, wait_for, window_title_pattern)
+                                      drawn, tool, wait_for, window_title_pattern)
 
 #: Where the Docker sidecar lets viewer pods mount the desktop's kod sound socket from (its
 #: allow-list) and where cloudify looks for it (`kod_pulse_dir`).
@@ -90,13 +90,7 @@ def prepare(settings: LocalEnvSettings, app: apps.App, progress: Progress,
     """The cluster, the app's and the viewer's images in it, and the desktop stack (idempotent)."""
     target = cluster.up_or_reuse(settings, progress, kubeconfig=environ.get("KUBECONFIG"),
                                  node_name=environ.get("KOD_TEST_NODE"), image_loader=environ.get("KOD_IMAGE_LOADER"))
-    images.build_all(progress=progress, only=[app.image, "viewer"])
-    refs = [app.image_ref, apps.VIEWER_IMAGE]
-    with progress.step("images into the cluster") as step:
-        done = target.import_images(refs)
-        if target.containerd_socket is not None or target.image_loader:
-            target.wait_images_reported(refs)
-        step.done(f"imported {' '.join(done)}" if done else f"{' '.join(refs)} already there")
+    images.build_and_import(target, progress, only=[app.image, "viewer"])
     stack = desktop_stack.up(progress=progress, cluster=target)
     return target, stack
 
@@ -169,11 +163,12 @@ def cloudify_command(app: str) -> list[str]:
 
 def cloudify_env(environ: Mapping[str, str], target: ClusterHandle, stack: desktop_stack.Stack,
                  desktop: VirtualDesktop | None = None) -> dict[str, str]:
-    """cloudify's environment: the cluster's KUBECONFIG, the user and virtual node of the stack
-    just started (unless set), and, on a virtual desktop, its DISPLAY/XAUTHORITY and its
-    PulseAudio (found through XDG_RUNTIME_DIR, as in a desktop session) with its kod socket."""
+    """cloudify's environment: the stack's owner's own KUBECONFIG (not the admin's; the one given
+    for a reused cluster), the user and virtual node of the stack just started (unless set), and,
+    on a virtual desktop, its DISPLAY/XAUTHORITY and its PulseAudio (found through
+    XDG_RUNTIME_DIR, as in a desktop session) with its kod socket."""
     env = dict(environ)
-    env["KUBECONFIG"] = str(target.kubeconfig)
+    env["KUBECONFIG"] = str(users.cloudify_kubeconfig(target, stack.settings.user))
     env.setdefault("KOD_CLOUDIFY_USER", stack.settings.user)
     env.setdefault("KOD_CLOUDIFY_VIRTUAL_NODE", stack.node_name)
     return desktop.cloudify_env(env, desktop.pulse_dir) if desktop is not None else env
@@ -195,6 +190,9 @@ class Session:
         self._previous: dict[int, Any] = {}
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler: remember the interruption and pass one SIGINT on. It prints
+        nothing (output may be a pipe whose reader the same Ctrl-C killed: `make demo | tee`);
+        what the user is told comes from the code it interrupts."""
         self.interrupted = True
         self.interrupt()
 
@@ -202,7 +200,7 @@ class Session:
         """One SIGINT to cloudify (as Ctrl-C in its terminal)."""
         if self.proc.poll() is None:
             self.signalled = True
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)  # a cloudify gone meanwhile is no error (Popen checks)
 
     def __enter__(self) -> Session:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -238,13 +236,6 @@ class Session:
 
     def wait(self) -> int:
         return self.proc.wait()
-
-
-def drawn(img: Image) -> bool:
-    """The app's window is painted: a toolbar and a page give hundreds of colours, and little is
-    black. Before the first frame the viewer shows its black framebuffer, with at most its
-    anti-aliased "Press F8 to open the context menu" hint (~200 colours, 99 % black)."""
-    return img.width > 200 and img.fraction_near((0, 0, 0), 16) < 0.5 and img.distinct_colours() > 150
 
 
 def rows_changed(before: Image, after: Image) -> int:

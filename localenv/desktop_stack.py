@@ -10,14 +10,25 @@ processes of this machine, registered as a node of the cluster.
 What `up` does, in order:
 
 1. random bearer tokens for interlink and the sidecar (files 0600, made once, never logged);
-2. `kubectl apply -k kustomizations/` (namespace kod-system, ServiceAccount kod-vk and its
-   least-privilege RBAC) with the admin kubeconfig, then a kubeconfig for vk_bridge holding a
-   token of that ServiceAccount from the TokenRequest API (renewed when it nears expiry);
-3. one TOML config per process (0600), built as data;
-4. starts `kod-docker-sidecar`, `kod-interlink` and `kod-vk` (console scripts of this virtualenv)
+2. `kubectl apply -k kustomizations/` (namespace kod-system, the RBAC of the kubelet's TLS
+   bootstrap, the admission policy for virtual nodes, cloudify users' role) with the admin
+   kubeconfig; the cluster-wide role of earlier versions is removed; the owner's user
+   (localenv.users: its kubeconfig, namespace kod-<user> and RBAC) and the node's entry in the
+   registry of virtual nodes (localenv.node_registry), which the admission policy reads;
+3. vk_bridge's bootstrap kubeconfig (0600): the server, its CA and, unless vk_bridge's client
+   certificate for `system:node:<node>` still works, a new bootstrap token valid for
+   `bootstrap_token_minutes` (localenv.node_join);
+4. one TOML config per process (0600), built as data;
+5. starts `kod-docker-sidecar`, `kod-interlink` and `kod-vk` (console scripts of this virtualenv)
    by PID with their logs under `~/.local/share/kod/desktop/logs/`, each waited for: the two
-   services answer /v1/ping; vk_bridge's kubelet-serving CSR is approved (it is checked to be
-   vk_bridge's, for its own node) and the node is Ready with a fresh Lease.
+   services answer /v1/ping; vk_bridge gets its client certificate (auto-approved by the
+   cluster), its kubelet-serving CSR is approved after checking requester, subject, usages, key
+   and SANs (only this machine's addresses and names), and the node is Ready with a fresh Lease;
+6. the bootstrap token, now used, is deleted;
+7. with `konnectivity_server` set (a desktop the API server cannot dial: behind NAT, at home), a
+   konnectivity agent (`tunnel`) that dials out to the cluster's konnectivity server as the node
+   (vk_bridge's client certificate) and carries the API server's calls to the kubelet API back
+   (localenv.konnectivity, docs/home.md); it is restarted whenever it exits.
 
 Everything lives under `<data_dir>/desktop/` (`data_dir` from localenv's settings). Settings:
 `KOD_DESKTOP_*` variables or `~/.config/kod/desktop.toml` (`StackSettings`).
@@ -30,48 +41,41 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import secrets
 import signal
 import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
 
-from kod import errors
+from kod import errors, toml
+from kod.files import write_private
+from kod.names import user_namespace, virtual_node_name
 from kod.settings import config_home, load_settings
 from localenv import handle as handle_mod
-from localenv import procs
+from localenv import konnectivity, node_join, node_registry, procs, users
 from localenv import settings as localenv_settings
 from localenv.progress import Progress
 
 ENV_PREFIX = "KOD_DESKTOP_"
 NAMESPACE = "kod-system"
-SERVICE_ACCOUNT = "kod-vk"
-VK_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
-KUBELET_SERVING_SIGNER = "kubernetes.io/kubelet-serving"
-#: The three processes, in start order (stop order is the reverse).
+#: The three processes, in start order (stop order is the reverse); `processes()` adds the tunnel.
 NAMES = ("sidecar", "interlink", "vk")
-SCRIPTS = {"sidecar": "kod-docker-sidecar", "interlink": "kod-interlink", "vk": "kod-vk"}
+TUNNEL = "tunnel"
+SCRIPTS = {"sidecar": "kod-docker-sidecar", "interlink": "kod-interlink", "vk": "kod-vk", TUNNEL: "konnectivity-agent"}
 REPO = Path(__file__).resolve().parents[1]
+#: The packages the three processes run: when their code changes, `up` restarts them.
+CODE = tuple(REPO / name for name in ("kod", "vk_bridge", "interlink", "sidecars"))
 KUSTOMIZATION = REPO / "kustomizations"
-
-
-def default_node_name(hostname: str | None = None) -> str:
-    """`desktop-<hostname>`: the same rule as vk_bridge.settings.default_node_name (a test checks
-    that they agree; localenv may not import vk_bridge)."""
-    host = (hostname or socket.gethostname()).lower()
-    host = re.sub(r"[^a-z0-9.-]+", "-", host).strip("-.") or "localhost"
-    return f"desktop-{host}"[:253].rstrip("-.")
 
 
 class StackSettings(BaseModel):
@@ -80,7 +84,7 @@ class StackSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    node_name: str = Field(default_factory=default_node_name, description="The virtual node's name.")
+    node_name: str = Field(default_factory=virtual_node_name, description="The virtual node's name.")
     user: str = Field(default_factory=lambda: os.environ.get("USER") or "root", description="kod.io/desktop-of label.")
     interlink_port: int = Field(default=3000, ge=1, le=65535, description="interlink's TCP port.")
     interlink_host: str = Field(
@@ -94,7 +98,14 @@ class StackSettings(BaseModel):
     max_pods: int = Field(
         default=250, ge=1, description="Pods the node accepts (more than a kubelet's 110: desktop pods are small)."
     )
-    token_hours: int = Field(default=720, ge=1, description="Lifetime of vk_bridge's ServiceAccount token.")
+    bootstrap_token_minutes: int = Field(
+        default=60, ge=5, description="Lifetime of the bootstrap token vk_bridge joins with (deleted once it has "
+        "its certificate; a new one is made only when that certificate no longer works).",
+    )
+    vk_identity: dict[str, Any] = Field(
+        default_factory=dict, description="More of vk_bridge's identity settings (vk_bridge/settings.py, "
+        "IdentitySettings: certificate_seconds, rotation_fraction, ...).",
+    )
     ready_timeout: float = Field(default=120.0, gt=0, description="Seconds each process gets to become ready.")
     log_level: str = Field(default="info", description="Log level of the three processes.")
     sidecar_name: str = Field(
@@ -102,6 +113,32 @@ class StackSettings(BaseModel):
         "one engine never touch each other's containers.",
     )
     directory: str = Field(default="desktop", description="The stack's directory under localenv's data_dir.")
+    docker_url: str | None = Field(
+        default=None, description="The Docker engine the sidecar runs pods in (e.g. unix:///run/x/docker.sock); "
+        "default the local one.",
+    )
+    konnectivity_server: str | None = Field(
+        default=None, description="HOST:PORT of the cluster's konnectivity server (a local cluster runs one on "
+        "port 8132 of its host). Set it when the API server cannot reach this desktop (behind NAT): a "
+        "konnectivity agent then dials out to it, and `kubectl logs` of the node's pods comes back that way.",
+    )
+    tunnel_health_port: int = Field(default=8093, ge=1, le=65535, description="The agent's /readyz (127.0.0.1).")
+    tunnel_admin_port: int = Field(default=8094, ge=1, le=65535, description="The agent's admin port (127.0.0.1).")
+    admission_allow: list[str] = Field(
+        default_factory=list,
+        description='Identities besides the owner\'s namespace (kod-<user>) whose pods the node runs: "namespace" '
+        'or "namespace/serviceaccount" (vk_bridge\'s admission.allow, and the node\'s entry in the registry).',
+    )
+
+    @property
+    def owner_namespace(self) -> str:
+        """The namespace of the stack's owner: what its node runs pods of."""
+        return user_namespace(self.user)
+
+    @property
+    def allowed(self) -> list[str]:
+        """The identities the node runs pods of, the owner's namespace first."""
+        return [self.owner_namespace, *self.admission_allow]
 
     def private(self, suffix: str, port_offset: int, kubelet_port_offset: int = 0, **update: Any) -> StackSettings:
         """A second stack next to this one (for tests and benchmarks that kill or load its
@@ -111,6 +148,8 @@ class StackSettings(BaseModel):
         return self.model_copy(update={
             "node_name": f"{self.node_name}-{suffix}", "interlink_port": self.interlink_port + port_offset,
             "sidecar_port": self.sidecar_port + port_offset, "kubelet_port": self.kubelet_port + kubelet_port_offset,
+            "tunnel_health_port": self.tunnel_health_port + port_offset,
+            "tunnel_admin_port": self.tunnel_admin_port + port_offset,
             "sidecar_name": f"{self.sidecar_name}-{suffix}", "directory": f"{self.directory}-{suffix}", **update,
         })
 
@@ -161,12 +200,27 @@ class Stack:
         return self.config_dir / "docker-sidecar.token"
 
     @property
-    def vk_kubeconfig(self) -> Path:
-        return self.config_dir / "vk.kubeconfig"
+    def vk_bootstrap_kubeconfig(self) -> Path:
+        return self.config_dir / "vk-bootstrap.kubeconfig"
 
     @property
     def vk_pki_dir(self) -> Path:
         return self.root / "vk-pki"
+
+    @property
+    def cluster_ca_file(self) -> Path:
+        """The cluster CA (from the bootstrap kubeconfig): what the tunnel verifies its server with."""
+        return self.config_dir / "cluster-ca.crt"
+
+    @property
+    def vk_client_file(self) -> Path:
+        """vk_bridge's client key and certificate, one PEM file (system:node:<node>)."""
+        return self.vk_pki_dir / "kubelet-client-current.pem"
+
+    @property
+    def vk_node_kubeconfig(self) -> Path:
+        """The kubeconfig vk_bridge writes beside its client certificate (system:node:<node>)."""
+        return self.vk_pki_dir / "kubeconfig"
 
     def log_file(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
@@ -178,6 +232,11 @@ class Stack:
         """The bearer token of 'interlink' or 'sidecar' (for tests of the REST APIs)."""
         path = self.interlink_token_file if name == "interlink" else self.sidecar_token_file
         return path.read_text().strip()
+
+
+def processes(settings: StackSettings) -> tuple[str, ...]:
+    """The stack's processes in start order: the three, and the tunnel when it has a server."""
+    return (*NAMES, TUNNEL) if settings.konnectivity_server else NAMES
 
 
 def stack_for(cluster: handle_mod.ClusterHandle | None = None, settings: StackSettings | None = None) -> Stack:
@@ -193,73 +252,62 @@ def stack_for(cluster: handle_mod.ClusterHandle | None = None, settings: StackSe
 # --------------------------------------------------------------------------------------------
 
 
-def _write_private(path: Path, content: str) -> bool:
-    """Write a 0600 file unless it already holds `content`; True when written."""
-    if path.exists() and path.read_text() == content:
-        os.chmod(path, 0o600)
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    tmp.replace(path)
-    return True
-
-
 def ensure_token(path: Path) -> bool:
     """A random bearer token in `path` (0600), made once; True when made now."""
     if path.exists() and path.read_text().strip():
         os.chmod(path, 0o600)
         return False
-    _write_private(path, secrets.token_urlsafe(32) + "\n")
+    write_private(path, secrets.token_urlsafe(32) + "\n")
     return True
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+#: cloudify's port-forward listeners for viewers in containers (cloudify's forward_ports), which
+#: the pods' network lets through to this host (each accepts only its own viewer's address).
+CLOUDIFY_FORWARD_PORTS = "39400-39499"
 
 
-def to_toml(data: Mapping[str, Any]) -> str:
-    """TOML from nested dicts: scalars and lists first, one [table] per nested dict; dicts in
-    lists become inline tables."""
-    lines: list[str] = []
+def api_server_port(kubeconfig: Path) -> int:
+    """The port of the cluster's API server (its kubeconfig's current cluster), 443 by default."""
+    import urllib.parse
 
-    def table(prefix: list[str], d: Mapping[str, Any]) -> None:
-        flat = [(k, v) for k, v in d.items() if not isinstance(v, Mapping) and v is not None]
-        nested = [(k, v) for k, v in d.items() if isinstance(v, Mapping)]
-        if prefix:
-            lines.append(f"\n[{'.'.join(prefix)}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in flat)
-        for k, v in nested:
-            table([*prefix, k], v)
+    import yaml
 
-    table([], data)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    try:
+        doc = yaml.safe_load(kubeconfig.read_text()) or {}
+        server = (doc.get("clusters") or [{}])[0].get("cluster", {}).get("server", "")
+    except (OSError, yaml.YAMLError, AttributeError, IndexError):
+        return 443
+    return urllib.parse.urlsplit(server).port or 443
 
 
-def configs(stack: Stack) -> dict[str, dict[str, Any]]:
+def network_config(stack: Stack) -> dict[str, Any]:
+    """The pods' network of the desktop's sidecar: its host rules are required (localenv runs it
+    as root on the host), and pods reach of this desktop only the cluster's API server (which
+    runs on this machine here) and cloudify's port-forward range."""
+    return {
+        "host_rules": "on",
+        "host_allow": [f"tcp/{api_server_port(stack.cluster.kubeconfig)}", f"tcp/{CLOUDIFY_FORWARD_PORTS}"],
+    }
+
+
+def configs(stack: Stack, *, node_address: str | None = None) -> dict[str, dict[str, Any]]:
     """Each process's settings, as data (see interlink/settings.py, sidecars/docker/settings.py,
-    vk_bridge/settings.py for every field)."""
+    vk_bridge/settings.py for every field). `node_address`: the node's InternalIP, fixed (what
+    the tunnel announces must be what vk_bridge registers); default vk_bridge's own choice."""
     s = stack.settings
+    node: dict[str, Any] = {"name": s.node_name, "user": s.user, "capacity": {"pods": str(s.max_pods)}}
+    if node_address:
+        node["address"] = node_address
     return {
         "sidecar": {
+            **({"docker_url": s.docker_url} if s.docker_url else {}),
             "name": s.sidecar_name,
             "token_file": stack.sidecar_token_file,
             "create_token": False,
             "log_level": s.log_level,
             "listen": {"host": "127.0.0.1", "port": s.sidecar_port},
             "capacity": {"pods": s.max_pods},
+            "network": network_config(stack),
         },
         "interlink": {
             "token_file": stack.interlink_token_file,
@@ -270,10 +318,11 @@ def configs(stack: Stack) -> dict[str, dict[str, Any]]:
         },
         "vk": {
             "log_level": s.log_level,
-            "node": {"name": s.node_name, "user": s.user, "capacity": {"pods": str(s.max_pods)}},
-            "kube": {"kubeconfig": stack.vk_kubeconfig},
+            "node": node,
+            "identity": {"bootstrap_kubeconfig": stack.vk_bootstrap_kubeconfig, "cert_dir": stack.vk_pki_dir, **s.vk_identity},
             "interlink": {"url": stack.interlink_url, "token_file": stack.interlink_token_file},
             "kubelet_api": {"port": s.kubelet_port, "cert_dir": stack.vk_pki_dir},
+            "admission": {"owner_namespace": s.owner_namespace, "allow": list(s.admission_allow)},
         },
     }
 
@@ -301,79 +350,81 @@ def _command(name: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
+#: What earlier versions applied: a cluster-wide role that could read every Secret and mint tokens
+#: for every ServiceAccount, for a kod-vk ServiceAccount whose tokens desktops used.
+LEGACY_OBJECTS = (
+    ("clusterrolebinding", "kod-virtual-kubelet", None),
+    ("clusterrole", "kod-virtual-kubelet", None),
+    ("rolebinding", "kod-virtual-kubelet-lease", "kube-node-lease"),
+    ("role", "kod-virtual-kubelet-lease", "kube-node-lease"),
+)
+
+
 def apply_rbac(stack: Stack) -> str:
-    """`kubectl apply -k kustomizations/` with the cluster's admin credentials."""
+    """`kubectl apply -k kustomizations/` with the cluster's admin credentials, and removal of
+    the cluster-wide role of earlier versions (and of their ServiceAccount token kubeconfig)."""
     if not (KUSTOMIZATION / "kustomization.yaml").exists():
         raise errors.Unavailable(f"{KUSTOMIZATION} is missing", hint="run from a checkout of the project")
     out = stack.cluster.kubectl("apply", "-k", str(KUSTOMIZATION)).stdout
     changed = [line for line in out.splitlines() if not line.endswith("unchanged")]
-    return f"{len(changed)} changed" if changed else "unchanged"
+    removed = 0
+    for kind, name, namespace in LEGACY_OBJECTS:
+        ns = ["-n", namespace] if namespace else []
+        proc = stack.cluster.kubectl("delete", kind, name, *ns, "--ignore-not-found", check=False)
+        removed += bool(proc.stdout.strip())
+    # The old ServiceAccount (its tokens die with it); the in-cluster overlay's has no token.
+    sa = stack.cluster.kubectl("get", "serviceaccount", "kod-vk", "-n", NAMESPACE, "-o", "json", check=False)
+    if sa.returncode == 0 and json.loads(sa.stdout).get("automountServiceAccountToken") is not False:
+        stack.cluster.kubectl("delete", "serviceaccount", "kod-vk", "-n", NAMESPACE, "--ignore-not-found")
+        removed += 1
+    (stack.config_dir / "vk.kubeconfig").unlink(missing_ok=True)
+    summary = f"{len(changed)} changed" if changed else "unchanged"
+    return summary + (f", {removed} objects of the old cluster-wide role removed" if removed else "")
 
 
-def _jwt_expiry(token: str) -> float:
-    try:
-        payload = token.split(".")[1]
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(data.get("exp", 0))
-    except (IndexError, ValueError):
-        return 0.0
+def ensure_bootstrap_kubeconfig(stack: Stack) -> str:
+    """vk_bridge's bootstrap kubeconfig (0600): server and CA, and a bootstrap token unless the
+    client certificate vk_bridge already has still works (asked of the API server)."""
+    user = node_join.whoami(stack.cluster.kubectl_path, stack.vk_node_kubeconfig)
+    token = node_join.kubeconfig_token(stack.vk_bootstrap_kubeconfig)
+    if user == node_join.node_user(stack.node_name):
+        node_join.write_bootstrap_kubeconfig(stack.vk_bootstrap_kubeconfig, stack.cluster, token)
+        return f"vk_bridge's certificate is accepted as {user}: no bootstrap token needed"
+    if token:
+        expires = node_join.token_expiry(stack.cluster, token)
+        if expires is not None and (expires - datetime.now(UTC)).total_seconds() > 600:
+            node_join.write_bootstrap_kubeconfig(stack.vk_bootstrap_kubeconfig, stack.cluster, token)
+            return f"bootstrap token still valid until {expires:%H:%M}Z"
+    node_join.delete_bootstrap_tokens(stack.cluster, stack.node_name)
+    token = node_join.create_bootstrap_token(stack.cluster, node_name=stack.node_name, minutes=stack.settings.bootstrap_token_minutes)
+    node_join.write_bootstrap_kubeconfig(stack.vk_bootstrap_kubeconfig, stack.cluster, token)
+    # The API server learns of new token Secrets through a watch: wait until it accepts this one,
+    # so that vk_bridge's first request is not refused.
+    deadline = time.monotonic() + 30
+    while not (node_join.whoami(stack.cluster.kubectl_path, stack.vk_bootstrap_kubeconfig) or "").startswith("system:bootstrap:"):
+        if time.monotonic() > deadline:
+            raise errors.Unavailable("the API server does not accept the new bootstrap token",
+                                     hint="is --enable-bootstrap-token-auth set on the API server? (docs/security.md)")
+        time.sleep(0.2)
+    return f"new bootstrap token {token.split('.')[0]}, valid {stack.settings.bootstrap_token_minutes} min"
 
 
-def _current_token(path: Path) -> str | None:
-    try:
-        config = json.loads(path.read_text())
-        token = config["users"][0]["user"]["token"]
-        return str(token)
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+def retire_bootstrap_token(stack: Stack) -> str:
+    """Delete this node's bootstrap tokens once vk_bridge's own certificate works."""
+    if node_join.whoami(stack.cluster.kubectl_path, stack.vk_node_kubeconfig) != node_join.node_user(stack.node_name):
+        return "kept: vk_bridge has no working certificate yet"
+    count = node_join.delete_bootstrap_tokens(stack.cluster, stack.node_name)
+    return "used, deleted" if count else "none left"
 
 
-def ensure_vk_kubeconfig(stack: Stack) -> str:
-    """A kubeconfig for vk_bridge with a ServiceAccount token (TokenRequest API), renewed when a
-    quarter of its lifetime is left."""
-    token = _current_token(stack.vk_kubeconfig)
-    if token and _jwt_expiry(token) - time.time() > stack.settings.token_hours * 3600 / 4:
-        # A re-created cluster no longer accepts it: ask the API server, not only the clock.
-        check = stack.cluster.kubectl(f"--kubeconfig={stack.vk_kubeconfig}", "auth", "can-i", "patch", "nodes/status", check=False)
-        if check.returncode == 0 and check.stdout.strip() == "yes":
-            return "token still valid"
-    admin = json.loads(stack.cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    cluster = admin["clusters"][0]["cluster"]
-    token = stack.cluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, f"--duration={stack.settings.token_hours}h"
-    ).stdout.strip()
-    server_entry = {k: v for k, v in cluster.items() if k in ("server", "certificate-authority-data", "certificate-authority")}
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kod", "cluster": server_entry}],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": f"{SERVICE_ACCOUNT}@kod", "context": {"cluster": "kod", "user": SERVICE_ACCOUNT}}],
-        "current-context": f"{SERVICE_ACCOUNT}@kod",
-    }
-    _write_private(stack.vk_kubeconfig, json.dumps(config, indent=2) + "\n")
-    return f"new token, valid {stack.settings.token_hours} h"
-
-
-def approve_vk_csrs(stack: Stack) -> list[str]:
-    """Approve the pending kubelet-serving CSRs that vk_bridge made for this node (and only
-    those: requester, signer and subject are checked). Returns the approved names."""
-    listing = stack.cluster.kubectl_json("get", "csr")
-    approved = []
-    for csr in listing.get("items", []):
-        spec, status = csr.get("spec", {}), csr.get("status", {})
-        if status.get("conditions") or spec.get("signerName") != KUBELET_SERVING_SIGNER or spec.get("username") != VK_USER:
-            continue
-        try:
-            request = x509.load_pem_x509_csr(base64.b64decode(spec["request"]))
-            cn = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        except (KeyError, ValueError, IndexError):
-            continue
-        if cn != f"system:node:{stack.node_name}":
-            continue
-        name = csr["metadata"]["name"]
-        stack.cluster.kubectl("certificate", "approve", name)
-        approved.append(name)
+def approve_vk_csrs(stack: Stack, *, hostnames: set[str] | None = None, ips: set[str] | None = None) -> list[str]:
+    """Approve the pending kubelet-serving CSRs vk_bridge made for this node, after checking them
+    (localenv.node_join.serving_csr_problem: requester system:node:<node>, subject, usages, key,
+    SANs only this machine's addresses, `ips`, and names, `hostnames`); deny the others that claim
+    this node. Returns the approved names."""
+    hostnames = hostnames if hostnames is not None else {socket.gethostname(), stack.node_name}
+    ips = ips if ips is not None else node_join.local_addresses()
+    approved, _denied = node_join.approve_serving_csrs(stack.cluster, stack.node_name, hostnames=hostnames, ips=ips)
     return approved
 
 
@@ -410,47 +461,89 @@ def _ping(url: str, token_file: Path) -> bool:
         return False
 
 
+def node_address(stack: Stack) -> str:
+    """This machine's address on the route towards the API server (what vk_bridge registers as
+    the node's InternalIP: nothing is sent, a UDP connect only routes)."""
+    server = urllib.parse.urlparse(node_join.cluster_entry(stack.cluster)["server"])
+    host, port = server.hostname or "127.0.0.1", server.port or 443
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return str(s.getsockname()[0])
+
+
+def write_cluster_ca(stack: Stack) -> Path:
+    """The cluster CA the bootstrap kubeconfig names, as a PEM file (0600) for the tunnel."""
+    entry = node_join.cluster_entry(stack.cluster)
+    if "certificate-authority-data" in entry:
+        pem = base64.b64decode(entry["certificate-authority-data"])
+    else:
+        pem = Path(entry["certificate-authority"]).expanduser().read_bytes()
+    write_private(stack.cluster_ca_file, pem, unchanged_ok=True)
+    return stack.cluster_ca_file
+
+
+def tunnel_daemon(stack: Stack) -> procs.Daemon:
+    """The konnectivity agent: dials the cluster's server as this node, for this node's address."""
+    s = stack.settings
+    assert s.konnectivity_server, "tunnel_daemon needs konnectivity_server"
+    host, _, port = s.konnectivity_server.rpartition(":")
+    if not host or not port.isdigit():
+        raise errors.InvalidInput(f"konnectivity_server {s.konnectivity_server!r} is not HOST:PORT")
+    env_settings = localenv_settings.load()
+    return konnectivity.agent_daemon(konnectivity.AgentSpec(
+        name=SCRIPTS[TUNNEL], server_host=host.strip("[]"), server_port=int(port), ca_cert=stack.cluster_ca_file,
+        cert_file=stack.vk_client_file, key_file=stack.vk_client_file, addresses=(node_address(stack),),
+        hostnames=(s.node_name,), health_port=s.tunnel_health_port, admin_port=s.tunnel_admin_port,
+        cache_dir=env_settings.cache_dir.expanduser(), run_dir=stack.run_dir, logs_dir=stack.logs_dir,
+        ready_timeout=s.ready_timeout,
+    ))
+
+
 def daemon(stack: Stack, name: str) -> procs.Daemon:
-    """The process `name` ('sidecar', 'interlink' or 'vk') as a localenv daemon."""
+    """The process `name` ('sidecar', 'interlink', 'vk' or 'tunnel') as a localenv daemon."""
+    if name == TUNNEL:
+        return tunnel_daemon(stack)
     cfg = config_file(stack, name)
     argv = (*_command(name), "--config", str(cfg))
-    files = {cfg: to_toml(configs(stack)[name])}
+    address = node_address(stack) if name == "vk" and stack.settings.konnectivity_server else None
+    files = {cfg: toml.dumps(configs(stack, node_address=address)[name])}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name == "sidecar":
         return procs.Daemon(
-            name="docker-sidecar", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env,
+            name="docker-sidecar", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env, code=CODE,
             inputs=(stack.sidecar_token_file,), ready=lambda: _ping(stack.sidecar_url, stack.sidecar_token_file),
             ready_timeout=stack.settings.ready_timeout, stop_timeout=30.0,
         )
     if name == "interlink":
         return procs.Daemon(
-            name="interlink", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env,
+            name="interlink", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env, code=CODE,
             inputs=(stack.interlink_token_file, stack.sidecar_token_file),
             ready=lambda: _ping(stack.interlink_url, stack.interlink_token_file),
             ready_timeout=stack.settings.ready_timeout, stop_timeout=10.0,
         )
     if name == "vk":
         pid_file = stack.run_dir / "vk.pid"
-        record = procs.read_record(pid_file)
-        since = record.started_at if record and procs.is_alive(record) else time.time()
 
         def vk_ready() -> bool:
             # vk_bridge waits for its serving certificate before it registers the node: approving
-            # its CSR is part of bringing it up. Ready means: node Ready, Lease renewed by this process.
+            # its CSR is part of bringing it up. Ready means: node Ready, Lease renewed by the
+            # process that runs now (its record, read now: a restart replaces it before this runs).
+            record = procs.read_record(pid_file)
+            since = record.started_at if record else time.time()
             approve_vk_csrs(stack)
             state = node_state(stack)
             return bool(state and state["ready"] and state["renew_time"] and _rfc3339(state["renew_time"]) >= since - 1)
 
         return procs.Daemon(
-            name="vk", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env,
-            inputs=(stack.interlink_token_file, stack.vk_kubeconfig), ready=vk_ready,
+            name="vk", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env, code=CODE,
+            inputs=(stack.interlink_token_file, stack.vk_bootstrap_kubeconfig), ready=vk_ready,
             ready_timeout=stack.settings.ready_timeout, stop_timeout=15.0,
         )
     raise errors.InvalidInput(f"unknown desktop stack process {name!r}; one of {', '.join(NAMES)}")
 
 
 def _pid_file(stack: Stack, name: str) -> Path:
-    return stack.run_dir / f"{'docker-sidecar' if name == 'sidecar' else name}.pid"
+    return stack.run_dir / f"{ {'sidecar': 'docker-sidecar', TUNNEL: SCRIPTS[TUNNEL]}.get(name, name)}.pid"
 
 
 def pid(name: str, stack: Stack | None = None) -> int | None:
@@ -513,7 +606,7 @@ def up(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | 
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(stack.config_dir, 0o700)
     with _locked(stack):
-        _up(stack, progress, NAMES if with_vk else NAMES[:2])
+        _up(stack, progress, processes(stack.settings) if with_vk else NAMES[:2])
     if with_vk:
         progress.line(f"    virtual node {stack.node_name} is Ready")
     return stack
@@ -523,14 +616,24 @@ def _up(stack: Stack, progress: Progress, names: tuple[str, ...]) -> None:
     with progress.step("desktop stack: tokens") as step:
         made = [p.name for p in (stack.interlink_token_file, stack.sidecar_token_file) if ensure_token(p)]
         step.done(f"made {', '.join(made)} (0600)" if made else "present")
-    with progress.step("desktop stack: namespace, ServiceAccount and RBAC (kustomizations/)") as step:
+    with progress.step("desktop stack: namespace, node bootstrap RBAC, admission policy, user role (kustomizations/)") as step:
         step.done(apply_rbac(stack))
-    with progress.step("desktop stack: vk_bridge's kubeconfig") as step:
-        step.done(ensure_vk_kubeconfig(stack))
+    if "vk" in names:
+        with progress.step("desktop stack: vk_bridge's bootstrap kubeconfig") as step:
+            step.done(ensure_bootstrap_kubeconfig(stack))
+    if TUNNEL in names:
+        write_cluster_ca(stack)
+    with progress.step(f"desktop stack: user {stack.settings.user} and the registry of virtual nodes") as step:
+        owner = users.ensure(stack.cluster, stack.settings.user)
+        registered = node_registry.register(stack.cluster, stack.node_name, stack.settings.allowed)
+        step.done(f"namespace {owner.namespace}, kubeconfig {owner.kubeconfig or 'the cluster given'}; {registered}")
     for name in names:
         with progress.step(f"desktop stack: {SCRIPTS[name]}") as step:
             outcome, pid_ = procs.ensure(daemon(stack, name))
-            step.done(f"{outcome}, pid {pid_}, log {stack.log_file('docker-sidecar' if name == 'sidecar' else name)}")
+            step.done(f"{outcome}, pid {pid_}, log {stack.logs_dir / _pid_file(stack, name).with_suffix('.log').name}")
+    if "vk" in names:
+        with progress.step("desktop stack: bootstrap token") as step:
+            step.done(retire_bootstrap_token(stack))
 
 
 def down(progress: Progress | None = None, *, cluster: handle_mod.ClusterHandle | None = None,
@@ -548,14 +651,17 @@ def _down(stack: Stack, progress: Progress, *, delete_node: bool, pod_timeout: f
     if reachable and pid("vk", stack) is not None:
         with progress.step(f"desktop stack: pods on {stack.node_name}") as step:
             step.done(_delete_node_pods(stack, pod_timeout))
-    for name in reversed(NAMES):
+    # The tunnel too when it runs from an earlier configuration that had one.
+    running_tunnel = (TUNNEL,) if _pid_file(stack, TUNNEL).exists() and TUNNEL not in processes(stack.settings) else ()
+    for name in reversed((*processes(stack.settings), *running_tunnel)):
         with progress.step(f"desktop stack: stop {SCRIPTS[name]}") as step:
             stopped = procs.stop_by_pid_file(_pid_file(stack, name))
             step.done(f"stopped pid {stopped}" if stopped else "not running")
     if reachable and delete_node:
         with progress.step(f"desktop stack: node {stack.node_name}") as step:
             proc = stack.cluster.kubectl("delete", "node", stack.node_name, "--ignore-not-found", "--wait=false", check=False)
-            step.done(proc.stdout.strip() or "not registered")
+            node_join.delete_bootstrap_tokens(stack.cluster, stack.node_name)
+            step.done((proc.stdout.strip() or "not registered") + "; registry: " + node_registry.unregister(stack.cluster, stack.node_name))
 
 
 def _delete_node_pods(stack: Stack, timeout: float) -> str:
@@ -581,7 +687,7 @@ def status(*, cluster: handle_mod.ClusterHandle | None = None, settings: StackSe
         node = node_state(stack)
     return {
         "node_name": stack.node_name,
-        "processes": {name: pid(name, stack) for name in NAMES},
+        "processes": {name: pid(name, stack) for name in processes(stack.settings)},
         "node": node,
         "interlink_url": stack.interlink_url,
         "sidecar_url": stack.sidecar_url,

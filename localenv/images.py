@@ -1,12 +1,14 @@
-"""The project's images, built from `images/` by one command: `python -m localenv images` (`make images`).
+"""The project's images, built from `images/` by one command: `python -m localenv images` (`make images`),
+which also imports the session images (the apps' and the viewer's) into the cluster's nodes.
 
-    from localenv.images import build_all
+    from localenv.images import build_all, build_and_import
+    build_and_import(handle.running(), only=["firefox"])   # what `python -m localenv images firefox` does
     build_all(progress=Progress())              # every image; up-to-date ones are skipped
     build_all(only=["viewer", "firefox"])       # some images (and the ones they build FROM)
     build_all(no_cache=True)                    # from scratch, e.g. to take Debian security updates
     build_all(force=True)                       # rebuild even when up to date (Docker's cache helps)
 
-    python -m localenv.images --help            # the same from the shell
+    python -m localenv.images --help            # build_all from the shell (builds only)
 
 The images (`kod.apps.image_ref(name)`, e.g. `kod/firefox:0.1.0`):
 
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from kod import apps, errors
+from localenv.handle import ClusterHandle
 from localenv.progress import Progress, Step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,6 +335,41 @@ def build_all(
                 results.append(BuildResult(spec.name, spec.ref, action, step.elapsed, size))
                 step.done(f"{action}, {size / 1e6:.0f} MB")
     progress.total(f"{len(results)} images")
+    return results
+
+
+def session_images() -> list[str]:
+    """The images a session's pods run from the cluster's nodes: the apps' and the viewer's (the
+    app bases are only their parents; the services run on the desktop, in Docker)."""
+    return [*dict.fromkeys(app.image for app in apps.APPS.values()), "viewer"]
+
+
+def into_cluster(target: ClusterHandle, refs: Iterable[str], progress: Progress | None = None) -> list[str]:
+    """Import the local images `refs` into the cluster's nodes (those already there with the same
+    image id are skipped) and wait until a node reports them, as cloudify checks before a
+    session; returns the refs copied."""
+    progress = progress or Progress()
+    refs = list(refs)
+    with progress.step("images into the cluster") as step:
+        done = target.provide_images(refs)
+        step.done(f"imported {' '.join(done)}" if done else f"{' '.join(refs)} already there")
+    return done
+
+
+def build_and_import(target: ClusterHandle | None, progress: Progress | None = None, *,
+                     only: Iterable[str] | None = None) -> list[BuildResult]:
+    """`python -m localenv images [NAME ...]`: build the images (`only` and their parents, or
+    all), then make the session images among them available to the cluster's pods (`target`;
+    None: no cluster answers, so they are only built). Afterwards cloudify finds them on a node."""
+    progress = progress or Progress()
+    results = build_all(progress, only=only)
+    wanted = set(session_images())
+    refs = [r.ref for r in results if r.name in wanted]
+    if target is None:
+        progress.line("==> no cluster answers: the images are built, not imported; `python -m localenv up` "
+                      "starts the local cluster, then run this again")
+    elif refs:
+        into_cluster(target, refs, progress)
     return results
 
 

@@ -91,3 +91,14 @@ def import_images(refs: Iterable[str], socket: Path) -> list[str]:
     if wrong:
         raise errors.Internal(f"after the import, containerd does not have {' '.join(wrong)} with Docker's image id")
     return todo
+
+
+def remove_images(refs: Iterable[str], socket: Path) -> list[str]:
+    """Remove the images `refs` from the containerd at `socket` (namespace k8s.io), as a node
+    that never had them (for tests of what happens then); returns those it had."""
+    ctr = [str(require("ctr", package="containerd")), "-a", str(socket), "-n", NAMESPACE]
+    names = [normalize(r) for r in dict.fromkeys(refs)]
+    present = [n for n in names if n in containerd_image_ids(socket, names)]
+    if present:
+        run([*ctr, "images", "rm", *present], timeout=120)
+    return present

@@ -30,6 +30,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         # X0tigervnc: `make demo` on a headless machine shows its virtual desktop over VNC
         "tigervnc-scraping-server",
     ),
+    # what the end-to-end tests drive the project with, as a user would: curl (interlink's API
+    # over its unix socket) and Debian's docker-compose 1.29 (docker-compose.yaml; bookworm has
+    # no compose plugin package). Installed here, once, not by the tests themselves.
+    "tests": ("curl", "docker-compose"),
+    # the desktop at home (localenv.netlab, tests/e2e/test_home_*.py): Firefox installed on the
+    # desktop, which cloudify runs locally when the link to the cluster is too slow
+    "home": ("firefox-esr",),
 }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from kod import errors
+from kod.files import write_private
 from localenv.shell import run, tail
 
 #: Logs bigger than this are moved to <name>.log.1 when the daemon (re)starts.
@@ -53,6 +54,9 @@ class Daemon:
     #: TCP ports it listens on: they must be free before it starts (else its readiness probe
     #: could be answered by whatever holds them).
     ports: tuple[int, ...] = ()
+    #: Source trees it runs (Python packages of this checkout): their files are part of the
+    #: fingerprint, so a daemon started before the code changed is restarted, never reused stale.
+    code: tuple[Path, ...] = ()
 
     @property
     def pid_file(self) -> Path:
@@ -73,7 +77,19 @@ class Daemon:
         if exe.exists():
             st = exe.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(code_digest(self.code).encode())
         return h.hexdigest()
+
+
+def code_digest(trees: tuple[Path, ...]) -> str:
+    """A digest of the Python sources under `trees` (names and contents; ~1 MB, a few ms)."""
+    h = hashlib.sha256()
+    for tree in trees:
+        for path in sorted(tree.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            h.update(str(path.relative_to(tree.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -132,15 +148,6 @@ def _rotate(log: Path) -> None:
         log.replace(log.with_name(log.name + ".1"))
 
 
-def _write_private(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    tmp.replace(path)
-
-
 def port_holder(port: int) -> str | None:
     """None when nothing listens on TCP `port` (any address); else who does (from `ss`)."""
     try:
@@ -172,7 +179,7 @@ def start(daemon: Daemon) -> int:
                 hint="stop that process (another cluster?), or choose other ports with KOD_LOCALENV_PORTS__*",
             )
     for path, content in daemon.files.items():
-        _write_private(path, content)
+        write_private(path, content)
     daemon.run_dir.mkdir(parents=True, exist_ok=True)
     daemon.logs_dir.mkdir(parents=True, exist_ok=True)
     _rotate(daemon.log_file)
@@ -191,7 +198,7 @@ def start(daemon: Daemon) -> int:
         )
     record = {"pid": proc.pid, "argv": list(daemon.argv), "fingerprint": fingerprint, "started_at": time.time(),
               "stop_timeout": daemon.stop_timeout}
-    _write_private(daemon.pid_file, json.dumps(record))
+    write_private(daemon.pid_file, json.dumps(record))
     wait_ready(daemon, proc.pid)
     return proc.pid
 

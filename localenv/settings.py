@@ -38,6 +38,12 @@ class Ports(BaseModel):
     kubelet_healthz: int = Field(default=10248, description="kubelet /healthz (127.0.0.1)")
     kube_proxy_healthz: int = Field(default=10256, description="kube-proxy /livez (127.0.0.1)")
     kube_proxy_metrics: int = Field(default=10249, description="kube-proxy /metrics (127.0.0.1)")
+    konnectivity: int = Field(default=8132, description="the konnectivity server's port for agents (all addresses: "
+                              "desktops behind NAT dial in; mTLS)")
+    konnectivity_health: int = Field(default=8133, description="konnectivity server /healthz (127.0.0.1)")
+    konnectivity_admin: int = Field(default=8134, description="konnectivity server admin (127.0.0.1)")
+    konnectivity_node_agent_health: int = Field(default=8135, description="the real node's konnectivity agent /readyz (127.0.0.1)")
+    konnectivity_node_agent_admin: int = Field(default=8136, description="the real node's konnectivity agent admin (127.0.0.1)")
 
 
 class LocalEnvSettings(BaseModel):
@@ -66,6 +72,11 @@ class LocalEnvSettings(BaseModel):
     storage_class: str = Field(default="kod-hostpath", description="The default StorageClass (dynamic hostPath)")
     ports: Ports = Field(default_factory=lambda: Ports(), description="TCP ports of the daemons")
     ready_timeout: float = Field(default=120.0, description="Seconds to wait for each daemon to become ready")
+    konnectivity: bool = Field(
+        default=True, description="Route the API server's traffic to nodes through a konnectivity server, so "
+        "that desktops behind NAT (which the API server cannot dial) serve `kubectl logs` over a connection "
+        "they dial out (localenv.konnectivity, docs/home.md)",
+    )
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: object) -> LocalEnvSettings:

@@ -152,18 +152,29 @@ class Image:
         return counts
 
     def distinct_colours(self) -> int:
-        return len(set(self.rgb[i:i + 3] for i in range(0, len(self.rgb), 3)))
+        """How many colours the image has. (Computed on 32-bit pixel values, in C: a window
+        capture is judged several times a second while waiting for it to be drawn.)"""
+        n = self.width * self.height
+        if not n:
+            return 0
+        padded = bytearray(4 * n)
+        for channel in range(3):
+            padded[channel::4] = self.rgb[channel::3]
+        return len(set(memoryview(padded).cast("I")))
 
     def fraction_near(self, colour: tuple[int, int, int], tolerance: int = 24) -> float:
         """Share of pixels within `tolerance` of `colour` on every channel."""
         n = self.width * self.height
         if not n:
             return 0.0
-        r0, g0, b0 = colour
-        mv = self.rgb
-        hits = sum(1 for i in range(0, len(mv), 3)
-                   if abs(mv[i] - r0) <= tolerance and abs(mv[i + 1] - g0) <= tolerance and abs(mv[i + 2] - b0) <= tolerance)
-        return hits / n
+        # Per channel, a byte per pixel that is 1 when that channel is near (bytes.translate, in
+        # C); a pixel is near when all three are: AND the three as big integers, count the ones.
+        near = None
+        for channel, value in enumerate(colour):
+            table = bytes(1 if abs(b - value) <= tolerance else 0 for b in range(256))
+            ones = int.from_bytes(self.rgb[channel::3].translate(table), "big")
+            near = ones if near is None else near & ones
+        return (near or 0).bit_count() / n
 
     def dominant_share(self) -> float:
         """Share of the most common colour: 1.0 for a blank (uniform) image."""
@@ -175,6 +186,15 @@ class Image:
         path.write_bytes(encode_png(self))
         self.path = path
         return path
+
+
+def drawn(img: Image) -> bool:
+    """An app's window is painted: a toolbar and a page give hundreds of colours, and little is
+    black. Before the first frame the viewer shows its black framebuffer, with at most its
+    anti-aliased "Press F8 to open the context menu" hint (~200 colours, 99 % black), which must
+    not count. The one judgement of "drawn" of the demo, the end-to-end tests of cloudify and the
+    first-frame benchmark."""
+    return img.width > 200 and img.fraction_near((0, 0, 0), 16) < 0.5 and img.distinct_colours() > 150
 
 
 def encode_png(img: Image) -> bytes:
@@ -307,6 +327,14 @@ def capture_x(display: str, cookie: bytes, box: Box) -> Image:
     return Image(box.width, box.height, bytes(rgb))
 
 
+def free_display_numbers(first: int = 0, count: int = 64) -> Iterator[int]:
+    """Display numbers that no X server of this machine has claimed: neither its socket file
+    (shared by every network namespace, unlike the abstract socket) nor its lock file exists."""
+    for n in range(first, first + count):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            yield n
+
+
 def display_opens(display: str, env: Mapping[str, str], timeout: float = 5.0) -> bool:
     """Whether an X client with `env` (its XAUTHORITY) can open `display`: a separate short-lived
     process, since libX11 reads the authority file from its own environment."""
@@ -437,19 +465,28 @@ class VirtualDesktop:
             return ""
 
     def start_x(self) -> None:
-        """Xvfb on a free display number (it picks and reports one: -displayfd), cookie-protected."""
+        """Xvfb on a display number no X server of this machine uses, cookie-protected."""
         xvfb = tool("Xvfb")
         server_auth = self.root / "server-auth"
         server_auth.write_bytes(xauth_entry(FAMILY_WILD, b"", 0, self.cookie))
         server_auth.chmod(0o600)
-        read_fd, write_fd = os.pipe()
-        try:
-            self._spawn([xvfb, "-displayfd", str(write_fd), "-screen", "0", f"{self.screen[0]}x{self.screen[1]}x24",
-                         "-auth", str(server_auth), "-nolisten", "tcp", "-noreset"], "Xvfb.log", pass_fds=(write_fd,))
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd) as ready:
-            number = ready.readline().strip()
+        number = ""
+        for candidate in free_display_numbers():
+            # The number is ours to choose: Xvfb's own pick (-displayfd alone) checks only the
+            # sockets it can bind, and in another network namespace (the home proving ground)
+            # the abstract socket of a display in use elsewhere is free, so it took :0 again and
+            # replaced the other server's /tmp/.X11-unix/X0. -displayfd still says when it is up.
+            read_fd, write_fd = os.pipe()
+            try:
+                self._spawn([xvfb, f":{candidate}", "-displayfd", str(write_fd), "-screen", "0",
+                             f"{self.screen[0]}x{self.screen[1]}x24", "-auth", str(server_auth), "-nolisten", "tcp",
+                             "-noreset"], "Xvfb.log", pass_fds=(write_fd,))
+            finally:
+                os.close(write_fd)
+            with os.fdopen(read_fd) as ready:
+                number = ready.readline().strip()
+            if number:
+                break
         if not number:
             raise errors.Unavailable(f"Xvfb did not start: {self.log_tail('Xvfb.log')}")
         self.display = f":{number}"
@@ -492,10 +529,20 @@ class VirtualDesktop:
             raise errors.Unavailable(f"pulseaudio exited: {self.log_tail('pulseaudio.log')}")
         # The kod socket, as the desktop side of the product sets it up: a dedicated socket with
         # anonymous auth, alone in a directory that only the desktop group can enter.
+        # Never a mode that lets other local users in (they could play and record through the
+        # anonymous socket): made 0700, then given to the desktop group, or refused.
         self.pulse_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.pulse_dir.mkdir(mode=0o710)
+        self.pulse_dir.mkdir(mode=0o700)
         self._made_pulse_dir = True
-        self._give_group(self.pulse_dir, 0o710)
+        try:
+            os.chown(self.pulse_dir, -1, self.group)
+        except PermissionError as exc:
+            raise errors.Unavailable(
+                f"cannot give the kod sound socket's directory {self.pulse_dir} to the desktop group {self.group}",
+                hint=f"run as root, or as a member of group {self.group}; the socket is never made "
+                "where other users could enter",
+            ) from exc
+        self.pulse_dir.chmod(0o710)
         out = self.pactl("load-module", "module-native-protocol-unix", f"socket={self.pulse_socket}", "auth-anonymous=1")
         if out.returncode != 0:
             raise errors.Unavailable(f"cannot load the kod sound socket module: {out.stderr.strip()}")

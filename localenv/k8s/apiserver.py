@@ -1,11 +1,20 @@
-"""kube-apiserver: RBAC and Node authorization, NodeRestriction, no anonymous requests, TLS
-everywhere; service-account tokens signed with the cluster's key; it verifies kubelets' serving
-certificates against the cluster CA and presents its own client certificate to them (a virtual
-kubelet that serves the kubelet API can verify that certificate against the same CA)."""
+"""kube-apiserver: Node and RBAC authorization with NodeRestriction admission (a kubelet, and a
+desktop's virtual kubelet, may touch only its own Node, Lease and pods and what those pods
+reference), bootstrap-token authentication (a desktop joins with a short-lived token and gets
+its node's client certificate through a CSR, as a kubelet's TLS bootstrap does), no anonymous
+requests, TLS everywhere; service-account tokens signed with the cluster's key; it verifies
+kubelets' serving certificates against the cluster CA and presents its own client certificate to
+them (a virtual kubelet that serves the kubelet API can verify that certificate against the same
+CA). With `konnectivity` (the default) its "cluster" traffic (kubelets, pods, Services) goes
+through the konnectivity server's socket (localenv.konnectivity: nodes behind NAT are reached
+over connections they dial out). A change of these flags restarts it (`procs.Daemon`'s
+fingerprint includes the command line and the egress selector file)."""
 
 from __future__ import annotations
 
-from localenv import procs
+from pathlib import Path
+
+from localenv import konnectivity, procs
 from localenv.k8s import certs, probes
 from localenv.k8s.context import Context
 
@@ -43,6 +52,9 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
+        # Secrets of type bootstrap.kubernetes.io/token in kube-system authenticate as
+        # system:bootstrap:<id>; the controller-manager's tokencleaner removes expired ones.
+        "--enable-bootstrap-token-auth",
         "--anonymous-auth=false",
         "--allow-privileged=true",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
@@ -53,11 +65,16 @@ def daemon(ctx: Context) -> procs.Daemon:
         "--profiling=false",
         "--v=1",
     )
+    files: dict[Path, str] = {}
+    if s.konnectivity:
+        files[konnectivity.egress_config_path(ctx)] = konnectivity.egress_config(ctx)
+        argv += (f"--egress-selector-config-file={konnectivity.egress_config_path(ctx)}",)
     return procs.Daemon(
         name="kube-apiserver",
         argv=argv,
         run_dir=p.run_dir,
         logs_dir=p.logs_dir,
+        files=files,
         inputs=(p.ca_cert, pki / "front-proxy-client.crt", pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
         ready=lambda: probes.ok(
             f"{ctx.apiserver_url}/readyz", ca=p.ca_cert,

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from localenv import procs, toml
+from kod import toml
+from localenv import procs
 from localenv.k8s import cni
 from localenv.k8s.context import Context
 from localenv.shell import require, run

@@ -1,7 +1,11 @@
 """kube-controller-manager: node CIDR allocation, service-account tokens and the root CA in every
-namespace, the CSR signer (the cluster CA: kubelet-serving CSRs of a virtual kubelet are signed by
-it, so the API server verifies them), and the default controllers (garbage collector,
-TTL-after-finished, ...). One instance, so no leader election (restarts are immediate)."""
+namespace, the CSR signer (csrsigning, the cluster CA: a virtual kubelet's client and serving
+certificates are signed by it, so the API server accepts and verifies them), the CSR approver
+(csrapproving: node client CSRs of bootstrap tokens whose group may create
+`certificatesigningrequests/nodeclient`, and renewals of nodes that may create `.../selfnodeclient`;
+never serving CSRs), bootstrapsigner and tokencleaner (off by default: they sign
+kube-public/cluster-info and delete expired bootstrap tokens), and the default controllers
+(garbage collector, TTL-after-finished, ...). One instance, so no leader election."""
 
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--cluster-signing-cert-file={p.ca_cert}",
         f"--cluster-signing-key-file={p.ca_key}",
         f"--root-ca-file={p.ca_cert}",
+        # Every default controller (csrsigning and csrapproving among them) plus the two
+        # bootstrap-token controllers, which are off by default.
+        "--controllers=*,bootstrapsigner,tokencleaner",
         f"--service-account-private-key-file={pki / 'sa.key'}",
         "--use-service-account-credentials=true",
         "--allocate-node-cidrs=true",

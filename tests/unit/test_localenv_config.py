@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from localenv import images_import, packages, settings, toml
+from kod import toml
+from localenv import images_import, packages, settings
 from localenv.k8s import apiserver, cni, containerd, context, controller_manager, kubelet
 from localenv.paths import paths_for
 
@@ -47,6 +48,7 @@ def test_the_api_server_allows_no_anonymous_requests_and_verifies_kubelets(ctx: 
     assert "--anonymous-auth=false" in argv
     assert "--authorization-mode=Node,RBAC" in argv
     assert "--enable-admission-plugins=NodeRestriction" in argv
+    assert "--enable-bootstrap-token-auth" in argv  # desktops join with a bootstrap token
     assert f"--kubelet-certificate-authority={ctx.paths.ca_cert}" in argv
 
 
@@ -54,6 +56,8 @@ def test_the_controller_manager_signs_csrs_with_the_cluster_ca_and_allocates_nod
     argv = controller_manager.daemon(ctx).argv
     assert f"--cluster-signing-cert-file={ctx.paths.ca_cert}" in argv
     assert "--allocate-node-cidrs=true" in argv
+    # csrsigning and csrapproving are in "*"; the bootstrap-token controllers are not.
+    assert "--controllers=*,bootstrapsigner,tokencleaner" in argv
 
 
 def test_the_pod_and_service_ranges_do_not_clash_with_docker0(ctx: context.Context) -> None:
@@ -85,6 +89,8 @@ def test_the_package_list_is_per_component_and_flattens_without_duplicates() -> 
     required = {"a": ("x", "y"), "b": ("y", "z")}
     assert packages.all_packages(required) == ["x", "y", "z"]
     assert "docker.io" in packages.all_packages()
+    # what the e2e tests use is installed by `up`, not by the tests
+    assert {"curl", "docker-compose"} <= set(packages.all_packages())
 
 
 def test_a_package_that_does_not_exist_is_reported_missing() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from localenv import demo, desktop_stack
 from localenv.handle import ClusterHandle
-from localenv.virtual_desktop import Image, VirtualDesktop, wait_for
+from localenv.virtual_desktop import Image, VirtualDesktop, drawn, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,10 +111,20 @@ def test_the_viewers_empty_framebuffer_with_its_f8_hint_is_not_drawn() -> None:
     black = bytearray(1280 * 800 * 3)
     for i in range(0, 300 * 3, 3):  # a few hundred anti-aliased grey levels of the hint's text
         black[i:i + 3] = bytes((i // 3 % 256, i // 3 % 256, (i // 3 + 7) % 256))
-    assert not demo.drawn(Image(1280, 800, bytes(black)))
+    assert not drawn(Image(1280, 800, bytes(black)))
     page = bytearray(b"\xeb\xeb\xed" * 1280 * 800)
     page[:len(black[:900])] = black[:900]
-    assert demo.drawn(Image(1280, 800, bytes(page)))
+    assert drawn(Image(1280, 800, bytes(page)))
+
+
+def test_pixel_counts_are_what_their_definition_says() -> None:
+    # 2x2: black, black, near-black (within 16 on every channel), and a grey.
+    img = Image(2, 2, bytes((0, 0, 0, 0, 0, 0, 16, 3, 9, 128, 128, 127)))
+    assert img.distinct_colours() == 3
+    assert img.fraction_near((0, 0, 0), 16) == 0.75
+    assert img.fraction_near((0, 0, 0), 15) == 0.5
+    assert img.fraction_near((128, 128, 128), 0) == 0.0 and img.fraction_near((128, 128, 128), 1) == 0.25
+    assert Image(0, 0, b"").distinct_colours() == 0 and Image(0, 0, b"").fraction_near((0, 0, 0)) == 0.0
 
 
 def test_rows_changed_counts_the_rows_that_differ() -> None:

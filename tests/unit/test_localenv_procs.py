@@ -76,3 +76,19 @@ def test_a_daemon_that_exits_at_once_fails_with_the_end_of_its_log(tmp_path: Pat
     with pytest.raises(errors.Unavailable) as exc:
         procs.start(d)
     assert "bad flag --x" in str(exc.value) and "exited" in str(exc.value)
+
+
+def test_a_daemon_is_restarted_when_the_code_it_runs_changed(tmp_path: Path) -> None:
+    code = tmp_path / "pkg"
+    code.mkdir()
+    (code / "mod.py").write_text("X = 1\n")
+    d = _daemon(tmp_path, code=(code,))
+    try:
+        _, first = procs.ensure(d)
+        assert procs.ensure(d) == ("running", first)
+        (code / "mod.py").write_text("X = 2\n")
+        outcome, second = procs.ensure(d)
+        assert outcome == "restarted" and second != first
+        assert not _alive(first)
+    finally:
+        procs.stop(d)
