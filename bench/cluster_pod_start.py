@@ -5,7 +5,8 @@
 Each run applies one pod (kod/testbox, `sleep`, imagePullPolicy IfNotPresent, pinned to the real
 node) with the kubectl binary, as a user would, and measures from the start of `kubectl apply`
 until a watch (opened before) sees phase Running; the pod is deleted before the next run. Prints
-the runs and the median; writes bench/results/cluster_pod_start.json.
+the runs and the median; writes bench/results/cluster_pod_start.json (stamped with date, commit
+and load average).
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 from kubernetes import client, watch  # noqa: E402
 
+from bench.results import Run  # noqa: E402
 from localenv import cluster_images, handle  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
+    run = Run("cluster_pod_start")
 
     c = handle.local()
     c.import_images([cluster_images.TESTBOX.ref])
@@ -67,7 +68,6 @@ def main() -> None:
     finally:
         c.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     result = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": len(times),
         "seconds": [round(t, 3) for t in times],
         "median_s": round(statistics.median(times), 3),
@@ -76,8 +76,7 @@ def main() -> None:
     }
     print(f"kubectl apply -> Running, median of {len(times)}: {result['median_s']:.2f} s "
           f"(min {result['min_s']:.2f}, max {result['max_s']:.2f})")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cluster_pod_start.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.write(result)
 
 
 if __name__ == "__main__":

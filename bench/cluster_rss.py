@@ -3,24 +3,23 @@
     .venv/bin/python bench/cluster_rss.py
 
 Reads the PIDs from localenv's PID files (the same ones `python -m localenv status` shows) and
-VmRSS from /proc; prints a table and writes bench/results/cluster_rss.json.
+VmRSS from /proc; prints a table and writes bench/results/cluster_rss.json (stamped with date,
+commit and load average).
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import Run  # noqa: E402
 from localenv import cluster, procs, settings  # noqa: E402
 from localenv.paths import paths_for  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
@@ -47,6 +46,7 @@ def shims(socket: Path) -> list[int]:
 
 
 def main() -> None:
+    run = Run("cluster_rss")
     s = settings.load()
     paths = paths_for(s)
     rows = {}
@@ -58,7 +58,6 @@ def main() -> None:
     shim_pids = shims(paths.containerd_socket)
     shim_rss = [rss_mib(p) for p in shim_pids]
     result: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rss_mib": rows,
         "control_plane_total_mib": round(sum(rows[n] for n in CONTROL_PLANE), 1),
         "all_daemons_total_mib": round(sum(rows.values()), 1),
@@ -71,8 +70,7 @@ def main() -> None:
     print(f"{'control plane total':<26}{result['control_plane_total_mib']:>10.1f}")
     print(f"{'all daemons total':<26}{result['all_daemons_total_mib']:>10.1f}")
     print(f"{'shims (' + str(len(shim_pids)) + ')':<26}{result['shims']['total_mib']:>10.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cluster_rss.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.write(result)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 --restart and --fresh stop the cluster that others may be using, hence --yes. A truly cold run
 (fresh machine: apt packages, debootstrap, the Go builds) cannot be repeated here without
 deleting caches other work relies on; the Go build durations recorded by localenv (build.json
-next to the cached binaries) are reported instead. Prints a table; merges its numbers into
-bench/results/cluster_setup.json.
+next to the cached binaries) are reported instead, labelled as recorded by localenv, not measured
+by this run. Prints a table; writes bench/results/cluster_setup.json with only the cases this run
+timed (stamped with date, commit and load average; nothing carried over from earlier runs).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import Run  # noqa: E402
 from localenv import gobuild, settings  # noqa: E402
 from localenv.paths import paths_for  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def localenv(*args: str) -> float:
@@ -49,9 +50,8 @@ def main() -> None:
     if (args.restart or args.fresh) and not args.yes:
         raise SystemExit("--restart/--fresh stop the running cluster; add --yes")
 
-    out_file = RESULTS / "cluster_setup.json"
-    result = json.loads(out_file.read_text()) if out_file.exists() else {}
-    result["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run = Run("cluster_setup")
+    result: dict[str, Any] = {}
     localenv("up")  # make sure it runs before timing the warm case
     warm = [localenv("up") for _ in range(args.runs)]
     result["warm_up_s"] = {"runs": [round(w, 2) for w in warm], "median": round(statistics.median(warm), 2)}
@@ -68,18 +68,18 @@ def main() -> None:
             builds[b.name] = json.loads(b.stamp.read_text()).get("seconds")
         except (OSError, ValueError):
             builds[b.name] = None
-    result["recorded_go_build_s"] = builds
+    # Not timed by this run: the durations localenv wrote when it built the binaries.
+    result["go_build_s_recorded_by_localenv"] = builds
 
     print(f"{'case':<40}{'seconds':>10}")
-    print(f"{'warm up (median of ' + str(len(warm)) + ')':<40}{result['warm_up_s']['median']:>10.2f}")
-    if "restart" in result:
+    print(f"{'warm up (median of ' + str(len(warm)) + ')':<40}{statistics.median(warm):>10.2f}")
+    if args.restart:
         print(f"{'up after down (state kept)':<40}{result['restart']['up_s']:>10.2f}")
-    if "fresh_state" in result:
+    if args.fresh:
         print(f"{'up after down --wipe (fresh state)':<40}{result['fresh_state']['up_s']:>10.2f}")
     for name, secs in builds.items():
-        print(f"{'go build ' + name + ' (recorded)':<40}{secs if secs is not None else 'n/a':>10}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{'go build ' + name + ' (recorded earlier)':<40}{secs if secs is not None else 'n/a':>10}")
+    run.write(result)
 
 
 if __name__ == "__main__":

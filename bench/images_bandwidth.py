@@ -3,7 +3,7 @@ the same animation, with the CPU it costs.
 
     .venv/bin/python bench/images_bandwidth.py [--seconds 10] [--qualities 0,5,9]
 
-Starts its own desktop (the test suite's Desktop), one Firefox container showing
+Starts its own desktop (localenv's VirtualDesktop), one Firefox container showing
 tests/e2e/pages/anim.html (an animation that changes the whole page on every frame: left half
 photo-like, right half 8 flat colours; #blocks: all flat colours), and connects one viewer after
 the other with different -q/-c settings. Per setting, over the same window of seconds:
@@ -12,7 +12,7 @@ the other with different -q/-c settings. Per setting, over the same window of se
 - CPU of the app container (Xvnc encoding + Firefox drawing) and of the viewer container
   (decoding + drawing), from their cgroups, in % of one core.
 
-Prints a table; writes bench/results/images_bandwidth.json.
+Prints a table; writes bench/results/images_bandwidth.json (stamped: date, commit, load average).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kod import apps  # noqa: E402
-from images_common import desktop_lab, write_json  # noqa: E402
-from tests.e2e import images_support as support  # noqa: E402
-from tests.fixtures.desktop import Desktop, wait_for  # noqa: E402
+from bench import lab as support  # noqa: E402
+from bench.results import Run  # noqa: E402
+from localenv.virtual_desktop import VirtualDesktop, wait_for  # noqa: E402
 
 
 
@@ -39,7 +39,7 @@ def cpu_seconds(container: Any) -> float:
     return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
 
 
-def measure(lab: support.Lab, desktop: Desktop, files: support.SessionFiles, app: Any, quality: int,
+def measure(lab: support.Lab, desktop: VirtualDesktop, files: support.SessionFiles, app: Any, quality: int,
             compression: int, seconds: float) -> dict[str, float]:
     viewer = lab.run_viewer(desktop, files, app, sound=False,
                             env={apps.ENV_QUALITY: str(quality), apps.ENV_COMPRESSION: str(compression)})
@@ -67,13 +67,10 @@ def main() -> int:
     args = parser.parse_args()
     qualities = [int(q) for q in args.qualities.split(",")]
 
+    run = Run("images_bandwidth")
     rows: list[dict[str, Any]] = []
-    with desktop_lab("bench-bandwidth", only=["firefox", "viewer"]) as (desktop, lab, root):
-        pages = root / "pages"
-        pages.mkdir()
-        (pages / "anim.html").write_bytes((ROOT / "tests/e2e/pages/anim.html").read_bytes())
-        (pages / "anim.html").chmod(0o644)
-        pages.chmod(0o755)
+    with support.desktop_lab("bench-bandwidth", only=["firefox", "viewer"]) as (desktop, lab, root):
+        pages = support.pages_dir(root / "pages", pages=["anim.html"])
         files = support.make_session_files(root / "session")
         for mode, settings in (("mixed", [(q, 2) for q in qualities]), ("blocks", [(5, 0), (5, 9)])):
             app = lab.run_app("firefox", files, pages=pages,
@@ -90,7 +87,7 @@ def main() -> int:
         print(f"{r['content']:<8}{r['quality']:>8}{r['compression']:>8}{r['mbit_per_s']:>10.1f}"
               f"{r['app_cpu_pct']:>11.0f}{r['viewer_cpu_pct']:>14.0f}")
     print(f"1280x800 display; about {args.seconds:.0f} s per setting (each row: its measured window)")
-    write_json("images_bandwidth", {"rows": rows, "seconds": args.seconds, "geometry": "1280x800"})
+    run.write({"rows": rows, "seconds": args.seconds, "geometry": "1280x800"})
     return 0
 
 

@@ -12,14 +12,13 @@ Three passes over the same images, in this order:
   match, nothing is sent to Docker).
 
 Sizes are the engine's (uncompressed, layers shared between images counted once per image).
-Prints a table; writes bench/results/images_build.json. The CPU is shared: the load average is
-recorded with the numbers.
+Prints a table; writes bench/results/images_build.json (stamped with date, commit and load
+average; the CPU is shared, so each pass also records the load at its start).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,10 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import Run  # noqa: E402
 from localenv import images  # noqa: E402
 from localenv.progress import Progress  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 
 
 def timed_pass(label: str, only: list[str] | None, **kwargs: bool) -> dict[str, object]:
@@ -54,6 +52,7 @@ def main() -> int:
     parser.add_argument("--skip-cold", action="store_true", help="skip the pass without Docker's cache (minutes)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these images (and their parents)")
     args = parser.parse_args()
+    run = Run("images_build")
 
     passes = []
     if not args.skip_cold:
@@ -72,10 +71,7 @@ def main() -> int:
     print(f"{'total':<25}" + "".join(f"{p['total_s']:>25.1f}s" for p in passes))
     print("load average (1 min) at each pass's start: " + ", ".join(str(p["load_avg_1m_at_start"]) for p in passes))
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "images_build.json"
-    out.write_text(json.dumps({"passes": passes, "cpus": os.cpu_count()}, indent=2))
-    print(f"wrote {out}")
+    run.write({"passes": passes, "only": args.only})
     return 0
 
 

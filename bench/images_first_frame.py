@@ -3,7 +3,7 @@ user closing the app to both containers gone.
 
     .venv/bin/python bench/images_first_frame.py [--runs 5] [--apps firefox,libreoffice,blender,firefox-encrypted]
 
-Starts its own desktop (the test suite's Desktop: Xvfb with a cookie, PulseAudio with a null sink)
+Starts its own desktop (localenv's VirtualDesktop: Xvfb with a cookie, PulseAudio with a null sink)
 and, per run, does what cloudify's docker mode does: starts the app container (the session's keys
 and password mounted, as a Secret would be), then at once the viewer container (which waits for
 the app's ports by itself), sound on. Measured with time.monotonic():
@@ -11,11 +11,13 @@ the app's ports by itself), sound on. Measured with time.monotonic():
 - first frame: t0 just before the app container is created; the first frame is the start of the
   first capture (one every few tens of ms) of the viewer window in which the app has drawn its
   first screen (the test page's green for Firefox, the Start Center for LibreOffice, Blender's
-  dark interface with its panels) — the same criteria as tests/e2e/test_images_display.py;
+  dark interface with its panels): `bench.lab.DRAWN`, the very checks tests/e2e/test_images_display.py
+  waits on;
 - close: Alt+F4 typed into the viewer window (the window manager closes the app's window); from
   the keys to the moment the engine reports each container's end (exit codes must be 0).
 
-Prints a table (median, min, max of the runs); writes bench/results/images_first_frame.json.
+Prints a table (median, min, max of the runs); writes bench/results/images_first_frame.json
+(bench.results: stamped with date, commit and load average).
 """
 
 from __future__ import annotations
@@ -30,25 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from images_common import desktop_lab, write_json  # noqa: E402
-from tests.e2e import images_support as support  # noqa: E402
-from tests.fixtures.desktop import Desktop, capture_x, sine_wav  # noqa: E402
+from bench import lab as support  # noqa: E402
+from bench.results import Run  # noqa: E402
+from localenv.virtual_desktop import VirtualDesktop, capture_x  # noqa: E402
 
 
-
-def pages_dir(root: Path) -> Path:
-    dest = root / "pages"
-    dest.mkdir()
-    for f in (ROOT / "tests" / "e2e" / "pages").iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
-    sine_wav(dest / "tone440.wav", 440, 1.0)
-    for f in dest.iterdir():
-        f.chmod(0o644)
-    dest.chmod(0o755)
-    return dest
-
-
-def one_run(lab: support.Lab, desktop: Desktop, app: str, encrypt: bool, root: Path, pages: Path) -> dict[str, float]:
+def one_run(lab: support.Lab, desktop: VirtualDesktop, app: str, encrypt: bool, root: Path, pages: Path) -> dict[str, float]:
     files = support.make_session_files(root / f"s-{time.monotonic_ns()}")
     env = {"KOD_APP_ARGS": support.APP_ARGS[app]} if support.APP_ARGS[app] else {}
     drawn = support.DRAWN[app]
@@ -88,9 +77,10 @@ def main() -> int:
     args = parser.parse_args()
     cases = args.apps.split(",")
 
+    run = Run("images_first_frame")
     results: dict[str, Any] = {}
-    with desktop_lab("bench-first-frame", only=support.TEST_IMAGES) as (desktop, lab, root):
-        pages = pages_dir(root)
+    with support.desktop_lab("bench-first-frame", only=support.TEST_IMAGES) as (desktop, lab, root):
+        pages = support.pages_dir(root / "pages", tones={"tone440.wav": (440, 1.0)})
         for case in cases:
             app, _, variant = case.partition("-")
             runs = []
@@ -106,7 +96,7 @@ def main() -> int:
         ff, cb = r["first_frame_s"], r["close_both_s"]
         print(f"{case:<20}{ff['median']:>14.2f} s ({ff['min']:.2f}-{ff['max']:.2f} s){'':>5}"
               f"{cb['median']:>16.2f} s (max {cb['max']:.2f} s)")
-    write_json("images_first_frame", {"runs_per_app": args.runs, "results": results})
+    run.write({"runs_per_app": args.runs, "results": results})
     return 0
 
 

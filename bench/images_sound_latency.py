@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/images_sound_latency.py [--runs 7]
 
-Starts its own desktop (the test suite's Desktop: Xvfb with a cookie, PulseAudio with a null sink),
+Starts its own desktop (localenv's VirtualDesktop: Xvfb with a cookie, PulseAudio with a null sink),
 an app container (kod/firefox on about:blank) and a viewer container, as cloudify's docker mode
 does, sound on: the app plays into its own PulseAudio, the viewer fetches the stream with `ssh -L`
 and plays it with pacat into the desktop's kod socket.
@@ -21,21 +21,23 @@ Prints the numbers; writes bench/results/images_sound_latency.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import array
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from images_common import desktop_lab, write_json  # noqa: E402
-from tests.e2e import images_support as support  # noqa: E402
-from tests.fixtures.desktop import Desktop, sine_wav, wait_for  # noqa: E402
+from bench import lab as support  # noqa: E402
+from bench.results import Run  # noqa: E402
+from localenv.virtual_desktop import VirtualDesktop, wait_for  # noqa: E402
 
 RATE = 44100
 #: A sample above this (of 32767; the tone is at half of full scale) is the tone's onset.
@@ -48,19 +50,23 @@ def onset(raw: bytes) -> float | None:
     return next((i / RATE for i, x in enumerate(samples) if abs(x) > ONSET_LEVEL), None)
 
 
-def delay(desktop: Desktop, root: Path, play: Callable[[], float]) -> float:
-    """Seconds from play() starting the tone to its onset in the desktop's speakers."""
+def delay(desktop: VirtualDesktop, root: Path, play: Callable[[], float], *,
+          enter: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext, listen: float = 1.2) -> float:
+    """Seconds from play() starting the tone to its onset in the desktop's speakers. The recorder
+    starts inside `enter()` (the desktop's host, for a desktop in a network namespace) and listens
+    `listen` s after play() returned."""
     out = root / f"rec-{time.monotonic_ns()}.raw"
     with open(out, "wb") as sink:
-        rec = subprocess.Popen(["parec", "--raw", f"--device={desktop.null_sink}.monitor", "--format=s16le",
-                                f"--rate={RATE}", "--channels=1", "--latency-msec=10"],
-                               env=desktop.env(), stdout=sink)
+        with enter():
+            rec = subprocess.Popen(["parec", "--raw", f"--device={desktop.null_sink}.monitor", "--format=s16le",
+                                    f"--rate={RATE}", "--channels=1", "--latency-msec=10"],
+                                   env=desktop.env(), stdout=sink)
         try:
             wait_for(lambda: out.stat().st_size > RATE, 10, "the recording to run")
             # The recording's time 0: now, minus what it holds so far.
             t_zero = time.time() - out.stat().st_size / 2 / RATE
             t_play = play()
-            time.sleep(1.2)
+            time.sleep(listen)
         finally:
             rec.terminate()
             rec.wait()
@@ -80,14 +86,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    with desktop_lab("bench-sound", only=support.TEST_IMAGES) as (desktop, lab, root):
-        pages = root / "pages"
-        pages.mkdir()
-        sine_wav(pages / "short.wav", 440, 0.3)
-        sine_wav(pages / "long.wav", 440, 6.0)
-        for f in pages.iterdir():
-            f.chmod(0o644)
-        pages.chmod(0o755)
+    run = Run("images_sound_latency")
+    with support.desktop_lab("bench-sound", only=support.TEST_IMAGES) as (desktop, lab, root):
+        pages = support.pages_dir(root / "pages", pages=[], tones={"short.wav": (440, 0.3), "long.wav": (440, 6.0)})
         files = support.make_session_files(root / "session")
         app = lab.run_app("firefox", files, pages=pages, env={"KOD_APP_ARGS": "about:blank"})
         lab.run_viewer(desktop, files, app)
@@ -124,7 +125,7 @@ def main() -> int:
     print(f"\nthe kod path adds {results['added_by_kod_s'] * 1000:.0f} ms (median) to a tone's start")
     print(f"app container sends {results['mbit_s_silent']:.3f} Mbit/s while silent, "
           f"{results['mbit_s_playing']:.3f} Mbit/s while playing (VNC of a static page included)")
-    write_json("images_sound_latency", {"runs": args.runs, "results": results})
+    run.write({"runs": args.runs, "results": results})
     return 0
 
 

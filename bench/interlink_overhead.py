@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/interlink_overhead.py [--pods 200] [--calls 200]
 
-Runs `kod-interlink` as a real process in front of an in-process sidecar server (the same small
-sidecar the unit tests use, so that only interlink's share is measured) and prints, and writes to
-bench/results/interlink_overhead.json:
+Runs `kod-interlink` as a real process in front of an in-process sidecar server (bench.fake_sidecar,
+the same small sidecar interlink's unit tests use, so that only interlink's share is measured) and
+prints, and writes to bench/results/interlink_overhead.json (stamped with date, commit and load):
 
 - resident memory of the interlink process, idle and holding --pods pods (each with two
   container statuses) pushed through its watch;
@@ -34,9 +34,8 @@ from kod.http import ApiClient  # noqa: E402
 from kod.wire import (  # noqa: E402
     ContainerState, ContainerStateRunning, ContainerStatus, PodCreateRequest, PodStatus, PodStatusList, WatchEvent,
 )
-from tests.unit.interlink_fake_sidecar import FakeSidecar, pod_body, wait_for  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench.fake_sidecar import FakeSidecar, pod_body, wait_for  # noqa: E402
+from bench.results import Run  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -175,12 +174,10 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=200, help="pods held while measuring memory (default 200)")
     parser.add_argument("--calls", type=int, default=200, help="calls per latency sample (default 200)")
     args = parser.parse_args()
+    record = Run("interlink_overhead")
     result = asyncio.run(run(args.pods, args.calls))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "interlink_overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"written to {out}", file=sys.stderr)
+    record.write(result)
 
 
 if __name__ == "__main__":

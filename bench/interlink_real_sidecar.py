@@ -38,8 +38,8 @@ from kod import errors  # noqa: E402
 from kod.http import ApiClient  # noqa: E402
 from kod.tokens import create_token_file  # noqa: E402
 from kod.wire import PodCreateRequest, PodStatus, PodStatusList, WatchEvent  # noqa: E402
+from bench.results import Run  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 IMAGE = "kod/testbox:0.1.0"
 
@@ -178,12 +178,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="creates in flight at once (default 8)")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idleness measured (default 60)")
     args = parser.parse_args()
+    record = Run("interlink_real_sidecar")
     result = asyncio.run(run(args.pods, args.concurrency, args.idle))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "interlink_real_sidecar.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"written to {out}", file=sys.stderr)
+    record.write(result)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,16 @@ pushed status (the watch stream), with `kod/testbox` pods running `sleep`:
   last start ("overhead vs engine": what the sidecar itself adds). p50/p95 and the raw latency.
 - burst: --burst pods created at once until all are reported running, against the same number of
   containers created and started at once directly through the Engine API (`docker run -d`);
-  ratio = sidecar time / engine time (the issue's target: <= 1.5), two rounds each, alternating.
+  ratio = sidecar time / engine time (the issue's target: <= 1.5), three rounds, alternating; the
+  median of the rounds' ratios is reported.
 - delete: DELETE with gracePeriodSeconds=0 of running pods, one at a time, until the answer
   (containers and volumes removed): p50/p95.
 - idle: --idle-pods pods running, the sidecar's resident memory and the CPU time it uses in 20 s
   of idleness (no polling: next to nothing).
 
-Prints the numbers and writes them to bench/results/sidecar_overhead.json (parts not run keep
-their previous numbers there; run one part with e.g. --sequential 0 --burst 0 --deletes 0).
+Prints the numbers and writes them to bench/results/sidecar_overhead.json, stamped with date,
+commit and load average. The file holds only the parts this run measured (run one part with e.g.
+--sequential 0 --burst 0 --deletes 0; the others are then absent, not carried over).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ import aiohttp  # noqa: E402
 
 from kod.http import ApiClient  # noqa: E402
 from kod.wire import PodCreateRequest, PodStatus, WatchEvent  # noqa: E402
+from bench.results import Run  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 IMAGE = "kod/testbox:0.1.0"
 PAUSE = "kod/pause:3.10"
 DOCKER = "http://docker/v1.41"
@@ -231,7 +233,9 @@ async def sequential(b: Bench, n: int) -> dict[str, Any]:
             "overhead_vs_container_s": summary(vs_container), "overhead_vs_engine_s": summary(vs_engine)}
 
 
-async def burst(b: Bench, n: int, rounds: int = 2) -> dict[str, Any]:
+async def burst(b: Bench, n: int, rounds: int = 3) -> dict[str, Any]:
+    """Rounds of (the engine alone, then the sidecar) for n pods; the ratio of each round, and
+    their median (the rounds share the machine's noise pairwise; no best round is picked)."""
     sidecar_times, engine_times = [], []
     for r in range(rounds):
         engine_times.append(await b.docker_run_burst(n))
@@ -241,9 +245,10 @@ async def burst(b: Bench, n: int, rounds: int = 2) -> dict[str, Any]:
         await b.wait(lambda: all(b.running(q.pod.metadata.name) for q in reqs))
         sidecar_times.append(time.monotonic() - t0)
         await b.delete_all()
-    ratio = statistics.median(sidecar_times) / statistics.median(engine_times)
+    ratios = [s / e for s, e in zip(sidecar_times, engine_times, strict=True)]
     return {"pods": n, "sidecar_s": [round(x, 2) for x in sidecar_times], "engine_s": [round(x, 2) for x in engine_times],
-            "ratio": round(ratio, 2), "target_ratio": 1.5}
+            "ratios": [round(r, 2) for r in ratios], "ratio_median": round(statistics.median(ratios), 2),
+            "target_ratio": 1.5}
 
 
 async def deletes(b: Bench, n: int) -> dict[str, Any]:
@@ -293,9 +298,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequential", type=int, default=20)
     parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="burst rounds; the median ratio is reported")
     parser.add_argument("--deletes", type=int, default=20)
     parser.add_argument("--idle-pods", type=int, default=200)
     args = parser.parse_args()
+    record = Run("sidecar_overhead")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="kod-bench-") as tmp:
         b = Bench(Path(tmp))
@@ -305,7 +312,7 @@ async def main() -> None:
                 results["sequential"] = await sequential(b, args.sequential)
                 print("sequential:", json.dumps(results["sequential"]), flush=True)
             if args.burst:
-                results["burst"] = await burst(b, args.burst)
+                results["burst"] = await burst(b, args.burst, args.rounds)
                 print("burst:", json.dumps(results["burst"]), flush=True)
             if args.deletes:
                 results["delete"] = await deletes(b, args.deletes)
@@ -315,13 +322,7 @@ async def main() -> None:
                 print("idle:", json.dumps(results["idle"]), flush=True)
         finally:
             await b.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "sidecar_overhead.json"
-    # Parts not run this time keep their last numbers.
-    merged = json.loads(out.read_text()) if out.exists() else {}
-    merged.update(results)
-    out.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"written to {RESULTS / 'sidecar_overhead.json'}")
+    record.write(results)
 
 
 if __name__ == "__main__":

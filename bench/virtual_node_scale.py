@@ -22,7 +22,9 @@ import asyncio
 import time
 from typing import Any
 
-from virtual_node_common import Bench, rss_mib, running_bench, table, write_results
+from virtual_node_common import Bench, rss_mib, running_bench, table
+
+from bench.results import Run
 
 #: Requests vk_bridge makes because the benchmark reads its metrics, not because of pods.
 SELF_INFLICTED = ("subjectaccessreviews", "tokenreviews")
@@ -68,7 +70,8 @@ async def main() -> None:
     parser.add_argument("--pods", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     args = parser.parse_args()
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pods": args.pods}
+    run = Run("virtual_node_scale")
+    results: dict[str, Any] = {"pods": args.pods}
     async with running_bench() as b:
         print(f"private virtual node {b.node}; namespace {b.namespace}")
         await vk_requests(b)  # the first fetch pays for an authorization review; not counted
@@ -102,7 +105,7 @@ async def main() -> None:
         ("idle API requests/min, no pods", f"{r['idle_no_pods']['per_minute']:.1f}  {r['idle_no_pods']['by_request']}"),
         (f"idle API requests/min, {args.pods} pods", f"{r['idle_with_pods']['per_minute']:.1f}  {r['idle_with_pods']['by_request']}"),
     ])
-    print(f"written to {write_results('virtual_node_scale', results)}")
+    run.write(results)
 
 
 if __name__ == "__main__":
