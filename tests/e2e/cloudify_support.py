@@ -2,8 +2,10 @@
 `cloudify` process, and what is left of a session in the cluster and in Docker.
 
 The CLI runs as a real subprocess (`.venv/bin/cloudify`), against the test cluster, the test
-desktop (Xvfb with a cookie, PulseAudio with a null sink) and the real virtual node; each test has
-its own namespace, so what a test finds left over is its own.
+desktop (Xvfb with a cookie, PulseAudio with a null sink) and the real virtual node, as the user
+runs it: with the user's own kubeconfig (user A of the local cluster, not the admin's) and in the
+user's own namespace (kod-<user>, the only one the virtual node runs pods of). Tests run one at
+a time and each ends its sessions, so what a test finds left over there is its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,16 @@ from typing import Any
 import pytest
 
 from kod import labels
+from localenv.virtual_desktop import drawn
 
 REPO = Path(__file__).resolve().parents[2]
 CLOUDIFY = [sys.executable, "-m", "cloudify.main"]
 APP_IMAGES = ("kod/firefox:0.1.0", "kod/viewer:0.1.0")
 #: The viewer window's title: the VNC desktop name (the app) and the viewer's name.
 FIREFOX_WINDOW = r"^firefox - TigerVNC"
+#: Firefox is drawn in the viewer window (not the viewer's black framebuffer with its F8 hint):
+#: the one "drawn" judgement, shared with the demo and bench/cloudify_first_frame.py.
+firefox_drawn = drawn
 
 
 def ensure_images(cluster: Any) -> None:
@@ -44,6 +51,18 @@ def ensure_images(cluster: Any) -> None:
     cluster.wait_images_reported(APP_IMAGES)
 
 
+def interrupt_all(procs: list[subprocess.Popen[str]]) -> None:
+    """Ctrl-C to every cloudify still running, then a minute for each to clean up (else kill)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @dataclass
 class Cloudify:
     """How the tests run `cloudify`: its environment, and the places it writes to."""
@@ -55,6 +74,8 @@ class Cloudify:
     kubectl: Any
     pulse_dir: Path
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    #: The namespace's volumes when the test began (the user's own, kept).
+    pvcs_before: frozenset[str] = frozenset()
 
     def run(self, *args: str, timeout: float = 120, check: bool = False, env: dict[str, str] | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,7 +114,9 @@ class Cloudify:
         return found
 
     def pvcs(self) -> list[str]:
-        return [i["metadata"]["name"] for i in self.kubectl_json("get", "pvc", "-n", self.namespace)["items"]]
+        """The volumes this test made in the namespace (not those the user had before)."""
+        return [i["metadata"]["name"] for i in self.kubectl_json("get", "pvc", "-n", self.namespace)["items"]
+                if i["metadata"]["name"] not in self.pvcs_before]
 
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
@@ -110,14 +133,7 @@ class Cloudify:
 
     def stop_all(self) -> None:
         """End what a failed test left running (Ctrl-C: cloudify cleans up as a user's would)."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        interrupt_all(self.procs)
         self.run("gc", timeout=120)
 
 
@@ -191,15 +207,9 @@ def type_text(desktop: Any, window: int, text: str) -> None:
         xdotool(desktop, "key", "Return")
 
 
-def firefox_drawn(img: Any) -> bool:
-    """Firefox's window is drawn: its toolbar and page give hundreds of colours, and little of it
-    is black. Before the first frame the viewer shows its black framebuffer, whose anti-aliased
-    "Press F8 to open the context menu" hint alone has ~200 colours (but 99 % of it is black)."""
-    return bool(img.width > 200 and img.distinct_colours() > 150 and img.fraction_near((0, 0, 0), 16) < 0.5)
-
-
-def wait_gone(cloudify: Cloudify, timeout: float = 60) -> dict[str, list[str]]:
-    """Wait until nothing of the namespace's sessions is left; what is left at the timeout."""
+def wait_gone(cloudify: Any, timeout: float = 60) -> dict[str, list[str]]:
+    """Wait until nothing of the namespace's sessions is left; what is left at the timeout
+    (`cloudify`: anything with `leftovers()`, a Cloudify or the home proving ground's)."""
     deadline = time.monotonic() + timeout
     left = cloudify.leftovers()
     while left and time.monotonic() < deadline:
@@ -214,34 +224,47 @@ def cloudify_images(cluster: Any, docker_engine: Any) -> tuple[str, ...]:
     return APP_IMAGES
 
 
-@pytest.fixture
-def cloudify(cluster: Any, virtual_node: Any, desktop: Any, cloudify_images: Any, kube_namespace: str,
-             tmp_path: Path) -> Iterator[Cloudify]:
-    """cloudify's environment for one test: this test's namespace, the test desktop, the virtual
-    node's user, private config/state directories and a kod sound socket directory of its own
-    (under /run/kod/pulse, which the Docker sidecar allows)."""
+@contextmanager
+def cloudify_for(cluster: Any, virtual_node: Any, desktop: Any, user_a: Any, tmp_path: Path) -> Iterator[Cloudify]:
+    """cloudify's environment: the virtual node's user (A) with A's own kubeconfig and namespace
+    (cloudify's defaults), the test desktop, private config/state directories under `tmp_path`
+    and a kod sound socket directory of its own (under /run/kod/pulse, which the Docker sidecar
+    allows). Afterwards its sessions are ended and the volumes it made deleted."""
     node = virtual_node.node()
     user = node["metadata"]["labels"][labels.DESKTOP_OF]
+    assert user == user_a.name and user_a.kubeconfig is not None
+    namespace = user_a.namespace
     state = tmp_path / "state"
     pulse_dir = Path("/run/kod/pulse") / f"test-{uuid.uuid4().hex[:8]}"
     env = desktop.cloudify_env({k: v for k, v in os.environ.items() if not k.startswith("KOD_CLOUDIFY_")}, pulse_dir)
     env.update({
-        "KUBECONFIG": str(cluster.kubeconfig),
+        "KUBECONFIG": str(user_a.kubeconfig),
         "XDG_STATE_HOME": str(state),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "KOD_CLOUDIFY_NAMESPACE": kube_namespace,
         "KOD_CLOUDIFY_USER": user,
         "KOD_CLOUDIFY_BROWSER": "true",  # the tests open noVNC URLs themselves
+        # This machine's own Firefox (installed for the home proving ground's fallback) is not the
+        # app under test: no local fallback unless a test names a local command itself.
+        "KOD_CLOUDIFY_LOCAL_COMMANDS": '{"firefox": ["kod-no-local-firefox"]}',
         "PYTHONPATH": str(REPO),
     })
-    c = Cloudify(env=env, namespace=kube_namespace, user=user, state_dir=state, kubectl=cluster.kubectl,
+    c = Cloudify(env=env, namespace=namespace, user=user, state_dir=state, kubectl=cluster.kubectl,
                  pulse_dir=pulse_dir)
+    c.pvcs_before = frozenset(c.pvcs())
     try:
         yield c
     finally:
         c.stop_all()
         for pvc in c.pvcs():
-            cluster.kubectl("delete", "pvc", "-n", kube_namespace, pvc, "--wait=false", check=False)
+            cluster.kubectl("delete", "pvc", "-n", namespace, pvc, "--wait=false", check=False)
         shutil.rmtree(pulse_dir, ignore_errors=True)
         for name in docker_containers(f"{labels.D_MANAGED_BY}=cloudify"):
             subprocess.run(["/usr/bin/docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def cloudify(cluster: Any, virtual_node: Any, desktop: Any, cloudify_images: Any, user_a: Any,
+             tmp_path: Path) -> Iterator[Cloudify]:
+    """cloudify's environment for one test (`cloudify_for`)."""
+    with cloudify_for(cluster, virtual_node, desktop, user_a, tmp_path) as c:
+        yield c

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from kod import wire
 from kod.http import ApiClient
-from sidecars.docker import naming
+from sidecars.docker import naming, network
+from sidecars.docker.settings import DockerSidecarSettings
 
 ENTRYPOINT_IMAGE = "kod-test/entrypoint:0.1.0"
 ENTRYPOINT_CONTEXT = Path(__file__).resolve().parents[1] / "images" / "entrypoint"
@@ -59,10 +64,17 @@ class SidecarClient:
 
     def request(self, pod_name: str, containers: list[dict[str, Any]], *, uid: str | None = None,
                 contents: list[dict[str, Any]] | None = None, resolved: list[dict[str, Any]] | None = None,
-                **spec: Any) -> wire.PodCreateRequest:
+                claims: dict[str, str] | None = None, **spec: Any) -> wire.PodCreateRequest:
         """A create request: `spec` are PodSpec fields (restartPolicy defaults to Never),
-        `contents` the resolved volume contents, `resolved` the resolved containers."""
+        `contents` the resolved volume contents, `resolved` the resolved containers. Every claim
+        the pod mounts is confirmed as the virtual kubelet would, with a uid derived from its
+        name (`claims` gives other uids: a claim made again)."""
         spec.setdefault("restartPolicy", "Never")
+        confirmed = dict(claims or {})
+        for v in spec.get("volumes") or []:
+            if "persistentVolumeClaim" in v:
+                name = v["persistentVolumeClaim"]["claimName"]
+                confirmed.setdefault(name, str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.namespace}/{name}")))
         body = {
             "pod": {
                 "metadata": {"name": pod_name, "namespace": self.namespace, "uid": uid or str(uuid.uuid4())},
@@ -70,6 +82,7 @@ class SidecarClient:
             },
             "containers": resolved or [],
             "volumes": contents or [],
+            "claims": [{"name": n, "uid": u} for n, u in confirmed.items()],
         }
         return wire.PodCreateRequest.model_validate(body)
 
@@ -140,12 +153,28 @@ class SidecarClient:
 
 
 def sweep(docker: Any, sidecar_name: str) -> None:
-    """Remove every container and volume labelled with `sidecar_name` (the test's own)."""
+    """Remove every container, volume and pods' network labelled with `sidecar_name` (the test's
+    own), and the network's host rules: each test sidecar makes a network of its own, and Docker
+    has address pools for only about thirty."""
     flt = {"label": [f"{naming.SIDECAR}={sidecar_name}"]}
     for c in docker.containers.list(all=True, ignore_removed=True, filters=flt):
         c.remove(force=True)
     for v in docker.volumes.list(filters=flt):
         v.remove(force=True)
+    for n in docker.networks.list(filters=flt):
+        bridge = (n.attrs.get("Options") or {}).get("com.docker.network.bridge.name")
+        n.remove()
+        if bridge:
+            remove_host_rules(sidecar_name, bridge)
+
+
+def remove_host_rules(sidecar_name: str, bridge: str) -> None:
+    """Undo what `PodNetwork` installs for the network of sidecar `sidecar_name` (when it could)."""
+    chain = network.chain_name(DockerSidecarSettings(name=sidecar_name, token=SecretStr("unused")))
+    for argv in (["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", chain], ["iptables", "-w", "-F", chain],
+                 ["iptables", "-w", "-X", chain], ["ip6tables", "-w", "-D", "INPUT", "-i", bridge, "-j", "DROP"]):
+        if shutil.which(argv[0]):
+            subprocess.run(argv, capture_output=True, check=False, timeout=30)
 
 
 def terminated(st: wire.PodStatus, container_name: str) -> wire.ContainerStateTerminated | None:

@@ -1,11 +1,9 @@
-"""Helpers of the image tests: the session's secrets, and app + viewer containers in local Docker.
+"""Fixtures of the image tests: the built images, a container lab per test, the session's
+secrets, and the test pages.
 
-The tests run the images the way cloudify's docker run mode does: an app container (the app image
-with the session Secret mounted read-only, group-readable as a pod's fsGroup makes it) and a
-viewer container on the test desktop (the X sockets, a FamilyWild X authority file, the kod
-PulseAudio socket's directory, the desktop group as a supplementary group; no privileges, no
-host network). Every container carries the label kod.test=images and this run's id, and is
-removed when its test ends, whatever happened.
+The lab itself (app + viewer containers in local Docker, run as cloudify's docker run mode runs
+them, every container labelled kod.test=images with this run's id and removed when its test
+ends) lives in bench/lab.py, which the image benchmarks share; its names are re-exported here.
 
     def test_x(lab, desktop, session_files):
         app = lab.run_app("firefox", session_files)
@@ -14,226 +12,38 @@ removed when its test ends, whatever happened.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.lab import (  # noqa: F401 - the lab's names, used by the image tests
+    APP_ARGS,
+    APP_TITLES,
+    BLENDER_ORANGE,
+    DRAWN,
+    GEOMETRY,
+    GREEN,
+    LABEL,
+    LABEL_VALUE,
+    LO_START_CENTER,
+    PAGES_MOUNT,
+    RUN_ID,
+    RUN_LABEL,
+    TEST_IMAGES,
+    Lab,
+    SessionFiles,
+    close_through_viewer,
+    dark_share,
+    make_session_files,
+    pages_dir,
+    sample,
+    viewer_window,
+    wait_exits,
+    wait_for_content,
+)
 from kod import apps
-from tests.fixtures.desktop import Box, Desktop, Image, Window, sine_wav, wait_for
-
-LABEL = "kod.test"
-LABEL_VALUE = "images"
-RUN_LABEL = "kod.test.run"
-RUN_ID = uuid.uuid4().hex[:10]
-#: The images the tests need (build_all adds app-base, which the apps build FROM).
-TEST_IMAGES = ("viewer", "firefox", "libreoffice", "blender")
-#: Where the test pages are mounted in the app container.
-PAGES_MOUNT = "/kod-test"
-#: The app's display size (KOD_GEOMETRY); the viewer's window on the desktop has this size.
-GEOMETRY = (1280, 800)
-
-GREEN = (18, 171, 52)               # tests/e2e/pages/colour.html's background
-LO_START_CENTER = (102, 102, 102)   # LibreOffice's Start Center backdrop
-BLENDER_ORANGE = (244, 152, 46)     # outline of Blender's selected default cube
-#: What each app shows at start in the tests (KOD_APP_ARGS), and its own window's title.
-APP_ARGS = {"firefox": f"file://{PAGES_MOUNT}/colour.html", "libreoffice": "", "blender": ""}
-APP_TITLES = {"firefox": r"kod colour page .* Mozilla Firefox", "libreoffice": r"^LibreOffice$", "blender": r"^Blender"}
-
-
-def dark_share(img: Image) -> float:
-    """Share of pixels darker than 80 on every channel."""
-    mv = img.rgb
-    return sum(1 for i in range(0, len(mv), 3) if mv[i] < 80 and mv[i + 1] < 80 and mv[i + 2] < 80) / (img.width * img.height)
-
-
-#: The app has drawn its first screen: cheap checks on a sampled capture of the viewer window.
-DRAWN = {
-    "firefox": lambda s: s.fraction_near(GREEN) > 0.5,
-    "libreoffice": lambda s: s.fraction_near(LO_START_CENTER, 6) > 0.3,
-    "blender": lambda s: dark_share(s) > 0.6 and s.distinct_colours() > 50,
-}
-
-
-@dataclass(frozen=True)
-class SessionFiles:
-    """The session Secret's files, as cloudify makes them: one directory per side."""
-
-    app_dir: Path
-    viewer_dir: Path
-    password: str
-    host_public_key: str
-
-
-def make_session_files(root: Path, password: str | None = None) -> SessionFiles:
-    """Fresh keys (an ed25519 client pair and host pair) and a VNC password, laid out like the
-    Secret's mounts: root-owned, mode 0440, group APP_UID (what fsGroup does)."""
-    password = password or uuid.uuid4().hex[:8]
-    keys = root / "keys"
-    keys.mkdir(parents=True)
-    for name in ("client", "host"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kod-test-{name}", "-f", str(keys / name)],
-                       check=True)
-    host_pub = (keys / "host.pub").read_text().strip()
-    app_dir, viewer_dir = root / "app-secret", root / "viewer-secret"
-    contents = {
-        app_dir: {apps.SECRET_AUTHORIZED_KEYS: (keys / "client.pub").read_text(),
-                  apps.SECRET_HOST_KEY: (keys / "host").read_text(),
-                  apps.SECRET_VNC_PASSWORD: password},
-        viewer_dir: {apps.SECRET_SSH_KEY: (keys / "client").read_text(),
-                     apps.SECRET_KNOWN_HOSTS: f"* {host_pub}\n",
-                     apps.SECRET_VNC_PASSWORD: password},
-    }
-    for directory, files in contents.items():
-        directory.mkdir()
-        for name, text in files.items():
-            path = directory / name
-            path.write_text(text)
-            os.chown(path, 0, apps.APP_UID)
-            path.chmod(0o440)
-        os.chown(directory, 0, apps.APP_UID)
-        directory.chmod(0o750)
-    shutil.rmtree(keys)
-    return SessionFiles(app_dir, viewer_dir, password, host_pub)
-
-
-class Lab:
-    """Creates the test's containers and removes them at the end."""
-
-    def __init__(self, client: Any, test_name: str) -> None:
-        self.client = client
-        self.test_name = test_name
-        self.containers: list[Any] = []
-
-    def _labels(self, role: str) -> dict[str, str]:
-        return {LABEL: LABEL_VALUE, RUN_LABEL: RUN_ID, "kod.test.role": role, "kod.test.name": self.test_name[:60]}
-
-    def run_app(self, app: str, files: SessionFiles, *, encrypt: bool = False, env: dict[str, str] | None = None,
-                pages: Path | None = None, command: list[str] | None = None, user: str | None = None) -> Any:
-        """Starts the app image `app` (kod/<app>) as cloudify would, with the session Secret."""
-        environment = {
-            apps.ENV_VNC_PASSWORD_FILE: f"{apps.APP_SECRET_DIR}/{apps.SECRET_VNC_PASSWORD}",
-            apps.ENV_AUTHORIZED_KEYS_FILE: f"{apps.APP_SECRET_DIR}/{apps.SECRET_AUTHORIZED_KEYS}",
-            apps.ENV_HOST_KEY_FILE: f"{apps.APP_SECRET_DIR}/{apps.SECRET_HOST_KEY}",
-            apps.ENV_ENCRYPT: "1" if encrypt else "0",
-            apps.ENV_GEOMETRY: f"{GEOMETRY[0]}x{GEOMETRY[1]}",
-            apps.ENV_CONNECT_TIMEOUT: "120",
-            **(env or {}),
-        }
-        volumes = {str(files.app_dir): {"bind": apps.APP_SECRET_DIR, "mode": "ro"}}
-        if pages is not None:
-            volumes[str(pages)] = {"bind": PAGES_MOUNT, "mode": "ro"}
-        container = self.client.containers.run(
-            apps.image_ref(app), command=command, detach=True, environment=environment, volumes=volumes,
-            labels=self._labels("app"), name=f"kod-test-{RUN_ID}-{len(self.containers)}-{app}",
-            # A pod's /dev/shm is 64 MiB too: cloudify gives the app an emptyDir (memory) there.
-            shm_size="512m", group_add=[str(apps.APP_UID)], user=user,
-        )
-        self.containers.append(container)
-        return container
-
-    def run_viewer(self, desktop: Desktop, files: SessionFiles, app: Any, *, encrypt: bool = False,
-                   sound: bool = True, env: dict[str, str] | None = None) -> Any:
-        """Starts the viewer on the test desktop, aimed at `app`'s address on the Docker bridge."""
-        environment = {
-            apps.ENV_TARGET_HOST: self.ip(app),
-            apps.ENV_ENCRYPT: "1" if encrypt else "0",
-            apps.ENV_CONNECT_TIMEOUT: "60",
-            **desktop.container_env(),
-            **(env or {}),
-        }
-        if not sound:
-            environment.pop(apps.ENV_PULSE_SOCKET, None)
-        volumes = {str(files.viewer_dir): {"bind": apps.VIEWER_SECRET_DIR, "mode": "ro"}, **desktop.container_mounts()}
-        container = self.client.containers.run(
-            apps.VIEWER_IMAGE, detach=True, environment=environment, volumes=volumes,
-            labels=self._labels("viewer"), name=f"kod-test-{RUN_ID}-{len(self.containers)}-viewer",
-            group_add=[str(desktop.group), str(apps.APP_UID)],
-        )
-        self.containers.append(container)
-        return container
-
-    def ip(self, container: Any) -> str:
-        container.reload()
-        return str(container.attrs["NetworkSettings"]["IPAddress"])
-
-    def wait_exit(self, container: Any, timeout: float) -> int:
-        return int(container.wait(timeout=timeout)["StatusCode"])
-
-    def logs(self, container: Any) -> str:
-        return container.logs().decode(errors="replace")
-
-    def tx_bytes(self, container: Any) -> int:
-        """Bytes the container has sent on its network interface (the kernel's counter)."""
-        out = container.exec_run(["cat", "/sys/class/net/eth0/statistics/tx_bytes"])
-        return int(out.output.decode().strip())
-
-    def exec(self, container: Any, *argv: str) -> tuple[int, str]:
-        out = container.exec_run(list(argv))
-        return int(out.exit_code), out.output.decode(errors="replace")
-
-    def app_windows(self, container: Any, name: str) -> list[str]:
-        """Names of the visible windows of the app container's own display matching `name`."""
-        code, out = self.exec(container, "xdotool", "search", "--onlyvisible", "--name", name, "getwindowname", "%@")
-        return [line for line in out.splitlines() if line.strip()] if code == 0 else []
-
-    def cleanup(self) -> None:
-        for c in self.containers:
-            try:
-                c.remove(force=True)
-            except Exception:  # already gone
-                pass
-
-
-def viewer_window(desktop: Desktop, app: str, timeout: float = 90) -> Window:
-    """The viewer's window on the desktop: TigerVNC titles it '<VNC desktop name> - TigerVNC'."""
-    return desktop.wait_for_window(f"^{app} - TigerVNC$", timeout=timeout)
-
-
-def sample(img: Image, step: int = 8) -> Image:
-    """Every `step`-th pixel of every `step`-th row: enough to judge content, cheap to scan."""
-    rows = []
-    for y in range(0, img.height, step):
-        row = img.rgb[y * img.width * 3:(y + 1) * img.width * 3]
-        rows.append(b"".join(row[x * 3:x * 3 + 3] for x in range(0, img.width, step)))
-    return Image(len(range(0, img.width, step)), len(rows), b"".join(rows))
-
-
-def wait_for_content(desktop: Desktop, box: Box, check: Any, timeout: float, what: str) -> Image:
-    """Captures `box` until `check(sampled image)` holds."""
-    return desktop.wait_for_content(box, lambda img: bool(check(sample(img))), timeout, what)
-
-
-def close_through_viewer(desktop: Desktop, window: Window) -> float:
-    """Closes the app as the user would: Alt+F4 typed into the viewer window, which the viewer
-    sends to the app's display, where the window manager closes the focused window. Returns the
-    moment the keys were sent (time.monotonic())."""
-    env = desktop.env()
-    subprocess.run(["xdotool", "windowfocus", "--sync", str(window.id)], env=env, check=True, timeout=10)
-    subprocess.run(["xdotool", "mousemove", "--window", str(window.id), "400", "300"], env=env, check=True, timeout=10)
-    t = time.monotonic()
-    subprocess.run(["xdotool", "key", "alt+F4"], env=env, check=True, timeout=10)
-    return t
-
-
-def wait_exits(*containers: Any, timeout: float = 60) -> list[tuple[int, float]]:
-    """Waits for the containers at once; returns each one's exit code and the moment
-    (time.monotonic()) the engine reported its end."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(c: Any) -> tuple[int, float]:
-        code = int(c.wait(timeout=timeout)["StatusCode"])
-        return code, time.monotonic()
-
-    with ThreadPoolExecutor(len(containers)) as pool:
-        return list(pool.map(one, containers))
 
 
 @pytest.fixture(scope="session")
@@ -263,17 +73,6 @@ def session_files(tmp_path: Path) -> SessionFiles:
 
 @pytest.fixture(scope="session")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test pages (tests/e2e/pages), readable by the app container's user."""
-    src = Path(__file__).resolve().parent / "pages"
-    dest = tmp_path_factory.mktemp("pages")
-    for f in src.iterdir():
-        shutil.copy(f, dest / f.name)
-        (dest / f.name).chmod(0o644)
-    # Tones to play: 440 Hz for paplay, 660 Hz for Firefox's <audio autoplay> (tone.html).
-    sine_wav(dest / "tone440.wav", 440, 1.5)
-    sine_wav(dest / "tone.wav", 660, 2.0)
-    for f in dest.iterdir():
-        f.chmod(0o644)
-    # The bind mount shows this directory itself; its parents' modes do not matter there.
-    dest.chmod(0o755)
-    return dest
+    """The test pages (tests/e2e/pages), readable by the app container's user, and tones to play:
+    440 Hz for paplay, 660 Hz for Firefox's <audio autoplay> (tone.html)."""
+    return pages_dir(tmp_path_factory.mktemp("pages"), tones={"tone440.wav": (440, 1.5), "tone.wav": (660, 2.0)})

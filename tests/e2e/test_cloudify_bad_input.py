@@ -45,8 +45,11 @@ def test_unreachable_cluster_is_a_clear_error(cloudify: Cloudify, tmp_path: Path
         "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts: [{name: c, context: {cluster: x, user: u}}]\n"
         "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n"
     )
-    out = cloudify.run("-t", "5", "firefox", env={"KUBECONFIG": str(dead)})
-    assert out.returncode == 1
+    dead.chmod(0o600)  # cloudify refuses a kubeconfig others may read
+    # "Not installed here" made explicit: whether this machine has a Firefox must not decide the test.
+    missing = '{"firefox": ["/nonexistent/firefox"]}'
+    out = cloudify.run("-t", "5", "firefox", env={"KUBECONFIG": str(dead), "KOD_CLOUDIFY_LOCAL_COMMANDS": missing})
+    assert out.returncode == 1, out.stderr
     assert "cannot reach the cluster, and firefox is not installed here" in out.stderr
     nothing_created(cloudify)
 
@@ -61,6 +64,7 @@ def test_installed_app_runs_locally_when_the_cluster_is_away_or_slow(cloudify: C
             "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts: [{name: c, context: {cluster: x, user: u}}]\n"
             "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n"
         )
+        dead.chmod(0o600)  # cloudify refuses a kubeconfig others may read
         env["KUBECONFIG"] = str(dead)
         expected = "the cluster did not answer"
     else:

@@ -110,11 +110,16 @@ def test_firefox_shows_plays_sound_and_leaves_nothing_when_closed(cloudify: Clou
     assert desktop.find_window(FIREFOX_WINDOW) is None
 
 
-def test_secure_session_exposes_nothing_unencrypted(cloudify: Cloudify, desktop: Any) -> None:
-    session, window = see_firefox(cloudify, desktop, "secure", "-s")
+@pytest.mark.parametrize("flags", [[], ["-s"]], ids=["default", "dash-s"])
+def test_a_session_is_encrypted_by_default_and_exposes_nothing_unencrypted(
+        cloudify: Cloudify, desktop: Any, flags: list[str]) -> None:
+    # No flag: encrypted. The original's -s is still accepted and changes nothing.
+    session, window = see_firefox(cloudify, desktop, "secure", *flags)
+    assert "WARNING" not in session.stderr
     sid = session.session_id
     service = cloudify.kubectl_json("get", "services", "-n", cloudify.namespace, "-l", f"{labels.SESSION}={sid}")["items"][0]
     assert [p["name"] for p in service["spec"]["ports"]] == ["ssh"]
+    assert service["metadata"]["annotations"]["kod.io/secure"] == "true"
     pod = cloudify.kubectl_json("get", "pod", "-n", cloudify.namespace, cloudify.app_pod(sid))
     ip = pod["status"]["podIP"]
     # From outside the pod: VNC and noVNC refuse, sshd answers (and only with the session's key).

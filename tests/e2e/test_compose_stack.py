@@ -38,13 +38,11 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 
 @pytest.fixture(scope="session")
 def docker_compose() -> str:
-    """Debian's docker-compose, installed when missing (the `docker compose` plugin is not packaged)."""
+    """Debian's docker-compose (the `docker compose` plugin is not packaged), which `localenv up`
+    installs (localenv.packages, "tests")."""
     found = shutil.which("docker-compose")
     if found is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "docker-compose"], check=True, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
-        found = shutil.which("docker-compose")
-    assert found, "docker-compose is not installed and could not be installed"
+        pytest.fail("docker-compose is not installed: `python -m localenv up` installs it (localenv/packages.py)")
     return found
 
 
@@ -149,6 +147,7 @@ async def _wait(check: Any, *, timeout: float, what: str) -> Any:
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.timeout(900)  # its fixtures may install docker-compose (600 s allowed) and build two images
 async def test_the_stack_comes_up_runs_a_pod_in_docker_and_leaves_nothing(stack: ComposeStack, docker_engine: Any) -> None:
     up = stack.run("up", "-d")
     assert up.returncode == 0, up.stderr

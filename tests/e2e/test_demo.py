@@ -96,12 +96,13 @@ def session_leftovers(cluster: Any, namespace: str, session: str) -> dict[str, l
 
 
 def demo_env(cluster: Any, namespace: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a headless machine (no DISPLAY), with this test's namespace."""
+    """The environment of a headless machine (no DISPLAY). `namespace` is the user's own (what
+    cloudify uses anyway), said explicitly so that the test finds its cloudify processes."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "XAUTHORITY", "PULSE_SERVER") and not k.startswith("KOD_CLOUDIFY_")}
     env.update({
         "KUBECONFIG": str(cluster.kubeconfig),
-        "KOD_CLOUDIFY_NAMESPACE": namespace,   # what is left is this test's own
+        "KOD_CLOUDIFY_NAMESPACE": namespace,
         "XDG_STATE_HOME": str(tmp_path / "state"),
         "PYTHONUNBUFFERED": "1",
     })
@@ -139,9 +140,9 @@ def cloudify_processes(namespace: str) -> list[int]:
     return found
 
 
-def assert_nothing_left(cluster: Any, namespace: str, output: Output, text: str) -> None:
-    """Nothing of the session: in the cluster, in Docker, cloudify, the virtual desktop and its
-    VNC server and sound socket directory."""
+def assert_nothing_left(cluster: Any, namespace: str, vnc_port: int, text: str) -> None:
+    """Nothing of the session (its id and display read from the demo's output `text`): in the
+    cluster, in Docker, cloudify, the virtual desktop and its VNC server (on `vnc_port`)."""
     session = re.search(r"\(session (\w+),", text)
     assert session, text
     deadline = time.monotonic() + 60
@@ -151,7 +152,7 @@ def assert_nothing_left(cluster: Any, namespace: str, output: Output, text: str)
         left = session_leftovers(cluster, namespace, session.group(1))
     assert left == {}, left
     assert cloudify_processes(namespace) == []
-    assert vnc_banner("127.0.0.1", output.vnc_port) == b"", "the VNC server still runs"
+    assert vnc_banner("127.0.0.1", vnc_port) == b"", "the VNC server still runs"
     display = re.search(r"DISPLAY=:(\d+),", text)
     assert display, text
     assert not Path(f"/tmp/.X11-unix/X{display.group(1)}").exists(), "the virtual display still runs"
@@ -186,11 +187,13 @@ def watch_as_printed(desktop: Any, text: str) -> None:
         viewer.wait(timeout=10)
 
 
+@pytest.mark.timeout(1200)  # the demo may build images and start everything: wait_end allows it 900 s
 def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothing(
-        cluster: Any, virtual_node: Any, kube_namespace: str, tmp_path: Path) -> None:
+        cluster: Any, virtual_node: Any, user_a: Any, tmp_path: Path) -> None:
+    namespace = user_a.namespace  # the demo's cloudify runs as user A, in A's namespace
     shot = tmp_path / "firefox.png"
     started = time.monotonic()
-    proc, output = start_demo(demo_env(cluster, kube_namespace, tmp_path), "firefox", "--once", "--screenshot", str(shot))
+    proc, output = start_demo(demo_env(cluster, namespace, tmp_path), "firefox", "--once", "--screenshot", str(shot))
     code = wait_end(proc, output)
     text = output.join()
     print(f"demo: {time.monotonic() - started:.1f} s")
@@ -209,7 +212,7 @@ def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothin
     shutil.copy(shot, ARTIFACTS / "demo-firefox.png")
     assert shows_firefox(image), (f"{image.width}x{image.height}, {image.distinct_colours()} colours, "
                                   f"{image.fraction_near((0, 0, 0), 16):.0%} black: see {ARTIFACTS / 'demo-firefox.png'}")
-    assert_nothing_left(cluster, kube_namespace, output, text)
+    assert_nothing_left(cluster, namespace, output.vnc_port, text)
     sound_socket = re.search(r"sound socket (\S+?),", text)
     assert sound_socket, text
     assert not Path(sound_socket.group(1)).parent.exists(), "the virtual desktop's sound socket directory is left"
@@ -218,24 +221,25 @@ def test_demo_without_a_desktop_shows_firefox_on_a_virtual_one_and_leaves_nothin
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)],
                          ids=["ctrl-c", "kill-9"])
 def test_ending_the_demo_ends_the_session_and_leaves_nothing(
-        cluster: Any, virtual_node: Any, desktop: Any, kube_namespace: str, tmp_path: Path, sig: int,
+        cluster: Any, virtual_node: Any, desktop: Any, user_a: Any, tmp_path: Path, sig: int,
         exit_code: int) -> None:
     """Meanwhile someone watches it with the vncviewer command it printed, and sees Firefox.
     Ctrl-C reaches cloudify, which cleans up (exit 130, as cloudify's). A SIGKILL of the demo
     leaves nothing either: cloudify gets SIGTERM (PR_SET_PDEATHSIG), and the virtual display it
     shows on dies with the demo, which ends its viewer too. (The sound socket's directory of a
     killed demo is removed by the next one.)"""
-    proc, output = start_demo(demo_env(cluster, kube_namespace, tmp_path), "firefox",
+    namespace = user_a.namespace
+    proc, output = start_demo(demo_env(cluster, namespace, tmp_path), "firefox",
                               "--screenshot", str(tmp_path / "firefox.png"))
     try:
-        watch_and_end(proc, output, desktop, kube_namespace, sig)
+        watch_and_end(proc, output, desktop, namespace, sig)
     finally:
         if proc.poll() is None:  # the test failed midway: end the demo as its user would
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=180)
     text = output.join()
     assert proc.returncode == exit_code, text
-    assert_nothing_left(cluster, kube_namespace, output, text)
+    assert_nothing_left(cluster, namespace, output.vnc_port, text)
     sound_socket = re.search(r"sound socket (\S+?),", text)
     assert sound_socket, text
     if sig == signal.SIGKILL:  # what the next demo would remove
@@ -257,3 +261,67 @@ def watch_and_end(proc: subprocess.Popen[str], output: Output, desktop: Any, nam
         watch_as_printed(desktop, output.so_far)
     proc.send_signal(sig)
     wait_end(proc, output, timeout=180)
+
+
+#: Seconds the demo may take to end after Ctrl-C: cloudify removes the session (its pods are gone
+#: in a few seconds) and the virtual desktop stops.
+CTRL_C_ENDS_WITHIN = 90.0
+
+
+def test_ctrl_c_of_the_demo_piped_into_tee_ends_the_session_at_once_and_leaves_nothing(
+        cluster: Any, virtual_node: Any, user_a: Any, tmp_path: Path) -> None:
+    """`make demo 2>&1 | tee log`, then Ctrl-C. The terminal's SIGINT reaches the whole pipeline
+    and tee dies of it at once, so from then on every message of the demo and of cloudify goes
+    into a pipe without a reader. The first Ctrl-C still ends the session: cloudify cleans up,
+    the demo exits 130, nothing is left. (It used to take three: cloudify's signal handler failed
+    on its broken stderr before it cancelled anything.)"""
+    namespace = user_a.namespace  # the demo's cloudify runs as user A, in A's namespace
+    log = tmp_path / "log"
+    demo = subprocess.Popen([sys.executable, "-m", "localenv", "demo", "firefox", "--screenshot", str(tmp_path / "firefox.png")],
+                            env=demo_env(cluster, namespace, tmp_path), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, process_group=0)
+    assert demo.stdout is not None
+    tee = subprocess.Popen(["tee", str(log)], stdin=demo.stdout, stdout=subprocess.DEVNULL, process_group=demo.pid)
+    demo.stdout.close()  # tee is the pipe's only reader
+
+    def logged() -> str:
+        return log.read_text() if log.exists() else ""  # tee creates it when it starts
+
+    try:
+        deadline = time.monotonic() + 600
+        while "the session runs until" not in logged():
+            assert demo.poll() is None, logged()
+            assert time.monotonic() < deadline, logged()
+            time.sleep(0.2)
+        assert cloudify_processes(namespace), "no cloudify runs during the session"
+        # Ctrl-C. tee goes first (its default action), so every write after it fails with EPIPE.
+        tee.send_signal(signal.SIGINT)
+        assert tee.wait(timeout=10) == -signal.SIGINT
+        os.killpg(demo.pid, signal.SIGINT)
+        try:
+            code = demo.wait(timeout=CTRL_C_ENDS_WITHIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo still runs {CTRL_C_ENDS_WITHIN:.0f} s after one Ctrl-C with its output pipe broken")
+        assert code == 130, logged()
+    finally:
+        for _ in range(3):  # the test failed midway: Ctrl-C until it ends, as its user would
+            if demo.poll() is not None:
+                break
+            os.killpg(demo.pid, signal.SIGINT)
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=30)
+        if tee.poll() is None:
+            tee.kill()
+            tee.wait(timeout=10)
+    text = logged()
+    port = re.search(r"VNC on 127\.0\.0\.1:(\d+)", text)
+    assert port, text
+    assert_nothing_left(cluster, namespace, int(port.group(1)), text)
+    sound_socket = re.search(r"sound socket (\S+?),", text)
+    assert sound_socket, text
+    assert not Path(sound_socket.group(1)).parent.exists(), "the virtual desktop's sound socket directory is left"

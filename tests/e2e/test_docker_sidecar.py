@@ -390,19 +390,17 @@ async def test_refused_pods_get_a_clear_reason_and_nothing_is_created(sidecar: S
         await sidecar.get("bad")
 
 
-async def test_allowed_host_path_is_mounted(sidecar: SidecarClient) -> None:
-    # /tmp/.X11-unix is on the default allow-list; only check that the allowed mount works.
-    c = container("main", "test -d /x11 && echo mounted", volumeMounts=[{"name": "x11", "mountPath": "/x11", "readOnly": True}])
+async def test_the_desktops_x_socket_directory_is_mounted_by_default(sidecar: SidecarClient, desktop: Any) -> None:
+    # /tmp/.X11-unix is on the default allow-list. The desktop's X server (the `desktop` fixture)
+    # makes it and puts its socket there, so the outcome never depends on what ran before; a
+    # missing allowed path is tested by test_a_create_error_is_retried_until_its_cause_goes_away.
+    socket = f"X{desktop.display.lstrip(':')}"
+    c = container("main", f"test -S /x11/{socket} && echo sees {socket}",
+                  volumeMounts=[{"name": "x11", "mountPath": "/x11", "readOnly": True}],
+                  securityContext={"runAsUser": 1000})  # pods with host paths run as non-root
     await sidecar.create(sidecar.request("x11", [c], volumes=[{"name": "x11", "hostPath": {"path": "/tmp/.X11-unix", "type": "DirectoryOrCreate"}}]))
-    def settled(s: wire.PodStatus) -> bool:
-        waiting = status_of(s, "main").state.waiting
-        return s.phase in ("Succeeded", "Failed") or (waiting is not None and waiting.reason == "CreateContainerError")
-
-    st = await sidecar.wait("x11", settled)
-    if st.phase == "Pending":  # this host has no X11 socket directory: the bind source is missing
-        assert "/tmp/.X11-unix" in (status_of(st, "main").state.waiting.message or "")  # type: ignore[union-attr]
-    else:
-        assert st.phase == "Succeeded" and await sidecar.logs("x11", "main") == "mounted\n"
+    st = await sidecar.phase("x11", "Succeeded", "Failed")
+    assert st.phase == "Succeeded" and await sidecar.logs("x11", "main") == f"sees {socket}\n"
 
 
 async def test_missing_image_waits_with_a_clear_reason_and_starts_once_built(sidecar: SidecarClient) -> None:
@@ -529,8 +527,9 @@ async def test_a_create_error_is_retried_until_its_cause_goes_away(sidecar: Side
     import shutil
     from pathlib import Path
 
-    host_dir = Path(f"/run/kod/pulse/t-{uuid.uuid4().hex[:8]}")  # below an allowed host path
-    c = container("main", "ls /snd", volumeMounts=[{"name": "snd", "mountPath": "/snd"}])
+    host_dir = Path(f"/run/kod/pulse/t-{uuid.uuid4().hex[:8]}")  # an allowed host path (/run/kod/pulse/*)
+    c = container("main", "ls /snd", volumeMounts=[{"name": "snd", "mountPath": "/snd", "readOnly": True}],
+                  securityContext={"runAsUser": 1000})
     await sidecar.create(sidecar.request("later-dir", [c], volumes=[{"name": "snd", "hostPath": {"path": str(host_dir)}}]))
     st = await sidecar.wait("later-dir", lambda s: status_of(s, "main").state.waiting is not None
                             and status_of(s, "main").state.waiting.reason == "CreateContainerError")

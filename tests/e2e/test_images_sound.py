@@ -51,9 +51,9 @@ def test_a_tone_played_in_the_app_container_comes_out_of_the_desktop_speakers(
 def test_firefox_autoplays_a_page_sound_into_the_desktop_speakers(
     lab: Lab, desktop: Desktop, session_files: SessionFiles, pages: object,
 ) -> None:
-    app = lab.run_app("firefox", session_files, pages=pages,  # type: ignore[arg-type]
+    app = lab.run_app("firefox", session_files, encrypt=True, pages=pages,  # type: ignore[arg-type]
                       env={"KOD_APP_ARGS": f"file://{PAGES_MOUNT}/tone.html"})
-    viewer = lab.run_viewer(desktop, session_files, app)
+    viewer = lab.run_viewer(desktop, session_files, app, encrypt=True)  # encrypted: cloudify's default
     viewer_window(desktop, "firefox")
     wait_for_audio_tunnel(lab, viewer)
 
@@ -89,9 +89,9 @@ def test_the_app_container_cannot_record_the_desktop_but_its_sound_still_arrives
     default = desktop.pactl("get-default-source").stdout.strip()
     desktop.pactl("set-default-source", MIC_SOURCE)
     try:
-        app = lab.run_app("firefox", session_files, pages=pages,  # type: ignore[arg-type]
+        app = lab.run_app("firefox", session_files, encrypt=True, pages=pages,  # type: ignore[arg-type]
                           env={"KOD_APP_ARGS": "about:blank"})
-        viewer = lab.run_viewer(desktop, session_files, app)
+        viewer = lab.run_viewer(desktop, session_files, app, encrypt=True)
         viewer_window(desktop, "firefox")
         wait_for_audio_tunnel(lab, viewer)
 

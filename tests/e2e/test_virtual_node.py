@@ -37,7 +37,8 @@ def test_the_virtual_node_is_ready_tainted_and_labelled(virtual_node: VirtualNod
     assert conds["MemoryPressure"] == conds["DiskPressure"] == conds["PIDPressure"] == "False"
     meta_labels = node["metadata"]["labels"]
     assert meta_labels["type"] == "virtual-kubelet" and meta_labels["kubernetes.io/os"] == "linux"
-    assert meta_labels["kubernetes.io/role"] == "agent" and labels.DESKTOP_OF in meta_labels
+    # No kubernetes.io/role: NodeRestriction lets no node set it on itself (docs/security.md).
+    assert labels.DESKTOP_OF in meta_labels
     assert {"key": labels.VIRTUAL_NODE_TAINT_KEY, "value": "true", "effect": "NoSchedule"} in node["spec"]["taints"]
     status = node["status"]
     assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == virtual_node.stack.settings.kubelet_port
@@ -48,8 +49,8 @@ def test_the_virtual_node_is_ready_tainted_and_labelled(virtual_node: VirtualNod
     assert lease["spec"]["holderIdentity"] == virtual_node.name
 
 
-def test_echo_then_exit_0_succeeds_and_kubectl_logs_shows_it(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_echo_then_exit_0_succeeds_and_kubectl_logs_shows_it(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     virtual_node.create(ns, virtual_node.pod("echo", [{"name": "main", "command": ["sh", "-c", "echo hello from the desktop; echo line two"]}]))
     pod = virtual_node.wait_phase(ns, "echo", "Succeeded", "Failed")
     assert pod["status"]["phase"] == "Succeeded"
@@ -62,8 +63,8 @@ def test_echo_then_exit_0_succeeds_and_kubectl_logs_shows_it(virtual_node: Virtu
     assert stamped[0].endswith(" hello from the desktop") and stamped[0][:4].isdigit()
 
 
-def test_exit_3_fails_with_exit_code_3(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_exit_3_fails_with_exit_code_3(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     virtual_node.create(ns, virtual_node.pod("three", [{"name": "main", "command": ["sh", "-c", "echo bye >&2; exit 3"]}]))
     pod = virtual_node.wait_phase(ns, "three", "Succeeded", "Failed")
     assert pod["status"]["phase"] == "Failed"
@@ -71,8 +72,8 @@ def test_exit_3_fails_with_exit_code_3(virtual_node: VirtualNode, kube_namespace
     assert virtual_node.logs(ns, "three") == "bye\n"
 
 
-def test_two_containers_share_an_empty_dir_and_localhost(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_two_containers_share_an_empty_dir_and_localhost(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     server = {
         "name": "server",
         "command": ["sh", "-c", "mkdir -p /www && echo served-over-localhost > /www/index.html && "
@@ -97,8 +98,8 @@ def _container_done(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-def test_config_map_and_secret_volumes_and_env_are_byte_for_byte(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_config_map_and_secret_volumes_and_env_are_byte_for_byte(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     binary = bytes(range(256)) * 3
     multiline = "first line\n  indented: \"quoted\" $(NOT_EXPANDED) ümlaut\n\ttab\n"
     secret_bytes = b"s3cr3t\x00with-nul\xff"
@@ -151,8 +152,8 @@ def test_config_map_and_secret_volumes_and_env_are_byte_for_byte(virtual_node: V
     assert values[5] == multiline
 
 
-def test_three_init_containers_run_in_order_before_the_main_one(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_three_init_containers_run_in_order_before_the_main_one(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     inits = [{"name": f"init-{i}", "command": ["sh", "-c", f"echo init-{i} >> /work/order; sleep 0.3"],
               "volumeMounts": [{"name": "work", "mountPath": "/work"}]} for i in (1, 2, 3)]
     main = {"name": "main", "command": ["sh", "-c", "echo main >> /work/order; cat /work/order"],
@@ -169,8 +170,8 @@ def test_three_init_containers_run_in_order_before_the_main_one(virtual_node: Vi
     assert conds["Initialized"] == "True"
 
 
-def test_exceeding_the_memory_limit_gives_oomkilled(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_exceeding_the_memory_limit_gives_oomkilled(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     # dd's 200 MiB buffer, as the container's main process, against a 32 MiB limit.
     hog = {"name": "main", "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],
            "resources": {"limits": {"memory": "32Mi"}}}
@@ -207,10 +208,10 @@ def entrypoint_image(virtual_node: VirtualNode) -> Iterator[str]:
     ],
 )
 def test_entrypoint_cmd_command_and_args_behave_as_on_a_kubelet(
-    virtual_node: VirtualNode, kube_namespace: str, entrypoint_image: str,
+    virtual_node: VirtualNode, owner_namespace: str, entrypoint_image: str,
     command: list[str] | None, args: list[str] | None, expected: str,
 ) -> None:
-    ns = kube_namespace
+    ns = owner_namespace
     c: dict[str, Any] = {"name": "main", "image": entrypoint_image, "imagePullPolicy": "Never"}
     if command is not None:
         c["command"] = command
@@ -222,22 +223,21 @@ def test_entrypoint_cmd_command_and_args_behave_as_on_a_kubelet(
     assert virtual_node.logs(ns, "ep") == expected + "\n"
 
 
-def test_kubectl_logs_follow_streams_while_the_pod_runs(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_kubectl_logs_follow_streams_while_the_pod_runs(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     virtual_node.create(ns, virtual_node.pod("ticker", [{"name": "main", "command": ["sh", "-c", "for i in $(seq 1 40); do echo tick $i; sleep 0.25; done"]}]))
     virtual_node.wait_phase(ns, "ticker", "Running")
     follow = kubectl_stream(virtual_node.cluster, "logs", "-f", "ticker", "-n", ns)
     try:
-        assert follow.stdout is not None
-        first = follow.stdout.readline()
+        first = follow.readline(timeout=30)
         seen_at = time.monotonic()
         assert first.startswith("tick ")
-        second = follow.stdout.readline()
+        second = follow.readline(timeout=10)
         assert int(second.split()[1]) == int(first.split()[1]) + 1
         # The lines arrive while the pod still runs: it is not Succeeded yet.
         pod = virtual_node.get(ns, "ticker")
         assert pod is not None and pod["status"]["phase"] == "Running", "logs arrived only at the end"
-        rest = follow.stdout.read()
+        rest = follow.read_rest(timeout=60)  # the pod prints for 10 s, then the stream ends
         assert rest.rstrip().endswith("tick 40")
         assert time.monotonic() - seen_at > 2
         assert follow.wait(timeout=30) == 0
@@ -245,8 +245,8 @@ def test_kubectl_logs_follow_streams_while_the_pod_runs(virtual_node: VirtualNod
         follow.kill()
 
 
-def test_kubectl_delete_pod_removes_its_containers(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_kubectl_delete_pod_removes_its_containers(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     virtual_node.create(ns, virtual_node.pod("sleeper", [{"name": "main", "command": ["sleep", "3600"]}]))
     pod = virtual_node.wait_phase(ns, "sleeper", "Running")
     uid = pod["metadata"]["uid"]
@@ -268,9 +268,9 @@ def test_kubectl_delete_pod_removes_its_containers(virtual_node: VirtualNode, ku
     ],
 )
 def test_pods_against_the_desktop_policy_are_refused_and_nothing_starts(
-    virtual_node: VirtualNode, kube_namespace: str, name: str, change: dict[str, Any], words: list[str]
+    virtual_node: VirtualNode, owner_namespace: str, name: str, change: dict[str, Any], words: list[str]
 ) -> None:
-    ns = kube_namespace
+    ns = owner_namespace
     change = json.loads(json.dumps(change))
     body = virtual_node.pod(name, change.pop("containers"), **change)
     virtual_node.create(ns, body)
@@ -284,8 +284,8 @@ def test_pods_against_the_desktop_policy_are_refused_and_nothing_starts(
     assert any(e["type"] == "Warning" and e["reason"] == "Forbidden" for e in events["items"])
 
 
-def test_a_pod_without_the_toleration_never_lands_on_the_virtual_node(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_a_pod_without_the_toleration_never_lands_on_the_virtual_node(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     pinned = virtual_node.pod("no-toleration", [{"name": "main", "command": ["sleep", "60"]}])
     del pinned["spec"]["tolerations"]
     free = [virtual_node.pod(f"free-{i}", [{"name": "main", "command": ["sleep", "60"]}]) for i in range(4)]
@@ -306,8 +306,8 @@ def test_a_pod_without_the_toleration_never_lands_on_the_virtual_node(virtual_no
         "get", "pods", "-n", ns, "--field-selector", f"spec.nodeName={virtual_node.name}")["items"]
 
 
-def test_kubectl_exec_says_it_is_not_supported(virtual_node: VirtualNode, kube_namespace: str) -> None:
-    ns = kube_namespace
+def test_kubectl_exec_says_it_is_not_supported(virtual_node: VirtualNode, owner_namespace: str) -> None:
+    ns = owner_namespace
     virtual_node.create(ns, virtual_node.pod("noexec", [{"name": "main", "command": ["sleep", "60"]}]))
     virtual_node.wait_phase(ns, "noexec", "Running")
     proc = virtual_node.cluster.kubectl("exec", "noexec", "-n", ns, "--", "true", check=False)

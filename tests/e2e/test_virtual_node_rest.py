@@ -66,17 +66,17 @@ def test_rest_apis_answer_bad_requests_with_clear_errors(
     assert answer.get("error") in {400: "InvalidInput", 401: "Unauthorized", 404: "NotFound"}[status]
 
 
-def test_logs_of_unknown_pods_and_containers_through_the_api_server(virtual_node: VirtualNode, kube_namespace: str) -> None:
+def test_logs_of_unknown_pods_and_containers_through_the_api_server(virtual_node: VirtualNode, owner_namespace: str) -> None:
     """The kubelet API, reached the way `kubectl` reaches it (the API server's node proxy)."""
     k = virtual_node.cluster.kubectl
     proxy = f"/api/v1/nodes/{virtual_node.name}/proxy/containerLogs"
-    missing = k("get", "--raw", f"{proxy}/{kube_namespace}/no-such-pod/main", check=False)
+    missing = k("get", "--raw", f"{proxy}/{owner_namespace}/no-such-pod/main", check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr and "500" not in missing.stderr
-    bad = k("get", "--raw", f"{proxy}/{kube_namespace}/no-such-pod/main?tailLines=many", check=False)
+    bad = k("get", "--raw", f"{proxy}/{owner_namespace}/no-such-pod/main?tailLines=many", check=False)
     assert bad.returncode != 0 and "tailLines must be an integer" in bad.stderr
-    virtual_node.create(kube_namespace, virtual_node.pod("one", [{"name": "main", "command": ["sh", "-c", "echo hi"]}]))
-    virtual_node.wait_phase(kube_namespace, "one", "Succeeded", "Failed")
-    wrong = k("logs", "one", "-n", kube_namespace, "-c", "nope", check=False)
+    virtual_node.create(owner_namespace, virtual_node.pod("one", [{"name": "main", "command": ["sh", "-c", "echo hi"]}]))
+    virtual_node.wait_phase(owner_namespace, "one", "Succeeded", "Failed")
+    wrong = k("logs", "one", "-n", owner_namespace, "-c", "nope", check=False)
     assert wrong.returncode != 0 and "nope" in wrong.stderr
-    ok = k("get", "--raw", f"{proxy}/{kube_namespace}/one/main")
+    ok = k("get", "--raw", f"{proxy}/{owner_namespace}/one/main")
     assert ok.stdout == "hi\n"

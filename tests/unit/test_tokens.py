@@ -18,13 +18,25 @@ def test_a_created_token_is_random_private_and_never_overwritten(tmp_path: Path)
     assert tokens.create_token_file(path) == token
 
 
-def test_a_token_file_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_others_can_read_is_refused_with_the_fix(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "x.token"
     path.write_text("abc\n")
-    path.chmod(0o640)
+    path.chmod(mode)
     with pytest.raises(errors.InvalidInput, match=f"chmod 600 {path}"):
         tokens.read_token_file(path)
-    assert tokens.read_token_file(path, strict=False) == "abc"  # a group-readable Secret volume
+    with pytest.raises(errors.InvalidInput, match=f"chmod 600 {path}"):
+        tokens.server_token(None, path, create=True)
+
+
+def test_only_a_group_readable_file_passes_when_asked_for_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "x.token"
+    path.write_text("abc\n")
+    path.chmod(0o440)  # a Secret volume with fsGroup
+    assert tokens.read_token_file(path, allow_group=True) == "abc"
+    path.chmod(0o644)  # others: never
+    with pytest.raises(errors.InvalidInput, match="other users"):
+        tokens.read_token_file(path, allow_group=True)
 
 
 @pytest.mark.parametrize("content", ["", "\n  \n"])

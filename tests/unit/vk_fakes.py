@@ -1,8 +1,9 @@
 """Small REAL servers that stand in for one boundary in vk_bridge's unit tests.
 
 - `FakeInterLink`: the InterLink REST API (`kod.wire`) in memory, with bearer auth, idempotent
-  create by uid, pushed status on /v1/watch (SYNC, STATUS, DELETED, HEARTBEAT), streamed logs and a
-  policy that refuses privileged pods. Tests change pod states with `set_phase`/`finish`.
+  create by uid, pushed status on /v1/watch (SYNC, STATUS, DELETED, HEARTBEAT: served by the same
+  `kod.hub` and `kod.watch_serve` as interlink's), streamed logs and a policy that refuses
+  privileged pods. Tests change pod states with `set_status`/`finish`.
 - `FakeKubeApi`: the few Kubernetes API calls the pod controller makes (pods/status PATCH, pod
   DELETE with a uid precondition, Secrets/ConfigMaps, Events), recording what it received.
 
@@ -20,6 +21,8 @@ from aiohttp import web
 
 from kod import errors, wire
 from kod.http import bearer_auth_middleware, error_middleware, json_model, read_model, request_id_middleware
+from kod.hub import Hub
+from kod.watch_serve import serve_watch
 
 TOKEN = "fake-interlink-token"
 
@@ -33,7 +36,7 @@ class FakeInterLink:
         self.creates = 0
         self.deletes: list[tuple[str, int | None]] = []
         self.request_ids: list[str] = []
-        self.watchers: list[asyncio.Queue[wire.WatchEvent | None]] = []
+        self.hub = Hub(queue_size=1024)
         self.heartbeat = heartbeat
         self.logs: dict[str, list[str]] = {}
         #: The next this-many deletes fail with 400 (an engine that refuses, as after a crash).
@@ -43,17 +46,19 @@ class FakeInterLink:
     # -- test controls --------------------------------------------------------------------------
 
     def push(self, event: wire.WatchEvent) -> None:
-        for q in self.watchers:
-            q.put_nowait(event)
+        self.hub.publish(event)
 
-    def set_status(self, uid: str, **changes: Any) -> wire.PodStatus:
+    def set_status(self, uid: str, *, push: bool = True, **changes: Any) -> wire.PodStatus:
+        """Change a pod's status; `push=False`: tell no watch stream (a change made while the
+        streams are down, which only the next SYNC shows)."""
         old = self.pods[uid]
         new = old.model_copy(update={**changes, "version": old.version + 1})
         self.pods[uid] = new
-        self.push(wire.WatchEvent(type="STATUS", pod=new))
+        if push:
+            self.push(wire.WatchEvent(type="STATUS", pod=new))
         return new
 
-    def finish(self, uid: str, exit_code: int) -> wire.PodStatus:
+    def finish(self, uid: str, exit_code: int, *, push: bool = True) -> wire.PodStatus:
         """Every container of the pod exits with `exit_code`."""
         pod = self.pods[uid]
         now = datetime.now(UTC)
@@ -67,12 +72,11 @@ class FakeInterLink:
             })
             for c in pod.containerStatuses
         ]
-        return self.set_status(uid, phase="Succeeded" if exit_code == 0 else "Failed", containerStatuses=statuses)
+        return self.set_status(uid, push=push, phase="Succeeded" if exit_code == 0 else "Failed", containerStatuses=statuses)
 
     def break_watches(self) -> None:
         """End every open watch stream (as a restart of InterLink would)."""
-        for q in self.watchers:
-            q.put_nowait(None)
+        self.hub.close()
 
     def adopt(self, request: wire.PodCreateRequest) -> wire.PodStatus:
         """Put a pod in as if it had been created before (no create counted)."""
@@ -177,24 +181,7 @@ class FakeInterLink:
         return resp
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
-        q: asyncio.Queue[wire.WatchEvent | None] = asyncio.Queue()
-        self.watchers.append(q)
-        resp = web.StreamResponse(headers={"Content-Type": wire.NDJSON})
-        await resp.prepare(request)
-        try:
-            sync = wire.WatchEvent(type="SYNC", pods=list(self.pods.values()))
-            await resp.write(sync.model_dump_json(exclude_none=True).encode() + b"\n")
-            while True:
-                try:
-                    event = await asyncio.wait_for(q.get(), self.heartbeat)
-                except TimeoutError:
-                    event = wire.WatchEvent(type="HEARTBEAT")
-                if event is None:
-                    break
-                await resp.write(event.model_dump_json(exclude_none=True).encode() + b"\n")
-        finally:
-            self.watchers.remove(q)
-        return resp
+        return await serve_watch(request, self.hub, snapshot=lambda: list(self.pods.values()), heartbeat_seconds=self.heartbeat)
 
 
 class FakeKubeApi:
