@@ -2,7 +2,7 @@
 
     net = PodNetwork(settings, engine)
     await net.ensure()            # the network (created, labelled, re-created if missing) + host rules
-    await net.protect_pod(infra)  # after a pod's infra container started: isolate its port, pin its address
+    await net.protect_pod(infra, data)  # after a pod's infra container started: isolate its port, pin its address
     await net.protect_all()       # at start and after a resync: every port, every address
     name = net.name               # what infra containers join (HostConfig.NetworkMode)
 
@@ -38,13 +38,15 @@ import hashlib
 import ipaddress
 import os
 import shutil
+import socket
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kod import errors
 from kod.log import get_logger
-from sidecars.docker import naming
+from sidecars.docker import naming, netlink
 from sidecars.docker.engine import Engine, EngineError
 from sidecars.docker.settings import DockerSidecarSettings, HostAllow
 
@@ -58,6 +60,16 @@ Runner = Callable[[Sequence[str]], Awaitable[tuple[int, str]]]
 
 class HostRulesMissing(errors.Unavailable):
     """network.host_rules = "on", and the host rules could not be installed."""
+
+
+def pin_address(bridge: str, ip: str, mac: str) -> None:
+    """`ip` is at `mac` behind `bridge` for good (in-process: netlink.py says why)."""
+    netlink.replace_neighbour(socket.if_nametoindex(bridge), ip, mac)
+
+
+def pin_port(port_index: int, mac: str) -> None:
+    """Frames for `mac` go to this bridge port only, and it stays there."""
+    netlink.replace_fdb(port_index, mac)
 
 
 def have_command(name: str) -> bool:
@@ -89,7 +101,22 @@ def bridge_name(settings: DockerSidecarSettings) -> str:
 
 
 def chain_name(settings: DockerSidecarSettings) -> str:
-    return f"KOD-PODS-{_short(network_name(settings)).upper()}"
+    return _chain_of(network_name(settings))
+
+
+def _chain_of(network: str) -> str:
+    return f"KOD-PODS-{_short(network).upper()}"
+
+
+def remove_host_rules(network: str, bridge: str) -> None:
+    """Undo the host rules of the pods' network `network` on `bridge` (for whoever removes a
+    sidecar's network for good: the tests' and benchmarks' one-run sidecars; Docker has address
+    pools for only about thirty networks, and the rules would outlive the bridge)."""
+    chain = _chain_of(network)
+    for argv in (["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", chain], ["iptables", "-w", "-F", chain],
+                 ["iptables", "-w", "-X", chain], ["ip6tables", "-w", "-D", "INPUT", "-i", bridge, "-j", "DROP"]):
+        if have_command(argv[0]):
+            subprocess.run(argv, capture_output=True, check=False, timeout=30)
 
 
 def create_body(settings: DockerSidecarSettings) -> dict[str, object]:
@@ -250,30 +277,33 @@ class PodNetwork:
                  network=self.name, chain=chain, allowed=[str(a) for a in self.settings.network.host_allow])
         return ""
 
-    async def protect_pod(self, infra_id: str) -> None:
+    async def protect_pod(self, infra_id: str, data: dict[str, object] | None = None) -> None:
         """After a pod's infra container started: isolate the bridge's new port and pin the pod's
-        address. Best effort: a failure is logged, never fatal."""
+        address (`data`: the infra container's inspect, when the caller has it already). Best
+        effort: a failure is logged, never fatal."""
         if not self._protecting():
             return
         self._isolate_ports()
-        try:
-            data = await self.engine.inspect_container(infra_id)
-        except (EngineError, errors.Unavailable) as exc:
-            log.warning("cannot inspect a pod's infra container", error=str(exc))
-            return
-        await self._pin_container(data)
+        if data is None:
+            try:
+                data = await self.engine.inspect_container(infra_id)
+            except (EngineError, errors.Unavailable) as exc:
+                log.warning("cannot inspect a pod's infra container", error=str(exc))
+                return
+        self._pin_container(data)
 
-    async def _pin_container(self, data: dict[str, object]) -> None:
+    def _pin_container(self, data: dict[str, object]) -> None:
         endpoint: Any = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(self.name) or {}  # type: ignore[union-attr]
         ip, mac = str(endpoint.get("IPAddress") or ""), str(endpoint.get("MacAddress") or "")
-        await self._pin(ip, mac)
-        port = _veth_of(int((data.get("State") or {}).get("Pid") or 0))  # type: ignore[union-attr]
+        self._pin(ip, mac)
+        port = _veth_of(int((data.get("State") or {}).get("Pid") or 0), self.bridge)  # type: ignore[union-attr]
         if port and mac:
             # The pod's MAC belongs to its port for good: never flooded to other ports, and a pod
             # that sends frames with it does not move it (sticky).
-            code, out = await self.run(["bridge", "fdb", "replace", mac, "dev", port, "master", "static", "sticky"])
-            if code:
-                log.warning("cannot pin a pod's MAC address to its port", port=port, error=out)
+            try:
+                pin_port(port[1], mac)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot pin a pod's MAC address to its port", port=port[0], error=str(exc))
 
     async def protect_all(self) -> None:
         """Every port isolated, every pod's address pinned, stale pins removed (at start and after
@@ -292,9 +322,9 @@ class PodNetwork:
             if ip and mac:
                 pinned[ip] = mac
                 try:
-                    await self._pin_container(await self.engine.inspect_container(cid))
+                    self._pin_container(await self.engine.inspect_container(cid))
                 except (EngineError, errors.Unavailable):
-                    await self._pin(ip, mac)
+                    self._pin(ip, mac)
         code, out = await self.run(["ip", "-4", "neigh", "show", "dev", self.bridge, "nud", "permanent"])
         for line in out.splitlines() if code == 0 else []:
             ip = line.split(" ", 1)[0]
@@ -317,27 +347,27 @@ class PodNetwork:
                 except OSError as exc:
                     log.warning("cannot isolate a pod's bridge port", port=port, flag=flag, error=str(exc))
 
-    async def _pin(self, ip: str, mac: str) -> None:
+    def _pin(self, ip: str, mac: str) -> None:
         if not (ip and mac):
             return
-        code, out = await self.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", self.bridge, "nud", "permanent"])
-        if code:
-            log.warning("cannot pin a pod's address", ip=ip, error=out)
+        try:
+            pin_address(self.bridge, ip, mac)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot pin a pod's address", ip=ip, error=str(exc))
 
 
-def _veth_of(pid: int) -> str | None:
-    """The host side of a container's eth0: the interface whose index its peer link names (read
-    in the container's own sysfs, which shows its network namespace)."""
+def _veth_of(pid: int, bridge: str) -> tuple[str, int] | None:
+    """The host side of a container's eth0 (name, index): the interface whose index its peer link
+    names (read in the container's own sysfs, which shows its network namespace), when it is a port
+    of `bridge` (nothing else is ever pinned)."""
     if pid <= 0:
         return None
     try:
         peer = int((Path(f"/proc/{pid}/root/sys/class/net/eth0/iflink")).read_text())
-        for iface in Path("/sys/class/net").iterdir():
-            if int((iface / "ifindex").read_text()) == peer:
-                return iface.name
+        name = socket.if_indextoname(peer)
     except (OSError, ValueError):
         return None
-    return None
+    return (name, peer) if name in _bridge_ports(bridge) else None
 
 
 def _bridge_ports(bridge: str) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from kod import errors, wire
 from kod.hub import Hub
@@ -142,12 +143,15 @@ class Worker:
                 pod.apply(result)
                 pod.inspected[cid] = sent
 
-    async def refresh_infra(self, pod: PodState) -> None:
-        """Inspect the infra container now (the set-up, right after starting it)."""
+    async def refresh_infra(self, pod: PodState) -> dict[str, Any]:
+        """Inspect the infra container now (the set-up, right after starting it); returns what the
+        engine said."""
         assert pod.infra_id is not None
         sent = time.time()
-        pod.apply(await self.engine.inspect_container(pod.infra_id))
+        data = await self.engine.inspect_container(pod.infra_id)
+        pod.apply(data)
         pod.inspected[pod.infra_id] = sent
+        return data
 
     def publish(self, pod: PodState) -> None:
         """Compute the status; publish it when it changed (never after the pod's DELETED)."""

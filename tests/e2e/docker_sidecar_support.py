@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from kod import wire
 from kod.http import ApiClient
 from sidecars.docker import naming, network
-from sidecars.docker.settings import DockerSidecarSettings
 
 ENTRYPOINT_IMAGE = "kod-test/entrypoint:0.1.0"
 ENTRYPOINT_CONTEXT = Path(__file__).resolve().parents[1] / "images" / "entrypoint"
@@ -165,16 +160,7 @@ def sweep(docker: Any, sidecar_name: str) -> None:
         bridge = (n.attrs.get("Options") or {}).get("com.docker.network.bridge.name")
         n.remove()
         if bridge:
-            remove_host_rules(sidecar_name, bridge)
-
-
-def remove_host_rules(sidecar_name: str, bridge: str) -> None:
-    """Undo what `PodNetwork` installs for the network of sidecar `sidecar_name` (when it could)."""
-    chain = network.chain_name(DockerSidecarSettings(name=sidecar_name, token=SecretStr("unused")))
-    for argv in (["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", chain], ["iptables", "-w", "-F", chain],
-                 ["iptables", "-w", "-X", chain], ["ip6tables", "-w", "-D", "INPUT", "-i", bridge, "-j", "DROP"]):
-        if shutil.which(argv[0]):
-            subprocess.run(argv, capture_output=True, check=False, timeout=30)
+            network.remove_host_rules(n.name, bridge)
 
 
 def terminated(st: wire.PodStatus, container_name: str) -> wire.ContainerStateTerminated | None:

@@ -31,4 +31,7 @@ def host_commands(monkeypatch: pytest.MonkeyPatch) -> HostCommands:
     recorder = HostCommands()
     monkeypatch.setattr(network, "run_command", recorder)
     monkeypatch.setattr(network, "have_command", lambda name: True)  # the recorder stands in for every tool
+    # The pins are netlink requests, not commands: recorded as lines of their own.
+    monkeypatch.setattr(network, "pin_address", lambda bridge, ip, mac: recorder.argv.append(["pin", bridge, ip, mac]))
+    monkeypatch.setattr(network, "pin_port", lambda index, mac: recorder.argv.append(["pin-port", str(index), mac]))
     return recorder

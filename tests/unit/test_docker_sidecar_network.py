@@ -133,6 +133,6 @@ async def test_pods_addresses_are_pinned_and_stale_pins_removed(host_commands: H
     host_commands.fail["neigh show"] = (0, "172.30.0.2 lladdr 02:42:ac:1e:00:02 PERMANENT\n172.30.0.9 lladdr 02:42:ac:1e:00:09 PERMANENT")
     await net.protect_all()
     lines = [" ".join(a) for a in host_commands.argv]
-    assert f"ip neigh replace 172.30.0.2 lladdr 02:42:ac:1e:00:02 dev {net.bridge} nud permanent" in lines
+    assert f"pin {net.bridge} 172.30.0.2 02:42:ac:1e:00:02" in lines
     assert f"ip neigh del 172.30.0.9 dev {net.bridge}" in lines
     assert not any("del 172.30.0.2" in line for line in lines)
