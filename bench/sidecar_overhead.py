@@ -1,6 +1,7 @@
 """What the Docker sidecar adds on top of the Docker engine, measured against the engine itself.
 
     .venv/bin/python bench/sidecar_overhead.py [--sequential 20] [--burst 50] [--deletes 20] [--idle-pods 200]
+                                               [--baseline GIT_REF]
 
 Starts `kod-docker-sidecar` as a process (a unix socket in a temporary directory and a sidecar name
 of its own, so nothing else in Docker is touched), and measures, through its HTTP API and its
@@ -20,6 +21,12 @@ pushed status (the watch stream), with `kod/testbox` pods running `sleep`:
   (containers and volumes removed): p50/p95.
 - idle: --idle-pods pods running, the sidecar's resident memory and the CPU time it uses in 20 s
   of idleness (no polling: next to nothing).
+
+--baseline GIT_REF: the same measurements, in the same run, of the sidecar of another commit (a
+detached git worktree of it in a temporary directory, started the same way): one pod on each in
+turn (alternating which goes first), each burst round on both, so that both see the same machine.
+The result then has a `baseline` part and `compare` (this tree's numbers over the baseline's).
+The idle part runs for this tree only.
 
 Prints the numbers and writes them to bench/results/sidecar_overhead.json, stamped with date,
 commit and load average. The file holds only the parts this run measured (run one part with e.g.
@@ -50,6 +57,7 @@ import aiohttp  # noqa: E402
 from kod.http import ApiClient  # noqa: E402
 from kod.wire import PodCreateRequest, PodStatus, WatchEvent  # noqa: E402
 from bench.results import Run  # noqa: E402
+from sidecars.docker import network  # noqa: E402
 
 IMAGE = "kod/testbox:0.1.0"
 PAUSE = "kod/pause:3.10"
@@ -78,7 +86,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: Path) -> None:
+    """One sidecar under measurement: started from the source tree `root` (this checkout, or a
+    baseline's worktree)."""
+
+    def __init__(self, workdir: Path, root: Path = ROOT) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.root = root
         self.name = f"bench-{uuid.uuid4().hex[:6]}"
         self.ns = self.name
         self.workdir = workdir
@@ -97,7 +110,7 @@ class Bench:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecars.docker", "--socket", str(self.socket), "--name", self.name,
              "--token-file", str(self.token_file), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=open(self.workdir / "sidecar.log", "wb"), stderr=subprocess.STDOUT,
+            cwd=self.root, env=env, stdout=open(self.workdir / "sidecar.log", "wb"), stderr=subprocess.STDOUT,
         )
         for _ in range(300):
             if self.socket.exists() and self.token_file.exists():
@@ -205,50 +218,74 @@ class Bench:
         vols = await self.engine("GET", f"/volumes?filters={flt}")
         for v in vols.get("Volumes") or []:
             await self.engine("DELETE", f"/volumes/{v['Name']}")
+        # The pods' network it made, and its host rules (Docker has about thirty address pools).
+        for n in await self.engine("GET", f"/networks?filters={flt}"):
+            await self.engine("DELETE", f"/networks/{n['Id']}")
+            bridge = (n.get("Options") or {}).get("com.docker.network.bridge.name")
+            if bridge:
+                network.remove_host_rules(n["Name"], bridge)
         await self.docker.close()
 
 
-async def sequential(b: Bench, n: int) -> dict[str, Any]:
-    raw, vs_container, vs_engine, answered = [], [], [], []
+async def one_pod(b: Bench, name: str) -> tuple[float, float, float, float]:
+    """One pod from POST until reported running: (latency, create answer, overhead vs the
+    container's own create-to-start, overhead vs the engine's busy span for the pod)."""
+    req = b.request(name)
+    uid = req.pod.metadata.uid
+    t0 = time.time()
+    await b.create(req)
+    answered = time.time() - t0
+    await b.wait(lambda: b.running(name))
+    raw = time.time() - t0
+    await b.wait(lambda: (uid, "main", "start") in b.events, 10)
+    ev = b.events
+    main_engine = ev[(uid, "main", "start")] - ev[(uid, "main", "create")]
+    # The engine's busy span for the whole pod: first create to last start (the sidecar
+    # overlaps the container's create with the infra container's start).
+    engine_span = max(ev[(uid, r, "start")] for r in ("infra", "main")) - min(ev[(uid, r, "create")] for r in ("infra", "main"))
+    return raw, answered, raw - main_engine, raw - engine_span
+
+
+async def sequential(benches: list[Bench], n: int) -> list[dict[str, Any]]:
+    """n pods one at a time on each sidecar, in turn (which one goes first alternates)."""
+    got: list[list[tuple[float, float, float, float]]] = [[] for _ in benches]
     for i in range(n):
-        name = f"seq-{i:03d}"
-        req = b.request(name)
-        uid = req.pod.metadata.uid
-        t0 = time.time()
-        await b.create(req)
-        answered.append(time.time() - t0)
-        await b.wait(lambda name=name: b.running(name))
-        t_running = time.time()
-        await b.wait(lambda uid=uid: (uid, "main", "start") in b.events, 10)
-        ev = b.events
-        main_engine = ev[(uid, "main", "start")] - ev[(uid, "main", "create")]
-        # The engine's busy span for the whole pod: first create to last start (the sidecar
-        # overlaps the container's create with the infra container's start).
-        engine_span = max(ev[(uid, r, "start")] for r in ("infra", "main")) - min(ev[(uid, r, "create")] for r in ("infra", "main"))
-        raw.append(t_running - t0)
-        vs_container.append(raw[-1] - main_engine)
-        vs_engine.append(raw[-1] - engine_span)
-    await b.delete_all()
-    return {"pods": n, "raw_latency_s": summary(raw), "create_answer_s": summary(answered),
-            "overhead_vs_container_s": summary(vs_container), "overhead_vs_engine_s": summary(vs_engine)}
-
-
-async def burst(b: Bench, n: int, rounds: int = 3) -> dict[str, Any]:
-    """Rounds of (the engine alone, then the sidecar) for n pods; the ratio of each round, and
-    their median (the rounds share the machine's noise pairwise; no best round is picked)."""
-    sidecar_times, engine_times = [], []
-    for r in range(rounds):
-        engine_times.append(await b.docker_run_burst(n))
-        reqs = [b.request(f"burst-{r}-{i:03d}") for i in range(n)]
-        t0 = time.monotonic()
-        await asyncio.gather(*(b.create(q) for q in reqs))
-        await b.wait(lambda: all(b.running(q.pod.metadata.name) for q in reqs))
-        sidecar_times.append(time.monotonic() - t0)
+        order = list(enumerate(benches))
+        for k, b in order if i % 2 == 0 else reversed(order):
+            got[k].append(await one_pod(b, f"seq-{i:03d}"))
+    for b in benches:
         await b.delete_all()
-    ratios = [s / e for s, e in zip(sidecar_times, engine_times, strict=True)]
-    return {"pods": n, "sidecar_s": [round(x, 2) for x in sidecar_times], "engine_s": [round(x, 2) for x in engine_times],
-            "ratios": [round(r, 2) for r in ratios], "ratio_median": round(statistics.median(ratios), 2),
-            "target_ratio": 1.5}
+    results = []
+    for samples in got:
+        raw, answered, vs_container, vs_engine = (list(x) for x in zip(*samples, strict=True))
+        results.append({"pods": n, "raw_latency_s": summary(raw), "create_answer_s": summary(answered),
+                        "overhead_vs_container_s": summary(vs_container), "overhead_vs_engine_s": summary(vs_engine)})
+    return results
+
+
+async def burst(benches: list[Bench], n: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """Rounds of (the engine alone, then each sidecar) for n pods; the ratio of each round, and
+    their median (the rounds share the machine's noise pairwise; no best round is picked)."""
+    sidecar_times: list[list[float]] = [[] for _ in benches]
+    engine_times = []
+    for r in range(rounds):
+        engine_times.append(await benches[0].docker_run_burst(n))
+        order = list(enumerate(benches))
+        for k, b in order if r % 2 == 0 else reversed(order):
+            reqs = [b.request(f"burst-{r}-{i:03d}") for i in range(n)]
+            t0 = time.monotonic()
+            await asyncio.gather(*(b.create(q) for q in reqs))
+            await b.wait(lambda b=b, reqs=reqs: all(b.running(q.pod.metadata.name) for q in reqs))
+            sidecar_times[k].append(time.monotonic() - t0)
+            await b.delete_all()
+    results = []
+    for times in sidecar_times:
+        ratios = [s / e for s, e in zip(times, engine_times, strict=True)]
+        results.append({"pods": n, "sidecar_s": [round(x, 2) for x in times],
+                        "engine_s": [round(x, 2) for x in engine_times],
+                        "ratios": [round(r, 2) for r in ratios], "ratio_median": round(statistics.median(ratios), 2),
+                        "target_ratio": 1.5})
+    return results
 
 
 async def deletes(b: Bench, n: int) -> dict[str, Any]:
@@ -294,6 +331,26 @@ async def idle(b: Bench, n: int) -> dict[str, Any]:
     return result
 
 
+def compare(after: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
+    """This tree's numbers over the baseline's (1.10 = 10 % slower)."""
+    out: dict[str, float] = {}
+    for part, key, stat in (("sequential", "overhead_vs_container_s", "p50"), ("sequential", "overhead_vs_container_s", "p95"),
+                            ("sequential", "raw_latency_s", "p50"), ("delete", "delete_grace_0_s", "p50")):
+        if part in after and part in before and before[part][key][stat]:
+            out[f"{part}.{key}.{stat}"] = round(after[part][key][stat] / before[part][key][stat], 3)
+    if "burst" in after and "burst" in before:
+        out["burst.ratio_median"] = round(after["burst"]["ratio_median"] / before["burst"]["ratio_median"], 3)
+    return out
+
+
+def worktree(ref: str, into: Path) -> str:
+    """A detached worktree of `ref` at `into`; returns its commit."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(into), ref],
+                   check=True, capture_output=True, timeout=120)
+    return subprocess.run(["git", "-C", str(into), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequential", type=int, default=20)
@@ -301,27 +358,55 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="burst rounds; the median ratio is reported")
     parser.add_argument("--deletes", type=int, default=20)
     parser.add_argument("--idle-pods", type=int, default=200)
+    parser.add_argument("--baseline", metavar="GIT_REF", default=None,
+                        help="also measure the sidecar of this commit, side by side in the same run")
     args = parser.parse_args()
     record = Run("sidecar_overhead")
     results: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="kod-bench-") as tmp:
-        b = Bench(Path(tmp))
+        benches = [Bench(Path(tmp) / "this")]
+        if args.baseline:
+            print(f"baseline: a worktree of {args.baseline}", flush=True)
+            baseline["ref"] = args.baseline
+            baseline["commit"] = worktree(args.baseline, Path(tmp) / "baseline-tree")
+            benches.append(Bench(Path(tmp) / "baseline", root=Path(tmp) / "baseline-tree"))
+        parts = [results, baseline]
         try:
-            await b.start()
+            for b in benches:
+                await b.start()
+            await sequential(benches, 1)  # warm-up (first-use costs: connections, caches, the image)
             if args.sequential:
-                results["sequential"] = await sequential(b, args.sequential)
+                for part, got in zip(parts, await sequential(benches, args.sequential), strict=False):
+                    part["sequential"] = got
                 print("sequential:", json.dumps(results["sequential"]), flush=True)
+                if baseline:
+                    print("  baseline:", json.dumps(baseline["sequential"]), flush=True)
             if args.burst:
-                results["burst"] = await burst(b, args.burst, args.rounds)
+                for part, got in zip(parts, await burst(benches, args.burst, args.rounds), strict=False):
+                    part["burst"] = got
                 print("burst:", json.dumps(results["burst"]), flush=True)
+                if baseline:
+                    print("  baseline:", json.dumps(baseline["burst"]), flush=True)
             if args.deletes:
-                results["delete"] = await deletes(b, args.deletes)
+                for part, b in zip(parts, benches, strict=False):
+                    part["delete"] = await deletes(b, args.deletes)
                 print("delete:", json.dumps(results["delete"]), flush=True)
+                if baseline:
+                    print("  baseline:", json.dumps(baseline["delete"]), flush=True)
             if args.idle_pods:
-                results["idle"] = await idle(b, args.idle_pods)
+                results["idle"] = await idle(benches[0], args.idle_pods)
                 print("idle:", json.dumps(results["idle"]), flush=True)
         finally:
-            await b.close()
+            for b in benches:
+                await b.close()
+            if args.baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "baseline-tree")],
+                               capture_output=True, check=False, timeout=120)
+    if baseline:
+        results["baseline"] = baseline
+        results["compare"] = compare(results, baseline)
+        print("this tree / baseline:", json.dumps(results["compare"]), flush=True)
     record.write(results)
 
 
