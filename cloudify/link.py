@@ -1,9 +1,10 @@
 """How good the desktop's link to the cluster is, measured before a session starts, and what
-follows from it: run the app in the cluster or locally, and the picture's quality and compression.
+follows from it: run the app in the cluster or locally, and the picture's quality, compression and
+frame-rate ceiling.
 
     link = await measure(kube, answer=0.06, settings=settings, local_app=True)
     link.rtt, link.down_mbps, link.describe()                 # 0.044, 18.7, "round trip 44 ms ..."
-    quality, compression, why = picture(link, settings)       # unless the user chose them
+    chosen = picture(link, settings)  # quality, compression, frame_rate, why: unless the user chose them
     # and cloudify.fallback.judge(link, settings, local_app=...): cluster or local, and why
 
 The round-trip time is the median of small requests (`/version`) on the connection the node list
@@ -37,11 +38,24 @@ THROUGHPUT_SECONDS = 1.5
 #: is still opening the window over the first few round trips.
 THROUGHPUT_WARMUP_BYTES = 128 * 1024
 
-#: The picture for a measured downstream rate: (at least Mbit/s, quality, compression), best
-#: first. A 720p animation at quality 5 took 46.6 Mbit/s on the same host (bench/home_link.py,
-#: docs/home.md); the home link's step (2, 6) keeps text readable there, and what it sends is the
-#: figure bench/home_link.py measures (the 8 Mbit/s goal of issue 11: not measured yet).
-PICTURE_STEPS: tuple[tuple[float, int, int], ...] = ((50.0, 5, 2), (10.0, 2, 6), (0.0, 1, 9))
+#: The picture for a measured downstream rate: (at least Mbit/s, quality, compression, frame-rate
+#: ceiling), best first. A 720p animation at quality 5 and 60 updates a second took 46.6 Mbit/s on
+#: the same host (bench/home_link.py, docs/home.md). What a moving picture sends is about
+#: proportional to the updates a second: below a LAN's rate the ceiling comes down with the
+#: quality; the home link's step (2, 6, 12) keeps text readable, and what it sends is the figure
+#: bench/home_link.py measures (issue 11's goal: at most 8 Mbit/s). A still picture sends nothing
+#: whatever the ceiling, and typing still shows within 1/12 s.
+PICTURE_STEPS: tuple[tuple[float, int, int, int], ...] = ((50.0, 5, 2, 60), (10.0, 2, 6, 12), (0.0, 1, 9, 8))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What the session's picture will be, and what to tell the user about it."""
+
+    quality: int
+    compression: int
+    frame_rate: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -123,26 +137,30 @@ async def measure(kube: KubeClient, *, answer: float, settings: CloudifySettings
     rtts = await round_trips(kube, samples=samples, timeout=settings.slow_threshold,
                              stop_over=settings.max_rtt_ms / 1000)
     link = Link(answer=answer, rtts=rtts)
-    picture_chosen = {"quality", "compression"} <= settings.model_fields_set
+    picture_chosen = {"quality", "compression", "frame_rate"} <= settings.model_fields_set
     matters = local_app or not picture_chosen
     if link.is_lan or link.rtt > settings.max_rtt_ms / 1000 or not matters:
         return link
     return Link(answer=answer, rtts=rtts, down_mbps=await throughput(kube))
 
 
-def picture(link: Link, settings: CloudifySettings) -> tuple[int, int, str]:
-    """The quality and compression for this link: the user's when set (flag, environment or
-    config file), else the step of PICTURE_STEPS the measured rate reaches (a LAN: the default).
-    Returns (quality, compression, what to tell the user)."""
-    chosen = {"quality", "compression"} & settings.model_fields_set
-    quality, compression = settings.quality, settings.compression
-    if link.down_mbps is None or chosen == {"quality", "compression"}:
+def picture(link: Link, settings: CloudifySettings) -> Picture:
+    """The quality, compression and frame-rate ceiling for this link: the user's when set (flag,
+    environment or config file), else the step of PICTURE_STEPS the measured rate reaches (a LAN:
+    the defaults)."""
+    fields = ("quality", "compression", "frame_rate")
+    chosen = set(fields) & settings.model_fields_set
+    quality, compression, frame_rate = settings.quality, settings.compression, settings.frame_rate
+    if link.down_mbps is None or chosen == set(fields):
         why = "as you set them" if chosen else "the defaults for a LAN" if link.down_mbps is None else ""
-        return quality, compression, f"quality {quality}, compression {compression} ({why})"
-    for floor, q, c in PICTURE_STEPS:
+        return Picture(quality, compression, frame_rate,
+                       f"quality {quality}, compression {compression}, at most {frame_rate} frames/s ({why})")
+    for floor, q, c, f in PICTURE_STEPS:
         if link.down_mbps >= floor:
             break
     quality = quality if "quality" in chosen else q
     compression = compression if "compression" in chosen else c
-    return quality, compression, (f"quality {quality}, compression {compression} for {link.down_mbps:.1f} Mbit/s "
-                                  f"(-q and -c, or the config file, choose them yourself)")
+    frame_rate = frame_rate if "frame_rate" in chosen else f
+    return Picture(quality, compression, frame_rate,
+                   f"quality {quality}, compression {compression}, at most {frame_rate} frames/s for "
+                   f"{link.down_mbps:.1f} Mbit/s (-q, -c and --frame-rate, or the config file, choose them yourself)")

@@ -213,6 +213,7 @@ def app_job(plan: SessionPlan) -> dict[str, Any]:
         apps.ENV_SSH_PORT: apps.SSH_PORT,
         apps.ENV_AUDIO_PORT: apps.AUDIO_PORT,
         apps.ENV_CONNECT_TIMEOUT: max(1, round(opts.timeout)),
+        apps.ENV_FRAME_RATE: opts.frame_rate,
     })
     limits: dict[str, str] = {**app.limits, **app.extended_resources}
     requests: dict[str, str] = {**app.requests, **app.extended_resources}

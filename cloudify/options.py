@@ -23,6 +23,7 @@ class SessionOptions:
     timeout: float
     quality: int
     compression: int
+    frame_rate: int
     persist: bool
 
     @property
@@ -69,5 +70,6 @@ def session_options(app_name: str, settings: CloudifySettings, *, run_mode_given
         timeout=settings.timeout,
         quality=settings.quality,
         compression=settings.compression,
+        frame_rate=settings.frame_rate,
         persist=settings.persist,
     )

@@ -257,10 +257,11 @@ class SessionRunner:
         if verdict.local:
             self._fallback_reason = verdict.reason
             return None
-        quality, compression, why = link.picture(measured, self.settings)
-        self.opts = dataclasses.replace(self.opts, quality=quality, compression=compression)
+        chosen = link.picture(measured, self.settings)
+        self.opts = dataclasses.replace(self.opts, quality=chosen.quality, compression=chosen.compression,
+                                        frame_rate=chosen.frame_rate)
         self.tl.say(f"  link to the cluster: {verdict.reason}")
-        self.tl.say(f"  picture: {why}")
+        self.tl.say(f"  picture: {chosen.why}")
         return preflight.Preflight(latency=latency, nodes=nodes)
 
     async def _run_locally(self, argv: list[str] | None) -> int:

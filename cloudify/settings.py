@@ -65,6 +65,8 @@ class CloudifySettings(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0, description="Seconds to wait for each start-up phase.")
     quality: int = Field(default=DEFAULT_QUALITY, ge=0, le=9, description="JPEG quality of the picture, 0-9.")
     compression: int = Field(default=DEFAULT_COMPRESSION, ge=0, le=9, description="zlib compression level, 0-9.")
+    frame_rate: int = Field(default=apps.MAX_FRAME_RATE, ge=apps.MIN_FRAME_RATE, le=apps.MAX_FRAME_RATE,
+                            description="The most screen updates per second the app sends, 1-60 (a ceiling: a still picture sends none); fitted to the measured link unless set.")
     persist: bool = Field(default=False, description="Keep the app's settings and documents in a volume per user and app.")
 
     # --- The cluster ---

@@ -38,6 +38,9 @@ AUDIO_LATENCY_MS = 60
 #: Non-root user of the app image; its home holds the app's settings and documents.
 APP_USER = "kod"
 APP_UID = 1000
+#: Xvnc's own ceiling on updates per second (TigerVNC's FrameRate default), and the least one.
+MAX_FRAME_RATE = 60
+MIN_FRAME_RATE = 1
 APP_HOME = "/home/kod"
 
 # --- App container environment (images/app/entrypoint) ---
@@ -51,6 +54,7 @@ ENV_NOVNC_PORT = "KOD_NOVNC_PORT"
 ENV_SSH_PORT = "KOD_SSH_PORT"
 ENV_AUDIO_PORT = "KOD_AUDIO_PORT"
 ENV_CONNECT_TIMEOUT = "KOD_CONNECT_TIMEOUT"        #: seconds to wait for a first viewer; 0 = forever
+ENV_FRAME_RATE = "KOD_FRAME_RATE"                  #: most screen updates per second sent to a viewer (1-60)
 ENV_AUTHORIZED_KEYS_FILE = "KOD_AUTHORIZED_KEYS_FILE"  #: the session's public key (from a Secret)
 ENV_HOST_KEY_FILE = "KOD_SSH_HOST_KEY_FILE"        #: the session's sshd host key (from a Secret)
 ENV_APP_ARGS = "KOD_APP_ARGS"                      #: extra arguments for the app (shell words)

@@ -85,6 +85,9 @@ def add_parser(sub: Any, name: str, *, parents: list[argparse.ArgumentParser], a
                    help="JPEG quality of the picture, 0 (low) to 9 (high); default 5")
     g.add_argument("-c", "--compression", type=_int_range(0, 9, "the compression"), metavar="0-9",
                    help="compression level, 0 (none) to 9 (most; the original allowed 0-6); default 2")
+    g.add_argument("--frame-rate", type=_int_range(1, 60, "the frame rate"), metavar="1-60",
+                   help="the most screen updates per second (a ceiling: a still picture sends none); "
+                   "default 60 on a LAN, else fitted to the measured link like -q and -c")
     g.add_argument("-v", "--persist", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the app's settings and documents in your persistent volume for this app")
     g.add_argument("-r", "--run-mode", choices=("pod", "docker", "native"),
@@ -105,7 +108,7 @@ def add_parser(sub: Any, name: str, *, parents: list[argparse.ArgumentParser], a
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "secure": args.secure, "timeout": args.timeout, "protocol": args.protocol, "quality": args.quality,
-        "compression": args.compression, "persist": args.persist, "run_mode": args.run_mode,
+        "compression": args.compression, "frame_rate": args.frame_rate, "persist": args.persist, "run_mode": args.run_mode,
         "reach": args.reach, "fallback": args.fallback, "user_node": args.user_node,
     }
 

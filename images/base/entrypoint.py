@@ -22,6 +22,8 @@ Configuration (the contract with cloudify; the names are in kod/apps.py):
   KOD_AUDIO_PORT=4713    the sound stream's port (127.0.0.1 only; reached through ssh -L)
   KOD_CONNECT_TIMEOUT=60 seconds without a viewer after which the session gives up (0: never);
                          the same time applies after the last viewer disconnects
+  KOD_FRAME_RATE=60      the most screen updates per second Xvnc sends a viewer (1-60): what a
+                         moving picture costs on a slow link is about proportional to it
   KOD_AUTHORIZED_KEYS_FILE  the session's public key(s); sshd starts only when present
   KOD_SSH_HOST_KEY_FILE     sshd's host key (an ephemeral one is made when absent)
   KOD_APP_ARGS           extra arguments for the app, as shell words
@@ -108,6 +110,7 @@ class Config:
     ssh_port: int
     audio_port: int
     connect_timeout: int
+    frame_rate: int
     authorized_keys: str | None
     host_key: Path | None
 
@@ -154,6 +157,9 @@ def load_config(env: dict[str, str], argv: list[str]) -> Config:
     timeout = env.get("KOD_CONNECT_TIMEOUT", "") or "60"
     if not timeout.isdigit():
         raise ConfigError(f"KOD_CONNECT_TIMEOUT={timeout!r} must be a whole number of seconds (0: wait forever)")
+    frame_rate = env.get("KOD_FRAME_RATE", "") or "60"
+    if not frame_rate.isdigit() or not 1 <= int(frame_rate) <= 60:
+        raise ConfigError(f"KOD_FRAME_RATE={frame_rate!r} must be a whole number of updates per second, 1-60")
     keys_file = _secret_file(env, "KOD_AUTHORIZED_KEYS_FILE", "authorized_keys")
     authorized_keys = keys_file.read_text() if keys_file else None
     if authorized_keys is not None and not authorized_keys.strip():
@@ -178,6 +184,7 @@ def load_config(env: dict[str, str], argv: list[str]) -> Config:
         ssh_port=_port(env, "KOD_SSH_PORT", 2222),
         audio_port=_port(env, "KOD_AUDIO_PORT", 4713),
         connect_timeout=int(timeout),
+        frame_rate=int(frame_rate),
         authorized_keys=authorized_keys,
         host_key=_secret_file(env, "KOD_SSH_HOST_KEY_FILE", "ssh_host_ed25519_key"),
     )
@@ -315,6 +322,7 @@ class Session:
             "-rfbport", str(cfg.vnc_port), "-rfbauth", str(RUN_DIR / "vncpasswd"),
             "-SecurityTypes", "VncAuth", "-desktop", cfg.app,
             "-auth", str(RUN_DIR / "Xauthority"), "-nolisten", "tcp",
+            "-FrameRate", str(cfg.frame_rate),
         ]
         if cfg.encrypt:
             argv.append("-localhost")

@@ -135,9 +135,12 @@ async def test_a_wan_is_probed_when_it_matters(serve) -> None:  # type: ignore[n
     assert not measured.is_lan and measured.down_mbps is not None
     # ...but not when the user chose the picture and the app could not run here anyway.
     server.encodings.clear()
-    chosen = load(path=None, environ={}, overrides={"quality": 6, "compression": 3})
+    chosen = load(path=None, environ={}, overrides={"quality": 6, "compression": 3, "frame_rate": 20})
     measured = await link.measure(kube, answer=0.1, settings=chosen, local_app=False)
     assert measured.down_mbps is None and server.encodings == []
+    # Two of the three chosen: the third is still fitted to the link, so it is measured.
+    partly = load(path=None, environ={}, overrides={"quality": 6, "compression": 3})
+    assert (await link.measure(kube, answer=0.1, settings=partly, local_app=False)).down_mbps is not None
 
 
 @pytest.mark.parametrize(
@@ -169,13 +172,20 @@ def test_the_picture_fits_the_link_unless_the_user_chose_it() -> None:
     home = link.Link(answer=0.1, rtts=(0.045,), down_mbps=19.0)
     thin = link.Link(answer=0.1, rtts=(0.045,), down_mbps=4.0)
     defaults = load(path=None, environ={})
-    assert link.picture(lan, defaults)[:2] == (5, 2)
-    q, c, why = link.picture(home, defaults)
-    assert (q, c) == (2, 6) and "19.0 Mbit/s" in why
-    assert link.picture(thin, defaults)[:2] == (1, 9)
+
+    def fitted(measured: link.Link, settings: CloudifySettings) -> tuple[int, int, int]:
+        got = link.picture(measured, settings)
+        return got.quality, got.compression, got.frame_rate
+
+    assert fitted(lan, defaults) == (5, 2, 60)
+    home_picture = link.picture(home, defaults)
+    assert fitted(home, defaults) == (2, 6, 12) and "19.0 Mbit/s" in home_picture.why
+    assert "at most 12 frames/s" in home_picture.why
+    assert fitted(thin, defaults) == (1, 9, 8)
     # What the user set stays: a flag, the environment or the config file.
-    assert link.picture(home, load(path=None, environ={}, overrides={"quality": 8}))[:2] == (8, 6)
-    assert link.picture(home, load(path=None, environ={"KOD_CLOUDIFY_COMPRESSION": "1"}))[:2] == (2, 1)
-    both = load(path=None, environ={}, overrides={"quality": 7, "compression": 0})
-    assert link.picture(home, both) == (7, 0, "quality 7, compression 0 (as you set them)")
+    assert fitted(home, load(path=None, environ={}, overrides={"quality": 8})) == (8, 6, 12)
+    assert fitted(home, load(path=None, environ={"KOD_CLOUDIFY_COMPRESSION": "1"})) == (2, 1, 12)
+    assert fitted(home, load(path=None, environ={"KOD_CLOUDIFY_FRAME_RATE": "30"})) == (2, 6, 30)
+    everything = load(path=None, environ={}, overrides={"quality": 7, "compression": 0, "frame_rate": 25})
+    assert link.picture(home, everything) == link.Picture(7, 0, 25, "quality 7, compression 0, at most 25 frames/s (as you set them)")
 

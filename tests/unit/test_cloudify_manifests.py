@@ -154,3 +154,12 @@ def test_gpu_apps_ask_for_the_gpu() -> None:
     container = m.app_job(plan("cuda-blender"))["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["image"] == "kod/cuda-blender:0.1.0"
+
+
+def test_the_frame_rate_ceiling_goes_to_the_apps_x_server() -> None:
+    def frame_rate(p: m.SessionPlan) -> str:
+        container = m.app_job(p)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}[apps.ENV_FRAME_RATE]
+
+    assert frame_rate(plan()) == str(apps.MAX_FRAME_RATE)
+    assert frame_rate(plan(frame_rate=12)) == "12"

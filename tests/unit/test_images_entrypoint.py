@@ -61,7 +61,7 @@ def test_defaults(ep: ModuleType, secrets: Path) -> None:
     assert (cfg.width, cfg.height, cfg.depth) == (1280, 800, 24)
     assert (cfg.vnc_port, cfg.novnc_port, cfg.ssh_port, cfg.audio_port) == (
         apps.VNC_PORT, apps.NOVNC_PORT, apps.SSH_PORT, apps.AUDIO_PORT)
-    assert cfg.encrypt is False and cfg.connect_timeout == 60
+    assert cfg.encrypt is False and cfg.connect_timeout == 60 and cfg.frame_rate == apps.MAX_FRAME_RATE
     assert cfg.authorized_keys is None and cfg.host_key is None
     assert cfg.command == ["firefox-esr"] and cfg.app == "firefox-esr"
 
@@ -93,10 +93,12 @@ def test_app_args_are_shell_words_after_the_command(ep: ModuleType, secrets: Pat
     ({"KOD_VNC_PORT": "0"}, ["app"], "is not a TCP port"),
     ({"KOD_SSH_PORT": "ssh"}, ["app"], "is not a TCP port"),
     ({"KOD_CONNECT_TIMEOUT": "-1"}, ["app"], "whole number of seconds"),
+    ({"KOD_FRAME_RATE": "0"}, ["app"], "updates per second, 1-60"),
+    ({"KOD_FRAME_RATE": "61"}, ["app"], "updates per second, 1-60"),
     ({"KOD_APP_ARGS": "'unclosed"}, ["app"], "cannot be split"),
     ({}, [], "no app to run"),
 ], ids=["no-password", "short-password", "password-file", "geometry", "depth", "encrypt", "port-zero",
-        "port-word", "timeout", "app-args", "no-command"])
+        "port-word", "timeout", "frame-rate-0", "frame-rate-61", "app-args", "no-command"])
 def test_bad_configuration_is_refused_with_what_to_fix(ep: ModuleType, secrets: Path, env: dict[str, str],
                                                        argv: list[str], message: str) -> None:
     base = {} if "password" in message or "PASSWORD" in str(env) else {"KOD_VNC_PASSWORD": "abcdefgh"}
