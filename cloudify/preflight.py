@@ -24,6 +24,11 @@ from cloudify.settings import CloudifySettings
 
 #: Seconds a TCP connect to a node address may take to count as reachable.
 REACH_PROBE_SECONDS = 0.5
+#: The port probed on a node address to tell whether this desktop reaches the cluster's NodePorts:
+#: the bottom of Kubernetes' default NodePort range (30000-32767). A node answers there whether or
+#: not a Service has it (a connection, or its host's refusal); only a firewall on the way stays
+#: silent. (The kubelet's port says nothing about NodePorts: a firewall may open one and not the other.)
+NODE_PORT_PROBE = 30000
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,6 @@ class NodeView:
     taints: list[dict[str, Any]]
     addresses: list[tuple[str, str]]
     images: frozenset[str]
-    kubelet_port: int | None
     allocatable: dict[str, str] = field(default_factory=dict)
     created: str = ""
 
@@ -47,7 +51,6 @@ class NodeView:
         status, spec = node.get("status") or {}, node.get("spec") or {}
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         images = frozenset(name for img in status.get("images") or [] for name in img.get("names") or [])
-        endpoints = (status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}
         return cls(
             name=node["metadata"]["name"],
             labels=node["metadata"].get("labels") or {},
@@ -56,7 +59,6 @@ class NodeView:
             taints=spec.get("taints") or [],
             addresses=[(a.get("type", ""), a.get("address", "")) for a in status.get("addresses") or []],
             images=images,
-            kubelet_port=endpoints.get("Port"),
             allocatable=status.get("allocatable") or {},
             created=node["metadata"].get("creationTimestamp") or "",
         )
@@ -206,11 +208,10 @@ async def reachable(address: str, port: int, *, timeout: float = REACH_PROBE_SEC
     return True
 
 
-async def pick_node_address(nodes: list[NodeView], *, from_container: bool) -> str | None:
-    """The first node address the desktop reaches (probing each node's kubelet port, which is
-    open on every node); None when none answers and the API server's port-forward must do."""
+async def pick_node_address(nodes: list[NodeView], *, from_container: bool, port: int = NODE_PORT_PROBE) -> str | None:
+    """The first node address at which the desktop reaches a NodePort (probing `port`); None when
+    none answers and the API server's port-forward must do."""
     for addr in candidate_addresses(nodes, from_container=from_container):
-        node = next(n for n in nodes if any(a == addr for _, a in n.addresses))
-        if await reachable(addr, node.kubelet_port or 10250):
+        if await reachable(addr, port):
             return addr
     return None

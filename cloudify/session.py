@@ -104,6 +104,9 @@ class SessionRunner:
         #: Where cloudify's port-forward listens (None: the viewer uses a NodePort).
         self._bind: str | None = None
         self._fallback_reason = ""
+        #: The probe for a NodePort, started as soon as the nodes are known (beside the link's
+        #: measurement: on a slow link each waits on round trips, so they wait at the same time).
+        self._reach_task: asyncio.Task[str | None] | None = None
         self.first_frame = asyncio.Event()
 
     # ------------------------------------------------------------------ the whole session
@@ -129,6 +132,8 @@ class SessionRunner:
             self._step("cluster measured")
             if pre is None:
                 creds_task.cancel()
+                if self._reach_task is not None:
+                    self._reach_task.cancel()
                 return await self._run_locally(local)
             opts = self.opts  # the picture fitted to the link
             preflight.check(pre, opts, settings, self.names.user, app_image=settings.image(opts.app.image),
@@ -136,10 +141,9 @@ class SessionRunner:
             if docker_task is not None:
                 await docker_task
                 self._step("docker ready")
-            reach_task = asyncio.create_task(self._decide_reach(pre))
             creds = await creds_task
             self._step("keys made")
-            address = await reach_task
+            address = await self._decide_reach()
             # Without a node address the viewer goes through cloudify's port-forward: where it
             # listens must be known before anything is created.
             self._bind = None if address is not None else self._forward_address()
@@ -148,6 +152,8 @@ class SessionRunner:
             creds_task.cancel()
             if docker_task is not None:
                 docker_task.cancel()
+            if self._reach_task is not None:
+                self._reach_task.cancel()
             raise
         plan = SessionPlan(
             names=self.names, options=opts, settings=settings, credentials=creds,
@@ -246,6 +252,7 @@ class SessionRunner:
                 return None
             self.tl.say(f"  ! the cluster is slow (answered in {latency:.2f} s); going on since "
                         f"{self.opts.app.name} is not installed here")
+        self._probe_reach(nodes)
         try:
             measured = await link.measure(self.kube, answer=latency, settings=self.settings, local_app=local is not None)
         except errors.Unavailable as exc:
@@ -269,13 +276,20 @@ class SessionRunner:
         self.tl.say(f"cloudify: running {self.opts.app.name} locally ({' '.join(argv)}): {self._fallback_reason}")
         return await fallback.run_locally(argv, self.ctx.host.environ)
 
-    async def _decide_reach(self, pre: preflight.Preflight) -> str | None:
+    def _probe_reach(self, nodes: list[preflight.NodeView]) -> None:
+        """Start looking for a node address that gives NodePorts (unless reach = port-forward)."""
+        if self.settings.reach == "port-forward":
+            return
+        app_nodes = preflight.eligible_app_nodes(nodes, self.settings)
+        self._reach_task = asyncio.create_task(
+            preflight.pick_node_address(app_nodes, from_container=self.opts.run_mode != "native"))
+
+    async def _decide_reach(self) -> str | None:
         """The node address for a NodePort, or None for the API server's port-forward."""
         reach = self.settings.reach
-        if reach == "port-forward":
+        if reach == "port-forward" or self._reach_task is None:
             return None
-        from_container = self.opts.run_mode != "native"
-        address = await preflight.pick_node_address(pre.app_nodes, from_container=from_container)
+        address = await self._reach_task
         if address is None and reach == "nodeport":
             raise errors.Unavailable(
                 "reach = nodeport, but no node address answers from this desktop",

@@ -1,5 +1,6 @@
-"""`cloudify firefox` on the desktop at home: behind NAT with only the control plane reachable,
-then on the emulated home link (20/5 Mbit/s, +40 ms), then with the API server 2 s away and
+"""`cloudify firefox` on the desktop at home: behind NAT with only the control plane reachable
+(and once with NodePorts reachable too, the proving ground's second variant), then on the emulated
+home link (20/5 Mbit/s, +40 ms), then with the API server 2 s away and
 Firefox installed on the desktop. Firefox shows on the desktop's own screen (screenshot) with its
 sound in the desktop's own speakers, in each run mode; the viewer goes through the API server's
 port-forward (no node address answers there); cloudify says what it measured and what it chose;
@@ -55,6 +56,19 @@ def test_firefox_behind_nat_shows_plays_sound_and_leaves_nothing(home_cloudify: 
     assert close_firefox(home_desktop, window, session) == 0, session.stderr
     assert wait_gone(home_cloudify, timeout=45) == {}, "the session left objects behind"
     assert home_desktop.find_window(FIREFOX_WINDOW) is None
+
+
+def test_with_node_ports_reachable_the_viewer_goes_straight_to_the_node(home_link: netlab.Netlab,
+                                                                      home_cloudify: HomeCloudify,
+                                                                      home_desktop: Any) -> None:
+    # The proving ground's second variant: the desktop may reach NodePorts as well.
+    home_link.set_variant("nodeports")
+    session, window = see_firefox(home_cloudify, home_desktop, "home-nodeport-pod", "-r", "pod")
+    err = session.stderr
+    assert "via NodePort " in err, err
+    hear_the_app(home_cloudify, home_desktop, home_cloudify.app_pod(session.session_id))
+    assert close_firefox(home_desktop, window, session) == 0, session.stderr
+    assert wait_gone(home_cloudify, timeout=45) == {}, "the session left objects behind"
 
 
 def test_firefox_on_the_home_link_fits_the_picture_to_it(home_link: netlab.Netlab, home_cloudify: HomeCloudify,

@@ -115,3 +115,29 @@ async def test_an_address_that_accepts_or_refuses_is_reachable() -> None:
     for s in fillers:
         s.close()
     full.close()
+
+
+async def test_the_node_address_chosen_is_one_where_the_node_port_probe_gets_an_answer() -> None:
+    # "far" (127.0.0.2) has a listener whose backlog is full: it drops the probe's SYN, as a
+    # firewall would. "near" (127.0.0.1) listens on the same port.
+    silent = socket.socket()
+    silent.bind(("127.0.0.2", 0))
+    silent.listen(0)
+    port = silent.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.2", port))
+        fillers.append(s)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    await asyncio.sleep(0.05)
+    try:
+        nodes = [node("far", address="127.0.0.2"), node("near", address="127.0.0.1")]
+        assert await p.pick_node_address(nodes, from_container=False, port=port) == "127.0.0.1"
+        assert await p.pick_node_address(nodes[:1], from_container=False, port=port) in (None, "far")
+    finally:
+        for sock in [*fillers, silent, listener]:
+            sock.close()
