@@ -286,11 +286,10 @@ class SessionRunner:
 
     async def _decide_reach(self) -> str | None:
         """The node address for a NodePort, or None for the API server's port-forward."""
-        reach = self.settings.reach
-        if reach == "port-forward" or self._reach_task is None:
+        if self._reach_task is None:  # reach = port-forward
             return None
         address = await self._reach_task
-        if address is None and reach == "nodeport":
+        if address is None and self.settings.reach == "nodeport":
             raise errors.Unavailable(
                 "reach = nodeport, but no node address answers from this desktop",
                 hint="set reach = \"auto\" (or \"port-forward\") in the config file",

@@ -215,7 +215,7 @@ class Creator:
         await self.engine.start_container(pod.infra_id)
         # Its port isolated and its address pinned before any container of the pod runs (from
         # the one inspect that the pod's status needs anyway).
-        await self.network.protect_pod(pod.infra_id, await self.worker.refresh_infra(pod))
+        self.network.protect_pod(await self.worker.refresh_infra(pod))
         await self._populate(pod, new_claims=new_claims)
 
     async def _create_area(self, pod: PodState, area: str, labels: dict[str, str]) -> None:

@@ -2,7 +2,7 @@
 
     net = PodNetwork(settings, engine)
     await net.ensure()            # the network (created, labelled, re-created if missing) + host rules
-    await net.protect_pod(infra, data)  # after a pod's infra container started: isolate its port, pin its address
+    net.protect_pod(inspected)    # after a pod's infra container started: isolate its port, pin its address
     await net.protect_all()       # at start and after a resync: every port, every address
     name = net.name               # what infra containers join (HostConfig.NetworkMode)
 
@@ -277,20 +277,13 @@ class PodNetwork:
                  network=self.name, chain=chain, allowed=[str(a) for a in self.settings.network.host_allow])
         return ""
 
-    async def protect_pod(self, infra_id: str, data: dict[str, object] | None = None) -> None:
-        """After a pod's infra container started: isolate the bridge's new port and pin the pod's
-        address (`data`: the infra container's inspect, when the caller has it already). Best
-        effort: a failure is logged, never fatal."""
+    def protect_pod(self, infra: dict[str, object]) -> None:
+        """After a pod's infra container started (`infra`: its inspect): isolate the bridge's new
+        port and pin the pod's address. Best effort: a failure is logged, never fatal."""
         if not self._protecting():
             return
         self._isolate_ports()
-        if data is None:
-            try:
-                data = await self.engine.inspect_container(infra_id)
-            except (EngineError, errors.Unavailable) as exc:
-                log.warning("cannot inspect a pod's infra container", error=str(exc))
-                return
-        self._pin_container(data)
+        self._pin_container(infra)
 
     def _pin_container(self, data: dict[str, object]) -> None:
         endpoint: Any = ((data.get("NetworkSettings") or {}).get("Networks") or {}).get(self.name) or {}  # type: ignore[union-attr]

@@ -4,7 +4,9 @@ and whether node addresses answer (real sockets)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -91,6 +93,27 @@ def test_containers_do_not_count_loopback_node_addresses() -> None:
     assert p.candidate_addresses(nodes, from_container=False)[:2] == ["127.0.0.1", "10.1.2.3"]
 
 
+@contextlib.contextmanager
+def silent_listener(address: str) -> Iterator[int]:
+    """A port at `address` whose listener's backlog is full, so it drops new SYNs (no answer, as
+    behind a firewall); yields the port."""
+    full = socket.socket()
+    full.bind((address, 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex((address, port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, full]:
+            sock.close()
+
+
 async def test_an_address_that_accepts_or_refuses_is_reachable() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -100,44 +123,22 @@ async def test_an_address_that_accepts_or_refuses_is_reachable() -> None:
     listener.close()
     assert await p.reachable("127.0.0.1", port)  # refused: the address is there
     # A listener whose backlog is full drops new SYNs: no answer within the probe's timeout.
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    port = full.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
-        fillers.append(s)
-    await asyncio.sleep(0.05)
-    assert not await p.reachable("127.0.0.1", port, timeout=0.3)
-    for s in fillers:
-        s.close()
-    full.close()
+    with silent_listener("127.0.0.1") as port:
+        await asyncio.sleep(0.05)
+        assert not await p.reachable("127.0.0.1", port, timeout=0.3)
 
 
 async def test_the_node_address_chosen_is_one_where_the_node_port_probe_gets_an_answer() -> None:
-    # "far" (127.0.0.2) has a listener whose backlog is full: it drops the probe's SYN, as a
-    # firewall would. "near" (127.0.0.1) listens on the same port.
-    silent = socket.socket()
-    silent.bind(("127.0.0.2", 0))
-    silent.listen(0)
-    port = silent.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.2", port))
-        fillers.append(s)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", port))
-    listener.listen()
-    await asyncio.sleep(0.05)
-    try:
-        nodes = [node("far", address="127.0.0.2"), node("near", address="127.0.0.1")]
-        assert await p.pick_node_address(nodes, from_container=False, port=port) == "127.0.0.1"
-        assert await p.pick_node_address(nodes[:1], from_container=False, port=port) in (None, "far")
-    finally:
-        for sock in [*fillers, silent, listener]:
-            sock.close()
+    # "far" (127.0.0.2) drops the probe's SYN, as a firewall would; "near" (127.0.0.1) listens
+    # on the same port.
+    with silent_listener("127.0.0.2") as port:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        await asyncio.sleep(0.05)
+        try:
+            nodes = [node("far", address="127.0.0.2"), node("near", address="127.0.0.1")]
+            assert await p.pick_node_address(nodes, from_container=False, port=port) == "127.0.0.1"
+            assert await p.pick_node_address(nodes[:1], from_container=False, port=port) in (None, "far")
+        finally:
+            listener.close()
