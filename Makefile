@@ -10,10 +10,11 @@ PY      = $(VENV)/bin/python
 demo: venv
 	$(PY) -m localenv demo $(ARGS)
 
-## test: set up everything, then run the whole test suite (fast and end-to-end)
+## test: set up everything, then run the whole test suite: the fast, end-to-end and home suites side
+## by side (tests/suites.py); `make test PYTEST_ARGS="tests/unit -x"` runs one plain pytest instead
 test: venv
 	$(PY) -m localenv up
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m tests.suites $(PYTEST_ARGS)
 
 ## test-fast: only the tests that need no cluster, Docker or display
 test-fast: venv

@@ -1,0 +1,133 @@
+"""The whole test suite as three pytest runs side by side: what `make test` (and so CI) runs.
+
+    python -m tests.suites                 # fast | e2e (not home) | home, at the same time
+    python -m tests.suites tests/unit -x   # with arguments: one plain pytest run of exactly those
+
+Why three processes and not one: the suite is mostly waiting (pods starting, a browser drawing,
+a link emulated at 40 ms), not computing, so runs that share nothing but the cluster overlap
+well even on two cores. The split follows what they share:
+
+- fast: the tests without the `e2e` mark (no cluster, Docker or display);
+- e2e: the end-to-end tests on this machine's own desktop (its Docker engine, X server and
+  PulseAudio, the machine's desktop stack);
+- home: the `home` tests, whose desktop is another host behind NAT with a Docker engine, X server
+  and desktop stack of its own (localenv.netlab); with the e2e run they share only the API server.
+
+The images both end-to-end runs use are built once before (`localenv images`), so that two runs
+never build the same image at once. Each run writes its output to a file; it is printed whole
+when the run ends (so the runs' lines never interleave), with a line per start and end. The exit
+status is 0 only when every run passed; a run that collected no test counts as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    marks: str
+    #: More pytest arguments (paths, -k): the default suites have none.
+    extra: tuple[str, ...] = ()
+
+
+SUITES = (
+    Suite("home", "e2e and home"),
+    Suite("e2e", "e2e and not home"),
+    Suite("fast", "not e2e"),
+)
+
+
+@dataclass
+class Running:
+    suite: Suite
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+
+
+def pytest_argv(*args: str) -> list[str]:
+    # No cache provider: the runs would write .pytest_cache at the same time.
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+
+
+def say(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+#: What the end-to-end tests build (bench.lab.TEST_IMAGES, cloudify's, the services'); the
+#: blender variants for GPUs are left to `make images`.
+TEST_IMAGES = ("viewer", "firefox", "libreoffice", "blender", "interlink", "docker-sidecar", "vk")
+
+
+def prebuild_images() -> int:
+    say("images the end-to-end runs use (built once, before they start)")
+    return subprocess.call([sys.executable, "-m", "localenv", "images", *TEST_IMAGES], cwd=ROOT)
+
+
+def run_all(suites: tuple[Suite, ...] = SUITES) -> int:
+    running: list[Running] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # Never raises: a run that is already gone is fine.
+        for r in running:
+            try:
+                r.proc.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    outdir = Path(tempfile.mkdtemp(prefix="kod-suites-"))
+    failed: list[str] = []
+    try:
+        for suite in suites:
+            log = outdir / f"{suite.name}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(pytest_argv("-m", suite.marks, *suite.extra), cwd=ROOT, stdout=out,
+                                        stderr=subprocess.STDOUT, env={**os.environ, "KOD_TEST_SUITE": suite.name})
+            running.append(Running(suite, proc, log))
+            say(f"{suite.name}: pytest -m {suite.marks!r} started (output: {log})")
+        pending = list(running)
+        while pending:
+            for r in list(pending):
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                pending.remove(r)
+                minutes = (time.monotonic() - r.started) / 60
+                sys.stdout.write(r.log.read_text(errors="replace"))
+                verdict = "passed" if rc == 0 else f"FAILED (pytest exit status {rc})"
+                say(f"{r.suite.name}: {verdict} in {minutes:.1f} min")
+                if rc != 0:
+                    failed.append(r.suite.name)
+            time.sleep(1.0)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    say("all suites passed" if not failed else f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    if argv:
+        return subprocess.call(pytest_argv(*argv), cwd=ROOT)
+    rc = prebuild_images()
+    if rc != 0:
+        say(f"building the images failed (exit status {rc}): see above; no test was run")
+        return rc
+    return run_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
