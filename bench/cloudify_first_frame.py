@@ -1,6 +1,6 @@
 """Time from `cloudify firefox` to the first frame showing Firefox on the host display.
 
-    .venv/bin/python bench/cloudify_first_frame.py [--runs 5] [--modes pod,docker,native] [--warmup 1]
+    .venv/bin/python bench/cloudify_first_frame.py [--runs 5] [--modes pod,docker,native[,native+insecure]] [--warmup 1]
 
 Needs the local cluster and the desktop stack up (`python -m localenv up --demo`) and the images
 in the cluster and in Docker (kod/firefox, kod/viewer): "images present", as the issue says. It
@@ -68,8 +68,10 @@ def one_run(desktop: VirtualDesktop, env: dict[str, str], mode: str, workdir: Pa
     timings = workdir / f"timings-{uuid.uuid4().hex[:6]}.json"
     err = open(workdir / "cloudify.err", "a")
     t0 = time.monotonic()
+    run_mode, _, variant = mode.partition("+")
+    extra = ["--insecure"] if variant == "insecure" else []
     proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/cloudify"), "-r", mode, "--timings-file", str(timings), "firefox"],
+        [str(ROOT / ".venv/bin/cloudify"), "-r", run_mode, *extra, "--timings-file", str(timings), "firefox"],
         env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
     )
     window = None
@@ -126,9 +128,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="runs not counted (caches, page cache)")
-    parser.add_argument("--modes", default="pod,docker,native")
+    parser.add_argument("--modes", default="pod,docker,native",
+                        help="run modes; MODE+insecure runs it with --insecure (no SSH tunnel), to see what "
+                        "the encryption costs")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        run_mode, _, variant = m.partition("+")
+        if run_mode not in ("pod", "docker", "native") or variant not in ("", "insecure"):
+            parser.error(f"--modes: {m!r} is not pod, docker or native (optionally +insecure)")
 
     run = Run("cloudify_first_frame")
     workdir = Path(tempfile.mkdtemp(prefix="kod-bench-cloudify-"))
@@ -183,17 +191,17 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"cloudify firefox -> first frame showing Firefox on the host display, median of {args.runs} "
           "(warm, images present)")
-    print(f"{'mode':<8}{'median':>8}{'min':>7}{'max':>7}{'prepare':>9}{'app run':>9}{'viewer':>8}{'original*':>10}{'load':>6}")
+    print(f"{'mode':<16}{'median':>8}{'min':>7}{'max':>7}{'prepare':>9}{'app run':>9}{'viewer':>8}{'original*':>10}{'load':>6}")
     for mode, r in results["modes"].items():
         if "first_frame_median" not in r:
-            print(f"{mode:<8} every run failed: {r['failed'][-1]}")
+            print(f"{mode:<16} every run failed: {r['failed'][-1]}")
             continue
         if r["failed"]:
-            print(f"{mode:<8} ({len(r['failed'])} failed run(s) not counted: {r['failed'][-1]['error']})")
+            print(f"{mode:<16} ({len(r['failed'])} failed run(s) not counted: {r['failed'][-1]['error']})")
         p = r["phase_medians"]
         quoted_s = ORIGINAL["figures"].get(mode)
         original = f"{quoted_s:.1f}s" if quoted_s else "-"
-        print(f"{mode:<8}{r['first_frame_median']:>7.2f}s{r['first_frame_min']:>6.2f}s{r['first_frame_max']:>6.2f}s"
+        print(f"{mode:<16}{r['first_frame_median']:>7.2f}s{r['first_frame_min']:>6.2f}s{r['first_frame_max']:>6.2f}s"
               f"{p.get('prepare', 0):>8.2f}s{p.get('app pod running', 0):>8.2f}s{p.get('viewer running', 0):>7.2f}s"
               f"{original:>10}{r.get('load_before', 0):>6.1f}")
     print(f"* quoted, not measured: {ORIGINAL['what']} ({ORIGINAL['source']})")
