@@ -417,6 +417,33 @@ def retire_bootstrap_token(stack: Stack) -> str:
     return "used, deleted" if count else "none left"
 
 
+def retire_certificate_the_tunnel_refuses(stack: Stack) -> str:
+    """A desktop that dials the tunnel needs a node certificate of the nodes' own client CA (the
+    only one the tunnel server takes, localenv.pki): one issued before that CA existed (from the
+    cluster CA) is removed while vk_bridge is stopped, so that it joins again with a bootstrap
+    token. Only for the local cluster, whose CA files are on this machine; a running vk_bridge is
+    left alone (it is asked to re-join by stopping it: `python -m localenv desktop down`)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from localenv.paths import paths_for
+
+    node_ca = paths_for(localenv_settings.load()).node_client_ca_cert
+    if not node_ca.exists() or not stack.vk_client_file.exists():
+        return "nothing to check"
+    try:
+        cert = x509.load_pem_x509_certificate(stack.vk_client_file.read_bytes())
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(node_ca.read_bytes()))
+        return "issued by the nodes' client CA"
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        reason = str(exc) or type(exc).__name__
+    if pid("vk", stack) is not None:
+        return f"not issued by the nodes' client CA ({reason}), but vk_bridge runs: kept"
+    for path in (stack.vk_client_file, stack.vk_node_kubeconfig):
+        path.unlink(missing_ok=True)
+    return f"not issued by the nodes' client CA ({reason}): removed, vk_bridge joins again"
+
+
 def approve_vk_csrs(stack: Stack, *, hostnames: set[str] | None = None, ips: set[str] | None = None) -> list[str]:
     """Approve the pending kubelet-serving CSRs vk_bridge made for this node, after checking them
     (localenv.node_join.serving_csr_problem: requester system:node:<node>, subject, usages, key,
@@ -618,6 +645,9 @@ def _up(stack: Stack, progress: Progress, names: tuple[str, ...]) -> None:
         step.done(f"made {', '.join(made)} (0600)" if made else "present")
     with progress.step("desktop stack: namespace, node bootstrap RBAC, admission policy, user role (kustomizations/)") as step:
         step.done(apply_rbac(stack))
+    if "vk" in names and TUNNEL in names:
+        with progress.step("desktop stack: vk_bridge's certificate, for the tunnel") as step:
+            step.done(retire_certificate_the_tunnel_refuses(stack))
     if "vk" in names:
         with progress.step("desktop stack: vk_bridge's bootstrap kubeconfig") as step:
             step.done(ensure_bootstrap_kubeconfig(stack))

@@ -18,14 +18,17 @@ end to end inside the tunnel: the API server still verifies the kubelet's servin
 (--kubelet-certificate-authority) and presents its own client certificate, so neither the server
 nor an agent can read or alter what it carries.
 
-Who may be an agent: a client certificate of the cluster CA (the server checks the chain, not
-the name). A desktop's agent presents the certificate its vk_bridge got through the TLS bootstrap
-(system:node:<node>); the real node's agent the kubelet's. What a rogue agent with such a
-certificate could do is announce an address that is not its own and receive the API server's
-dials for it: it cannot complete their TLS (it has no serving key for that node), so that is a
-denial of `kubectl logs/exec` for that address, not a disclosure. Desktops that use the tunnel
-need node addresses no other node has (two home networks with the same private address would
-get each other's dials, refused the same way).
+Who may be an agent: a node, and no one else. The server takes client certificates of the nodes'
+own CA only (localenv.pki's `node-client-ca`: the controller-manager signs desktops' TLS-bootstrap
+certificates, signer kubernetes.io/kube-apiserver-client-kubelet, with it, and the real node's
+kubelet certificate comes from it); a user's or a component's certificate (cluster CA) is
+refused in the handshake. A desktop's agent presents the certificate its vk_bridge got through
+the TLS bootstrap (system:node:<node>); the real node's agent the kubelet's. What remains: the
+server checks the chain, not the name, so a node could announce an address that is not its own
+and receive the API server's dials for it; it cannot complete their TLS (it has no serving key
+for that node), so that is a denial of `kubectl logs/exec` for that address, not a disclosure.
+Desktops that use the tunnel need node addresses no other node has (two home networks with the
+same private address would get each other's dials, refused the same way).
 
 Ends that die are started again (localenv.supervisor), and agents reconnect on their own: a
 kill -9 of either end heals in a few seconds.
@@ -101,7 +104,7 @@ def supervised(name: str, argv: list[str]) -> tuple[str, ...]:
 
 def server_daemon(ctx: Context) -> procs.Daemon:
     """proxy-server: the API server's socket, the agents' port (all addresses: desktops dial in;
-    mTLS with a cluster-CA client certificate), health and admin on 127.0.0.1."""
+    mTLS with a node's client certificate), health and admin on 127.0.0.1."""
     s, p = ctx.settings, ctx.paths
     cert = server_cert(ctx)
     argv = [
@@ -111,7 +114,7 @@ def server_daemon(ctx: Context) -> procs.Daemon:
         f"--agent-port={s.ports.konnectivity}", "--agent-bind-address=0.0.0.0",
         f"--health-port={s.ports.konnectivity_health}", "--health-bind-address=127.0.0.1",
         f"--admin-port={s.ports.konnectivity_admin}", "--admin-bind-address=127.0.0.1",
-        f"--cluster-cert={cert.cert}", f"--cluster-key={cert.key}", f"--cluster-ca-cert={p.ca_cert}",
+        f"--cluster-cert={cert.cert}", f"--cluster-key={cert.key}", f"--cluster-ca-cert={p.node_client_ca_cert}",
         "--proxy-strategies=destHost,defaultRoute",
         f"--keepalive-time={KEEPALIVE}", "--server-count=1", "--tls-min-version=VersionTLS12", "--v=1",
     ]
@@ -120,7 +123,7 @@ def server_daemon(ctx: Context) -> procs.Daemon:
         argv=supervised(SERVER_NAME, argv),
         run_dir=p.run_dir,
         logs_dir=p.logs_dir,
-        inputs=(p.ca_cert, cert.cert),
+        inputs=(p.ca_cert, p.node_client_ca_cert, cert.cert),
         ready=lambda: probes.ok(f"http://127.0.0.1:{s.ports.konnectivity_health}/healthz"),
         ready_timeout=s.ready_timeout,
         stop_timeout=10.0,

@@ -55,6 +55,21 @@ class Paths:
         return self.pki_dir / "ca.key"
 
     @property
+    def node_client_ca_cert(self) -> Path:
+        """The CA of nodes' client certificates (localenv.pki: the tunnel server takes only these)."""
+        return self.pki_dir / "node-client-ca.crt"
+
+    @property
+    def node_client_ca_key(self) -> Path:
+        return self.pki_dir / "node-client-ca.key"
+
+    @property
+    def client_ca_bundle(self) -> Path:
+        """The client CAs the API server and the controller-manager trust: the cluster CA and the
+        nodes' client CA."""
+        return self.pki_dir / "client-ca-bundle.crt"
+
+    @property
     def kubeconfig_dir(self) -> Path:
         """One kubeconfig per control-plane component."""
         return self.state_dir / "kubeconfigs"

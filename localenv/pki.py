@@ -1,9 +1,13 @@
 """Certificates of the local cluster, made with the `openssl` command (Debian's openssl 3).
 
-Three CAs live in the PKI directory: `ca` (the cluster CA: API server, kubelets, clients, the
-controller-manager's CSR signer), `etcd-ca` (etcd only, so that a certificate issued for a
-kubelet or a user never opens etcd) and `front-proxy-ca` (the API server's aggregation layer:
-requests it forwards carry the user in headers, trusted only from its front-proxy client). Keys are ECDSA P-256, files are 0600, the directory 0700.
+Four CAs live in the PKI directory: `ca` (the cluster CA: API server, kubelets' serving
+certificates, users and components, the controller-manager's CSR signer), `node-client-ca` (the
+client certificates of nodes only: the real kubelet's and the ones desktops get through the TLS
+bootstrap, so that the tunnel server can take agents from nodes and from no one else), `etcd-ca`
+(etcd only, so that a certificate issued for a kubelet or a user never opens etcd) and
+`front-proxy-ca` (the API server's aggregation layer: requests it forwards carry the user in
+headers, trusted only from its front-proxy client). The API server trusts client certificates of
+`ca` and `node-client-ca` (one bundle file, `client_ca_bundle`). Keys are ECDSA P-256, files are 0600, the directory 0700.
 
 Other components issue their own certificates from the cluster CA:
 
@@ -41,6 +45,8 @@ RENEW_BEFORE = 30
 CLUSTER_CA = "ca"
 ETCD_CA = "etcd-ca"
 FRONT_PROXY_CA = "front-proxy-ca"
+NODE_CLIENT_CA = "node-client-ca"
+CLIENT_CA_BUNDLE = "client-ca-bundle"
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,19 @@ def issue(
     os.chmod(cert, 0o644)
     meta.write_text(json.dumps({"spec": spec, "not_after": time.time() + days * 86400}))
     return CertPair(cert, key, ca_cert)
+
+
+def write_bundle(pki_dir: Path, name: str, cas: Sequence[str]) -> Path:
+    """<pki_dir>/<name>.crt: the certificates of the CAs `cas`, in that order (rewritten only when
+    they changed, so that daemons that watch it restart only then)."""
+    path = pki_dir / f"{name}.crt"
+    text = "".join((pki_dir / f"{ca}.crt").read_text() for ca in cas)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+    return path
 
 
 def ensure_service_account_key(pki_dir: Path) -> tuple[Path, Path]:

@@ -33,7 +33,8 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--etcd-cafile={pki / 'etcd-ca.crt'}",
         f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
         f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
-        f"--client-ca-file={p.ca_cert}",
+        # Users' and components' certificates (cluster CA) and nodes' (their own CA).
+        f"--client-ca-file={p.client_ca_bundle}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--kubelet-certificate-authority={p.ca_cert}",
@@ -75,7 +76,7 @@ def daemon(ctx: Context) -> procs.Daemon:
         run_dir=p.run_dir,
         logs_dir=p.logs_dir,
         files=files,
-        inputs=(p.ca_cert, pki / "front-proxy-client.crt", pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
+        inputs=(p.ca_cert, p.client_ca_bundle, pki / "front-proxy-client.crt", pki / "apiserver.crt", pki / "apiserver-kubelet-client.crt", pki / "sa.pub"),
         ready=lambda: probes.ok(
             f"{ctx.apiserver_url}/readyz", ca=p.ca_cert,
             cert=pki / "admin-client.crt", key=pki / "admin-client.key",

@@ -1,10 +1,11 @@
-"""Every certificate and kubeconfig of the cluster, issued from the two CAs (see localenv.pki).
+"""Every certificate and kubeconfig of the cluster, issued from its CAs (see localenv.pki).
 
 Identities (user names are what RBAC sees):
 - `kod-admin` in group `system:masters`: the admin kubeconfig.
 - `system:kube-controller-manager`, `system:kube-scheduler`, `system:kube-proxy`: bound by
   Kubernetes' default RBAC policy.
-- `system:node:<node>` in `system:nodes`: the real node's kubelet (Node authorizer).
+- `system:node:<node>` in `system:nodes`: the real node's kubelet (Node authorizer), from the
+  nodes' own client CA, as the controller-manager signs desktops' TLS-bootstrap certificates.
 - `kube-apiserver-kubelet-client`: the API server calling kubelets (logs, exec); bound to
   `system:kubelet-api-admin` by localenv's addons.
 - `kod:storage-provisioner`: the hostPath provisioner; its own ClusterRole.
@@ -23,6 +24,8 @@ PROVISIONER_USER = "kod:storage-provisioner"
 FRONT_PROXY_CLIENT = "front-proxy-client"
 
 LOOPBACK = ("127.0.0.1", "localhost")
+#: The client identities that are nodes: issued from the nodes' client CA.
+NODE_IDENTITIES = frozenset({"kubelet"})
 
 
 def client_identities(ctx: Context) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -55,6 +58,8 @@ def ensure_all(ctx: Context) -> list[str]:
     pki.ensure_ca(d, pki.CLUSTER_CA, "kod-cluster-ca")
     pki.ensure_ca(d, pki.ETCD_CA, "kod-etcd-ca")
     pki.ensure_ca(d, pki.FRONT_PROXY_CA, "kod-front-proxy-ca")
+    pki.ensure_ca(d, pki.NODE_CLIENT_CA, "kod-node-client-ca")
+    pki.write_bundle(d, pki.CLIENT_CA_BUNDLE, (pki.CLUSTER_CA, pki.NODE_CLIENT_CA))
     pki.ensure_service_account_key(d)
 
     both: tuple[pki.Usage, ...] = ("server", "client")
@@ -72,8 +77,11 @@ def ensure_all(ctx: Context) -> list[str]:
 
     changed = []
     for name, (cn, orgs) in client_identities(ctx).items():
-        pair = pki.issue(d, f"{name}-client", common_name=cn, organizations=orgs)
-        config = kubeconfig.build(server=ctx.apiserver_url, user=cn, creds=pair)
+        ca = pki.NODE_CLIENT_CA if name in NODE_IDENTITIES else pki.CLUSTER_CA
+        pair = pki.issue(d, f"{name}-client", common_name=cn, organizations=orgs, ca=ca)
+        # The kubeconfig verifies the API server: with the cluster CA, whichever CA signed the client.
+        server_ca = pki.CertPair(pair.cert, pair.key, ctx.paths.ca_cert)
+        config = kubeconfig.build(server=ctx.apiserver_url, user=cn, creds=server_ca)
         path = ctx.paths.admin_kubeconfig if name == "admin" else ctx.paths.kubeconfig_dir / f"{name}.kubeconfig"
         if kubeconfig.write(path, config):
             changed.append(name)

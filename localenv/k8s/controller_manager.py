@@ -27,9 +27,18 @@ def daemon(ctx: Context) -> procs.Daemon:
         f"--secure-port={s.ports.controller_manager}",
         f"--tls-cert-file={pki / 'controller-manager-serving.crt'}",
         f"--tls-private-key-file={pki / 'controller-manager-serving.key'}",
-        f"--client-ca-file={p.ca_cert}",
-        f"--cluster-signing-cert-file={p.ca_cert}",
-        f"--cluster-signing-key-file={p.ca_key}",
+        f"--client-ca-file={p.client_ca_bundle}",
+        # One signer per CSR signer name: nodes' client certificates (a desktop's TLS bootstrap)
+        # from the nodes' own CA, the only one the tunnel server takes agents from; the others
+        # (kubelets' serving certificates, other clients) from the cluster CA.
+        f"--cluster-signing-kubelet-client-cert-file={p.node_client_ca_cert}",
+        f"--cluster-signing-kubelet-client-key-file={p.node_client_ca_key}",
+        f"--cluster-signing-kubelet-serving-cert-file={p.ca_cert}",
+        f"--cluster-signing-kubelet-serving-key-file={p.ca_key}",
+        f"--cluster-signing-kube-apiserver-client-cert-file={p.ca_cert}",
+        f"--cluster-signing-kube-apiserver-client-key-file={p.ca_key}",
+        f"--cluster-signing-legacy-unknown-cert-file={p.ca_cert}",
+        f"--cluster-signing-legacy-unknown-key-file={p.ca_key}",
         f"--root-ca-file={p.ca_cert}",
         # Every default controller (csrsigning and csrapproving among them) plus the two
         # bootstrap-token controllers, which are off by default.
@@ -54,7 +63,7 @@ def daemon(ctx: Context) -> procs.Daemon:
         argv=argv,
         run_dir=p.run_dir,
         logs_dir=p.logs_dir,
-        inputs=(p.ca_cert, p.kubeconfig_dir / "controller-manager.kubeconfig",
+        inputs=(p.ca_cert, p.client_ca_bundle, p.node_client_ca_cert, p.kubeconfig_dir / "controller-manager.kubeconfig",
                 pki / "controller-manager-serving.crt", pki / "sa.key"),
         ready=lambda: probes.ok(f"https://127.0.0.1:{s.ports.controller_manager}/healthz", ca=p.ca_cert),
         ready_timeout=ctx.settings.ready_timeout,

@@ -1,6 +1,7 @@
 """Two doors this machine opens for the desktop, attacked from outside them: the konnectivity
 server's agent port (listening on every address of the cluster host) takes only agents with a
-client certificate of the cluster's CA, and the kod sound socket takes only the desktop group.
+node's client certificate (the nodes' own CA), and the kod sound socket takes only the desktop
+group.
 (The real cluster's konnectivity server, and the real PulseAudio of the test desktop.)"""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def tls_agent(port: int, ca: Path, cert: tuple[Path, Path] | None) -> str:
         return f"refused: {exc}"
 
 
-def test_the_tunnel_server_takes_only_agents_with_a_cluster_certificate(cluster: Any, tmp_path: Path) -> None:
+def test_the_tunnel_server_takes_only_agents_with_a_node_certificate(cluster: Any, tmp_path: Path) -> None:
     port = cluster.settings.ports.konnectivity
     ca = pki(cluster) / "ca.crt"
     # Someone on the network with no certificate, and one with a certificate of another CA.
@@ -59,6 +60,12 @@ def test_the_tunnel_server_takes_only_agents_with_a_cluster_certificate(cluster:
                    check=True, capture_output=True, timeout=30)
     forged = tls_agent(port, ca, (tmp_path / "c.pem", tmp_path / "k.pem"))
     assert forged.startswith(("refused", "closed")), "an agent with a self-made node certificate got in"
+    # Genuine certificates of the cluster that are not a node's: a user's (the admin's, the
+    # strongest there is) and the API server's own client certificate. An agent with one of them
+    # could announce a default route and carry the API server's plain-HTTP pod and service proxy.
+    for name in ("admin-client", "apiserver-kubelet-client"):
+        got = tls_agent(port, ca, (pki(cluster) / f"{name}.crt", pki(cluster) / f"{name}.key"))
+        assert got.startswith(("refused", "closed")), f"an agent with the {name} certificate got in: {got}"
     # The door does open for a node's own certificate (the real node's kubelet's): the refusals
     # above are the server's checks, not a closed port.
     kubelet = (pki(cluster) / "kubelet-client.crt", pki(cluster) / "kubelet-client.key")

@@ -52,9 +52,15 @@ def test_the_api_server_allows_no_anonymous_requests_and_verifies_kubelets(ctx: 
     assert f"--kubelet-certificate-authority={ctx.paths.ca_cert}" in argv
 
 
-def test_the_controller_manager_signs_csrs_with_the_cluster_ca_and_allocates_node_cidrs(ctx: context.Context) -> None:
+def test_the_controller_manager_signs_node_client_csrs_with_the_nodes_ca_and_allocates_node_cidrs(
+        ctx: context.Context) -> None:
     argv = controller_manager.daemon(ctx).argv
-    assert f"--cluster-signing-cert-file={ctx.paths.ca_cert}" in argv
+    # Nodes' client certificates (a desktop's TLS bootstrap) from their own CA, every other signer
+    # from the cluster CA; the one-CA flag cannot be combined with these.
+    assert f"--cluster-signing-kubelet-client-cert-file={ctx.paths.node_client_ca_cert}" in argv
+    assert f"--cluster-signing-kubelet-serving-cert-file={ctx.paths.ca_cert}" in argv
+    assert f"--cluster-signing-kube-apiserver-client-cert-file={ctx.paths.ca_cert}" in argv
+    assert not any(a.startswith("--cluster-signing-cert-file") for a in argv)
     assert "--allocate-node-cidrs=true" in argv
     # csrsigning and csrapproving are in "*"; the bootstrap-token controllers are not.
     assert "--controllers=*,bootstrapsigner,tokencleaner" in argv
