@@ -422,7 +422,7 @@ def retire_certificate_the_tunnel_refuses(stack: Stack) -> str:
     only one the tunnel server takes, localenv.pki): one issued before that CA existed (from the
     cluster CA) is removed while vk_bridge is stopped, so that it joins again with a bootstrap
     token. Only for the local cluster, whose CA files are on this machine; a running vk_bridge is
-    left alone (it is asked to re-join by stopping it: `python -m localenv desktop down`)."""
+    left alone (stop the stack first, and it re-joins at its next start)."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
