@@ -81,6 +81,8 @@ def create_app(settings: InterlinkSettings) -> web.Application:
         sidecars.stopping = True
         for upstream in list(sidecars.streams):
             upstream.close()
+        for socket in list(sidecars.sockets):
+            await socket.close()
 
     app.cleanup_ctx.append(sidecar_links)
     app.on_shutdown.append(end_streams)

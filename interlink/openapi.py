@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from kod import __version__, wire
-from kod.routes import JSON, OPERATIONS, TEXT, Operation
+from kod.routes import JSON, OPERATIONS, TEXT, UPGRADE, Operation
 
 #: Where the committed document lives (shipped as package data).
 SPEC_PATH = Path(__file__).with_name("openapi.json")
@@ -71,6 +71,9 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
         out["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.body)}}}
     responses: dict[str, Any] = {}
     for status, (description, model, media) in op.responses.items():
+        if media == UPGRADE:
+            responses[status] = {"description": description}
+            continue
         content: dict[str, Any] = {media: {"schema": _ref(model)} if model else {}}
         if media == TEXT:
             content[media] = {"schema": {"type": "string"}}
@@ -85,6 +88,8 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     if not op.authenticated:
         out["security"] = []
     out["x-served-by"] = sorted(op.served_by)
+    if op.optional_for:
+        out["x-optional-for"] = sorted(op.optional_for)
     return out
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 from kod.routes import INTERLINK
 from kod.routes import add_routes as add_table_routes
 
+from interlink.handlers.container_stream import attach_container, exec_container
 from interlink.handlers.create_pod import create_pod
 from interlink.handlers.delete_pod import delete_pod
 from interlink.handlers.get_pod import get_pod
@@ -15,6 +16,8 @@ from interlink.handlers.list_pods import list_pods
 from interlink.handlers.openapi_doc import openapi_doc
 from interlink.handlers.ping import ping
 from interlink.handlers.pod_logs import pod_logs
+from interlink.handlers.port_forward import port_forward
+from interlink.handlers.stats import stats
 from interlink.handlers.watch import watch
 
 #: Operation id (kod.routes) -> handler.
@@ -27,6 +30,10 @@ HANDLERS = {
     "podLogs": pod_logs,
     "watch": watch,
     "openapi": openapi_doc,
+    "execContainer": exec_container,
+    "attachContainer": attach_container,
+    "portForward": port_forward,
+    "stats": stats,
 }
 
 

@@ -29,6 +29,8 @@ class Sidecars:
     started: float = 0.0
     #: Upstream streams open now (logs), closed at shutdown so their clients learn at once.
     streams: set[Stream] = field(default_factory=set)
+    #: Exec, attach and port-forward WebSockets open now (their callers' side), closed at shutdown.
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
     stopping: bool = False
 
     def for_new_pod(self, pod: Pod) -> Sidecar:

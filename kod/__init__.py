@@ -12,7 +12,11 @@ catalog (`kod.apps`), the shared vocabulary (`kod.names`: Kubernetes names and t
 node's name; `kod.files`: private files; `kod.toml`: the TOML writer; `kod.lines`: line
 reading), and the one Kubernetes API client vk_bridge and cloudify share: connection loading
 (`kod.kube_config`), requests and streams (`kod.kube`), its error table (`kod.kube_errors`),
-list-and-watch (`kod.kube_watch`) and the exec/port-forward channels (`kod.kube_channels`).
+list-and-watch (`kod.kube_watch`) and the exec/port-forward channels (`kod.kube_channels`); the
+streaming protocols of exec, attach and port-forward: the kubelet's side of SPDY/3.1
+(`kod.spdy`), of remotecommand (`kod.remotecommand`) and of port-forward (`kod.portforward`), and
+the channel WebSockets that carry them from vk_bridge through interlink to a sidecar
+(`kod.streams`).
 
 Layering: `kod` is the innermost layer. It may import only the standard library and the
 project's third-party dependencies; `vk_bridge`, `interlink`, `sidecars`, `cloudify` and

@@ -7,17 +7,19 @@ and malformed JSON) into `ErrorBody` answers with the right status, never a 500 
 
 Client side: `ApiClient`, the one client of the InterLink API (vk_bridge towards interlink,
 interlink towards its sidecars, tests, benchmarks): JSON or raw-bytes bodies with the token and the
-current request id, error answers turned back into the vocabulary's exceptions, and streamed
-answers (`Stream`) read chunk by chunk or line by line (`kod.lines`).
+current request id, error answers turned back into the vocabulary's exceptions, streamed
+answers (`Stream`) read chunk by chunk or line by line (`kod.lines`), and the WebSockets of
+exec, attach and port-forward (`ApiClient.websocket`, framed by `kod.streams`).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from kod import errors
 from kod.lines import MAX_LINE_BYTES, read_chunks, split_lines
 from kod.log import get_logger, new_request_id, request_id_var
-from kod.wire import REQUEST_ID_HEADER, ErrorBody
+from kod.wire import REQUEST_ID_HEADER, STREAM_ERROR_CODE_HEADER, STREAM_ERROR_HEADER, ErrorBody
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -376,6 +378,28 @@ class ApiClient:
         async with self.open(path, params=params) as stream:
             async for line in stream.lines(idle_seconds=idle_seconds):
                 yield line
+
+    async def websocket(
+        self, path: str, *, params: Sequence[tuple[str, str]] | Mapping[str, Any] | None = None,
+        max_msg_size: int = 4 * 1024 * 1024, heartbeat: float | None = 30.0,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket (the streams of `kod.streams`: exec, attach, port-forward) with the
+        token and the request id. A refused upgrade raises the vocabulary's error, its message
+        read from the refusal's headers (`kod.streams.refusal`); the caller closes the socket."""
+        query = list(params.items()) if isinstance(params, Mapping) else list(params or ())
+        try:
+            return await self._session.ws_connect(
+                self.base_url + path, params=[(k, str(v)) for k, v in query], headers=self.headers(),
+                compress=0, max_msg_size=max_msg_size, autoping=True, heartbeat=heartbeat,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401 and self._on_refused_token is not None:
+                raise self._on_refused_token() from exc
+            message = unquote((exc.headers or {}).get(STREAM_ERROR_HEADER, "")) or f"{self._who} refused the stream: {exc.message}"
+            raise errors.from_status(exc.status or 503, message, (exc.headers or {}).get(STREAM_ERROR_CODE_HEADER)) from exc
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> errors.Unavailable:
         detail = str(exc) or type(exc).__name__

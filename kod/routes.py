@@ -29,6 +29,8 @@ BOTH = frozenset({INTERLINK, SIDECAR})
 
 JSON = "application/json"
 TEXT = "text/plain"
+#: A response that switches protocols (101): no body; `kod.streams` frames what follows.
+UPGRADE = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Operation:
     path_params: tuple[str, ...] = ()
     authenticated: bool = True
     served_by: frozenset[str] = BOTH
+    #: Services that may leave it out (an optional extra, as virtual-kubelet's stats are): their
+    #: callers take a 404 as "not offered".
+    optional_for: frozenset[str] = frozenset()
 
 
 P = wire.API_PREFIX
@@ -115,6 +120,43 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
+        POD + "/containers/{container}/exec",
+        "execContainer",
+        "Run a command (an argv, never given to a shell) in a running container: a WebSocket of "
+        "kod.streams channels (0 stdin, 1 stdout, 2 stderr, 3 the final StreamStatus with the exit "
+        "code, 4 resize, 255 a channel's end).",
+        {"101": ("Switching to the WebSocket.", None, UPGRADE)},
+        errors={"400": "Bad query, or the container is not running.", "404": "No such pod or container."},
+        query=wire.ExecOptions,
+        path_params=("namespace", "name", "container"),
+    ),
+    Operation(
+        "get",
+        POD + "/containers/{container}/attach",
+        "attachContainer",
+        "Attach to a running container's main process: the channels of execContainer (the "
+        "container's own tty setting applies; the StreamStatus carries no exit code).",
+        {"101": ("Switching to the WebSocket.", None, UPGRADE)},
+        errors={"400": "Bad query, or the container is not running.", "404": "No such pod or container."},
+        query=wire.ExecOptions,
+        path_params=("namespace", "name", "container"),
+    ),
+    Operation(
+        "get",
+        POD + "/portforward",
+        "portForward",
+        "One TCP connection to a port on the pod's localhost (inside its network namespace): a "
+        "WebSocket of kod.streams channels (0 data both ways, 1 error, 255 [0] a side's EOF).",
+        {"101": ("Switching to the WebSocket.", None, UPGRADE)},
+        errors={
+            "400": "Bad port, nothing listens on it, or the pod's sandbox is not running.",
+            "404": "No such pod.",
+        },
+        query=wire.PortForwardOptions,
+        path_params=("namespace", "name"),
+    ),
+    Operation(
+        "get",
         P + "/watch",
         "watch",
         "Pushed status: one WatchEvent per line. A SYNC with every pod first, then STATUS and "
@@ -122,6 +164,17 @@ OPERATIONS: tuple[Operation, ...] = (
         "of silence. Reconnect (and get a fresh SYNC) when the stream ends or stays silent for "
         "three heartbeat intervals.",
         {"200": ("Newline-delimited JSON, one WatchEvent per line.", wire.WatchEvent, wire.NDJSON)},
+    ),
+    Operation(
+        "get",
+        P + "/stats",
+        "stats",
+        "Resource usage now: the machine's CPU time, memory and disk, and each running container's "
+        "CPU time and memory (cumulative counters and gauges, as a kubelet reads them; rates are the "
+        "reader's). interlink merges its sidecars' reports; a sidecar may not offer it (404).",
+        {"200": ("What was measured; `errors` names what could not be.", wire.UsageReport, JSON)},
+        errors={"404": "This sidecar does not measure usage."},
+        optional_for=frozenset({SIDECAR}),
     ),
     Operation(
         "get",
@@ -167,10 +220,13 @@ def add_routes(app: web.Application, service: str, handlers: Mapping[str, Handle
     that is not in the table is a route that is not in the document."""
     ops = operations(service)
     wanted = {op.operation_id for op in ops}
-    missing, unknown = sorted(wanted - set(handlers)), sorted(set(handlers) - wanted)
+    optional = {op.operation_id for op in ops if service in op.optional_for}
+    missing, unknown = sorted(wanted - optional - set(handlers)), sorted(set(handlers) - wanted)
     if missing or unknown:
         raise ValueError(f"{service}'s handlers do not match kod.routes: missing {missing}, not in the table {unknown}")
     for op in ops:
+        if op.operation_id not in handlers:
+            continue
         if op.method == "get":
             app.router.add_get(op.path, handlers[op.operation_id])  # HEAD too, as aiohttp does
         else:

@@ -13,6 +13,10 @@ The API (the same on interlink and on every sidecar; interlink routes to sidecar
     GET    /v1/pods/{namespace}/{name}/containers/{container}/logs?<LogOptions>
                                                           -> text/plain, streamed when follow
     GET    /v1/watch                                      -> application/x-ndjson of WatchEvent
+    GET    /v1/pods/{namespace}/{name}/containers/{container}/exec?<ExecOptions>    -> 101 WebSocket
+    GET    /v1/pods/{namespace}/{name}/containers/{container}/attach?<ExecOptions>  -> 101 WebSocket
+    GET    /v1/pods/{namespace}/{name}/portforward?<PortForwardOptions>            -> 101 WebSocket
+           (the WebSockets' messages are framed by `kod.streams`: a channel byte, then the payload)
 
 Every request carries `Authorization: Bearer <token>` and may carry `X-Request-Id`, which each
 hop logs and forwards. Errors are `ErrorBody` with the status codes of `kod.errors`.
@@ -171,14 +175,35 @@ class PodSecurityContext(KubeModel):
 
 
 class Probe(KubeModel):
+    """A probe as the pod spec gives it; the sidecar applies the kubelet's defaults."""
+
     exec: dict[str, Any] | None = None
     httpGet: dict[str, Any] | None = None
     tcpSocket: dict[str, Any] | None = None
+    grpc: dict[str, Any] | None = Field(default=None, description="grpc.health.v1 Check on `port` (`service`).")
+    terminationGracePeriodSeconds: int | None = Field(
+        default=None, description="Liveness and startup probes: the grace period of the kill they cause."
+    )
     initialDelaySeconds: int | None = None
     periodSeconds: int | None = None
     timeoutSeconds: int | None = None
     failureThreshold: int | None = None
     successThreshold: int | None = None
+
+
+class LifecycleHandler(KubeModel):
+    """One lifecycle hook: exactly one of exec, httpGet, sleep (tcpSocket is accepted and, as on
+    a kubelet, does nothing)."""
+
+    exec: dict[str, Any] | None = None
+    httpGet: dict[str, Any] | None = None
+    tcpSocket: dict[str, Any] | None = None
+    sleep: dict[str, Any] | None = None
+
+
+class Lifecycle(KubeModel):
+    postStart: LifecycleHandler | None = None
+    preStop: LifecycleHandler | None = None
 
 
 class Container(KubeModel):
@@ -199,6 +224,11 @@ class Container(KubeModel):
     readinessProbe: Probe | None = None
     livenessProbe: Probe | None = None
     startupProbe: Probe | None = None
+    lifecycle: Lifecycle | None = None
+    terminationMessagePath: str | None = Field(
+        default=None, description="Where the container may write its termination message (the API's default: /dev/termination-log)."
+    )
+    terminationMessagePolicy: str | None = Field(default=None, description='"File" (default) or "FallbackToLogsOnError".')
     stdin: bool | None = None
     tty: bool | None = None
     restartPolicy: str | None = Field(default=None, description='"Always" marks a sidecar init container.')
@@ -347,6 +377,19 @@ class ContainerStatus(KubeModel):
     containerID: str | None = None
 
 
+class PodEvent(Envelope):
+    """Something that happened to the pod on the node, for a Kubernetes Event (what the kubelet
+    reports: Unhealthy, Killing, FailedPostStartHook, ...). The same (type, reason, message)
+    happening again counts up one entry, as the kubelet's event correlator does."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    count: int = Field(default=1, ge=1)
+    firstTimestamp: datetime
+    lastTimestamp: datetime
+
+
 class PodStatus(Envelope):
     """A pod as the sidecar sees it. The virtual kubelet derives the pod's conditions from it."""
 
@@ -361,6 +404,9 @@ class PodStatus(Envelope):
     initContainerStatuses: list[ContainerStatus] = Field(default_factory=list)
     containerStatuses: list[ContainerStatus] = Field(default_factory=list)
     sidecar: str | None = Field(default=None, description="Which sidecar runs the pod (set by interlink).")
+    events: list[PodEvent] = Field(
+        default_factory=list, description="The pod's most recent events (a bounded list), oldest first."
+    )
     version: int = Field(default=0, description="Increases with every change of this pod's status.")
 
 
@@ -450,4 +496,132 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     DeleteOptions,
     NodeInfo,
     ErrorBody,
+)
+
+
+# --- streams: exec, attach, port-forward (issue 10) ---------------------------------------------
+# These operations upgrade to a WebSocket whose binary messages are framed by `kod.streams` (one
+# channel byte, then the payload); the models below are their query strings and final status.
+
+
+#: Headers of a stream refused before its upgrade: the error's message (percent-encoded) and
+#: code, since a WebSocket client does not read the ErrorBody of a refused upgrade.
+STREAM_ERROR_HEADER = "X-Kod-Error"
+STREAM_ERROR_CODE_HEADER = "X-Kod-Error-Code"
+
+
+class ExecOptions(Envelope):
+    """Query parameters of the exec and attach streams (`command` repeated, one per argument).
+    `command` is an argv handed to the container engine as a list; no shell ever parses it."""
+
+    command: list[str] = Field(default_factory=list, description="The argv to run (exec only; attach takes none).")
+    stdin: bool = Field(default=False, description="Carry the caller's stdin (channel 0).")
+    stdout: bool = Field(default=True, description="Carry the process's stdout (channel 1).")
+    stderr: bool = Field(default=True, description="Carry its stderr (channel 2; merged into stdout with a tty).")
+    tty: bool = Field(default=False, description="Give the process a terminal; resizes arrive on channel 4.")
+
+
+class PortForwardOptions(Envelope):
+    """Query parameters of the port-forward stream: one stream carries one TCP connection."""
+
+    port: int = Field(ge=1, le=65535, description="The port, dialled on 127.0.0.1 inside the pod's network namespace.")
+
+
+class StreamStatus(Envelope):
+    """The last message of an exec or attach stream (channel 3): how it ended."""
+
+    exitCode: int | None = Field(default=None, description="The process's exit code (None: not known, as for attach).")
+    message: str | None = Field(default=None, description="Why the stream failed, when it did (no exit code then).")
+
+
+SCHEMA_MODELS = SCHEMA_MODELS + (ExecOptions, PortForwardOptions, StreamStatus)
+
+
+# --- resource usage: `kubectl top` (issue 10) -------------------------------------------------
+# What a sidecar measured of its pods and of the machine, as raw cumulative counters and gauges;
+# vk_bridge turns them into the kubelet's Summary API and /metrics/resource (vk_bridge.stats).
+
+
+class CpuUsage(Envelope):
+    """Cumulative CPU time: the counter a rate is computed from (by the reader, as from a kubelet)."""
+
+    usageCoreNanoSeconds: int = Field(ge=0, description="CPU time used since the start, in core-nanoseconds.")
+
+
+class MemoryUsage(Envelope):
+    """Memory, as the kubelet (cAdvisor) reads it from a cgroup."""
+
+    usageBytes: int | None = Field(default=None, ge=0, description="All memory charged, page cache included.")
+    workingSetBytes: int | None = Field(
+        default=None, ge=0, description="usageBytes less inactive file pages: what `kubectl top` shows."
+    )
+    rssBytes: int | None = Field(default=None, ge=0, description="Anonymous memory (and swap cache).")
+    availableBytes: int | None = Field(default=None, ge=0, description="What is left before the limit (node: MemAvailable).")
+    pageFaults: int | None = Field(default=None, ge=0, description="Page faults since the start.")
+    majorPageFaults: int | None = Field(default=None, ge=0, description="Major page faults since the start.")
+
+
+class NetworkUsage(Envelope):
+    """Cumulative bytes and errors over the interfaces of a network namespace (loopback excluded)."""
+
+    rxBytes: int = Field(ge=0, description="Bytes received.")
+    rxErrors: int = Field(default=0, ge=0, description="Receive errors.")
+    txBytes: int = Field(ge=0, description="Bytes sent.")
+    txErrors: int = Field(default=0, ge=0, description="Send errors.")
+
+
+class FsUsage(Envelope):
+    """A filesystem's size and use (statvfs)."""
+
+    capacityBytes: int = Field(ge=0, description="Its size.")
+    availableBytes: int = Field(ge=0, description="What unprivileged writers can still use.")
+    usedBytes: int = Field(ge=0, description="What is used.")
+    inodes: int | None = Field(default=None, ge=0, description="Inodes in all.")
+    inodesFree: int | None = Field(default=None, ge=0, description="Inodes free.")
+
+
+class ContainerUsage(Envelope):
+    """One running container of a pod, measured at `time`."""
+
+    name: str = Field(description="The container's name in the pod spec.")
+    startTime: datetime = Field(description="When this run of the container started.")
+    time: datetime = Field(description="When the figures were read.")
+    cpu: CpuUsage | None = Field(default=None, description="CPU time (None: not readable).")
+    memory: MemoryUsage | None = Field(default=None, description="Memory (None: not readable).")
+
+
+class PodUsage(Envelope):
+    """A pod's running containers and its network namespace."""
+
+    namespace: str
+    name: str
+    uid: str
+    startTime: datetime | None = Field(default=None, description="When the pod's sandbox started.")
+    time: datetime = Field(description="When the pod's figures were read.")
+    containers: list[ContainerUsage] = Field(default_factory=list, description="Its running containers.")
+    network: NetworkUsage | None = Field(default=None, description="Its network namespace's traffic.")
+
+
+class NodeUsage(Envelope):
+    """The machine the sidecar runs on, as a whole (not the sum of its pods)."""
+
+    time: datetime = Field(description="When the figures were read.")
+    startTime: datetime | None = Field(default=None, description="When the machine booted.")
+    cpu: CpuUsage | None = Field(default=None, description="All CPUs' busy time (/proc/stat).")
+    memory: MemoryUsage | None = Field(default=None, description="The machine's memory (/proc/meminfo).")
+    fs: FsUsage | None = Field(default=None, description="The filesystem of the container engine's data.")
+
+
+class UsageReport(Envelope):
+    """GET /v1/stats: what a sidecar (or, merged, interlink) measured now."""
+
+    node: NodeUsage | None = Field(default=None, description="The machine (None: not measured).")
+    pods: list[PodUsage] = Field(default_factory=list, description="Every pod with a running container.")
+    errors: list[str] = Field(
+        default_factory=list, description="What could not be read (a pod, a sidecar); the rest is still served."
+    )
+
+
+SCHEMA_MODELS = SCHEMA_MODELS + (
+    CpuUsage, MemoryUsage, NetworkUsage, FsUsage, ContainerUsage, PodUsage, NodeUsage, UsageReport,
 )

@@ -87,6 +87,10 @@ def _print_status(st: dict) -> None:
     node = st["node"]
     print(f"  node                     " + (f"{'Ready' if node['ready'] else 'NotReady'}, {node['internal_ip']}, "
                                         f"pod CIDR {node['pod_cidr']}" if node else "not registered"))
+    if "metrics_api" in st:
+        m = st["metrics_api"]
+        print(f"  metrics.k8s.io           " + ("available (`kubectl top`)" if m["available"] else
+                                                 f"NOT available: {m['message']}"))
     p = st["paths"]
     print(f"kubeconfig: {p['admin_kubeconfig']}\nkubectl:    {p['kubectl']}\nlogs:       {p['logs_dir']}")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from kod import errors
 from localenv import (
-    base_image, cluster_images, docker_engine, gobuild, handle, host, images_import, konnectivity, packages, procs,
-    wipe,
+    base_image, cluster_images, docker_engine, gobuild, handle, host, images_import, konnectivity, metrics_server,
+    packages, procs, wipe,
 )
 from localenv.k8s import (
     addons, apiserver, certs, cni, containerd, controller_manager, etcd, kube_proxy, kubelet, scheduler,
@@ -51,7 +51,7 @@ NODE: tuple[Callable[[Context], procs.Daemon], ...] = (containerd.daemon, kubele
 TUNNEL: tuple[Callable[[Context], procs.Daemon], ...] = (konnectivity.server_daemon, konnectivity.node_agent_daemon)
 DAEMON_NAMES = (
     "etcd", "kube-apiserver", konnectivity.SERVER_NAME, konnectivity.NODE_AGENT_NAME, "kube-controller-manager",
-    "kube-scheduler", "containerd", "kubelet", "kube-proxy", storage.NAME,
+    "kube-scheduler", "containerd", "kubelet", "kube-proxy", storage.NAME, metrics_server.NAME,
 )
 
 
@@ -127,6 +127,7 @@ def _prepare_host(settings: LocalEnvSettings, progress: Progress) -> None:
     builds = [gobuild.kubernetes_build(paths), gobuild.etcd_build(paths)]
     if settings.konnectivity:
         builds.append(gobuild.konnectivity_build(paths))
+    builds.append(gobuild.metrics_server_build(paths))
     for build in builds:
         with progress.step(f"build {build.name}") as step:
             step.done(gobuild.ensure(build, paths.logs_dir, step))
@@ -169,6 +170,8 @@ def _up(settings: LocalEnvSettings, progress: Progress) -> Context:
     d = storage.daemon(ctx)
     with progress.step(d.name) as step:
         step.done(_say(*procs.ensure(d)))
+    with progress.step(f"{metrics_server.NAME} (metrics.k8s.io, `kubectl top`)") as step:
+        step.done(metrics_server.ensure(ctx))
     with progress.step(f"node {settings.node_name} Ready") as step:
         step.done(wait_node_ready(ctx))
     progress.total("up")
@@ -265,7 +268,7 @@ def down(settings: LocalEnvSettings | None = None, progress: Progress | None = N
 def _down(settings: LocalEnvSettings, progress: Progress, *, wipe_state: bool, stop_docker: bool) -> None:
     paths = paths_for(settings)
     ctx = Context(settings=settings, paths=paths, node_ip="127.0.0.1")
-    for name in (storage.NAME, "kube-proxy", "kubelet"):
+    for name in (metrics_server.NAME, storage.NAME, "kube-proxy", "kubelet"):
         with progress.step(f"stop {name}") as step:
             pid = procs.stop_by_pid_file(paths.run_dir / f"{name}.pid")
             step.done(f"stopped pid {pid}" if pid else "was not running")
@@ -339,6 +342,7 @@ def status(settings: LocalEnvSettings | None = None) -> dict[str, Any]:
             addrs = {a["type"]: a["address"] for a in n.get("status", {}).get("addresses", [])}
             out["node"] = {"ready": conds.get("Ready") == "True", "pod_cidr": n.get("spec", {}).get("podCIDR"),
                            "internal_ip": addrs.get("InternalIP")}
+        out["metrics_api"] = metrics_server.api_status(ctx)
     out["up"] = bool(out["apiserver_ready"] and out["node"] and out["node"]["ready"]
                      and all(d["running"] for d in daemons.values()))
     return out

@@ -262,3 +262,19 @@ def link_kubectl(paths: Paths) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target)
     tmp.replace(link)
+
+
+#: metrics-server v0.8.0 (the newest approved release the Go module proxy serves; v0.9.0 is served
+#: but not an approved release): the aggregated metrics.k8s.io API behind `kubectl top`.
+METRICS_SERVER_VERSION = "v0.8.0"
+
+
+def metrics_server_build(paths: Paths) -> Build:
+    """metrics-server (localenv.metrics_server runs it beside the API server)."""
+    return Build(
+        name=f"metrics-server {METRICS_SERVER_VERSION}",
+        module_dir=GOBUILD_DIR / "metrics-server",
+        packages={"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+        ldflags=f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER_VERSION}",
+        out_dir=paths.cache_dir / f"metrics-server-{METRICS_SERVER_VERSION}" / "bin",
+    )

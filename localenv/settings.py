@@ -44,6 +44,8 @@ class Ports(BaseModel):
     konnectivity_admin: int = Field(default=8134, description="konnectivity server admin (127.0.0.1)")
     konnectivity_node_agent_health: int = Field(default=8135, description="the real node's konnectivity agent /readyz (127.0.0.1)")
     konnectivity_node_agent_admin: int = Field(default=8136, description="the real node's konnectivity agent admin (127.0.0.1)")
+    metrics_server: int = Field(default=10251, description="metrics-server, the metrics.k8s.io API behind `kubectl top` "
+                                "(all addresses: the API server reaches it through a Service)")
 
 
 class LocalEnvSettings(BaseModel):

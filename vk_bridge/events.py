@@ -1,14 +1,25 @@
-"""Kubernetes Events about pods (what `kubectl describe pod` shows), sent in the background."""
+"""Kubernetes Events about pods (what `kubectl describe pod` shows), sent in the background.
+
+    recorder.record(pod, type_="Warning", reason="Forbidden", message="...")   # one Event
+    recorder.record_reported(pod, event)      # one the sidecar reported (wire.PodEvent), counted
+
+Events the sidecar reports in a pod's status (probes, hooks: `wire.PodStatus.events`) repeat:
+the same (type, reason, message) counts up, as the kubelet's event correlator aggregates them.
+Each such series is one Event whose name is derived from the pod's uid and the series, created
+the first time and patched (count, lastTimestamp) after: recording it again, also by a restarted
+virtual kubelet that no longer knows what it sent, changes nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kod import errors
+from kod import errors, wire
 from kod.kube import KubeClient
 from kod.log import get_logger
 from vk_bridge.status import k8s_time
@@ -59,6 +70,32 @@ class EventRecorder:
         task = asyncio.get_running_loop().create_task(self._send(body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def record_reported(self, pod: Mapping[str, Any], event: wire.PodEvent) -> None:
+        """Send (create, or update the count of) the Event of a series the sidecar reported."""
+        meta = pod.get("metadata") or {}
+        digest = hashlib.sha256(
+            "\0".join((str(meta.get("uid")), event.type, event.reason, event.message)).encode()
+        ).hexdigest()[:16]
+        body = event_object(pod, type_=event.type, reason=event.reason, message=event.message, node=self.node)
+        body["metadata"]["name"] = f"{meta.get('name', 'pod')}.{digest}"
+        body["firstTimestamp"] = k8s_time(event.firstTimestamp)
+        body["lastTimestamp"] = k8s_time(event.lastTimestamp)
+        body["count"] = event.count
+        task = asyncio.get_running_loop().create_task(self._send_series(body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_series(self, body: dict[str, Any]) -> None:
+        path = f"/api/v1/namespaces/{body['metadata']['namespace']}/events"
+        try:
+            try:
+                await self.kube.create(path, body)
+            except errors.Conflict:
+                patch = {"count": body["count"], "lastTimestamp": body["lastTimestamp"]}
+                await self.kube.patch(f"{path}/{body['metadata']['name']}", patch)
+        except errors.KodError as exc:
+            log.warning("could not record event", reason=body["reason"], error=str(exc))
 
     async def _send(self, body: dict[str, Any]) -> None:
         try:

@@ -3,9 +3,23 @@
     GET /containerLogs/{namespace}/{pod}/{container}?follow&tailLines&limitBytes&timestamps
                                                      &sinceSeconds&sinceTime&previous
         -> 200 text/plain (streamed when follow); 400 bad query; 404 unknown pod/container
+    GET|POST /exec/{namespace}/{pod}[/{uid}]/{container}?command=..&input&output&error&tty
+    GET|POST /attach/{namespace}/{pod}[/{uid}]/{container}?input&output&error&tty
+        -> 101 SPDY/3.1 (remotecommand v1..v4, `kod.remotecommand`); 400 bad query or no
+           upgrade; 403 no protocol in common; 404 unknown pod/container; 501 no streams
+    GET|POST /portForward/{namespace}/{pod}[/{uid}]
+        -> 101 SPDY/3.1 (portforward.k8s.io, `kod.portforward`)
     GET /metrics        -> 200 text/plain: vk_bridge's API request counters (Prometheus format)
+    GET /stats/summary  -> 200 the Summary API (stats/v1alpha1) of the desktop and its pods
+    GET /metrics/resource -> 200 text/plain: the kubelet's resource metrics (metrics-server's
+                           source for `kubectl top`); both 501 without a `ResourceUsage`
+                           provider, 503 when it cannot answer (vk_bridge.stats)
     GET /healthz        -> 200 "ok"
-    /exec, /attach, /portForward, /run -> 501 (not supported on the desktop node)
+    /run, /cri, /checkpoint, /debug -> 501 (not supported on the desktop node)
+
+Streams go to the provider (`ContainerStreams`: InterLink, then the sidecar, as `kod.streams`
+WebSockets); whatever is refused before the 101 (unknown pod, container not running) is a
+Status answer, never a hang. After the 101 the connection is the SPDY session's.
 
 Errors are Kubernetes Status bodies (kind Status, reason, message, code), which the API server
 relays and kubectl prints.
@@ -13,8 +27,8 @@ relays and kubectl prints.
 Only callers the cluster authenticates get in, as with the kubelet's webhook mode: a client
 certificate signed by the cluster's client CA (the API server's own `--kubelet-client-certificate`)
 or a bearer token the TokenReview API accepts; then a SubjectAccessReview must allow the verb on
-`nodes/<subresource>` of this node (containerLogs -> nodes/proxy, metrics -> nodes/metrics,
-healthz -> nodes/healthz or nodes/proxy).
+`nodes/<subresource>` of this node (containerLogs -> nodes/proxy, metrics and metrics/resource ->
+nodes/metrics, stats/summary -> nodes/stats, healthz -> nodes/healthz or nodes/proxy).
 
 Answers are cached like the kubelet's webhook authenticator and authorizer do (their defaults:
 token answers 2 min, allowed reviews 5 min, denied 30 s): an accepted token for
@@ -43,22 +57,27 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from kod import errors, wire
+from kod import errors, portforward, remotecommand, spdy, streams, wire
 from kod.http import request_id_middleware
 from kod.kube import KubeClient
-from kod.log import get_logger
-from vk_bridge.provider import LogsSource
+from kod.log import get_logger, pod_context
+from vk_bridge import stats as usage
+from vk_bridge.provider import ContainerStreams, LogsSource, ResourceUsage
 
 log = get_logger(__name__)
 
 PROVIDER: web.AppKey[LogsSource] = web.AppKey("provider")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 KUBE: web.AppKey[KubeClient] = web.AppKey("kube")
+#: How long a streaming client may take to open its SPDY streams (the kubelet's default).
+STREAM_TIMEOUT: web.AppKey[float] = web.AppKey("stream_timeout")
+#: The previous CPU readings, for the Summary API's usageNanoCores.
+CPU_RATES: web.AppKey[usage.CpuRates] = web.AppKey("cpu_rates")
 
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
 _INT_FIELDS = ("tailLines", "limitBytes", "sinceSeconds")
 _BOOL_FIELDS = ("follow", "previous", "timestamps")
-UNSUPPORTED = ("exec", "attach", "portForward", "run", "cri", "checkpoint", "debug")
+UNSUPPORTED = ("run", "cri", "checkpoint", "debug")
 
 
 def parse_log_options(query: Mapping[str, str]) -> wire.LogOptions:
@@ -303,6 +322,11 @@ async def status_error_middleware(request: web.Request, handler: Handler) -> web
         response = status_response(exc.status, str(exc))
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
+    except remotecommand.NegotiationFailed as exc:
+        response = status_response(exc.status, str(exc))
+        for protocol in exc.supported:
+            response.headers.add(remotecommand.ACCEPTED_HEADER, protocol)
+        return response
     except errors.KodError as exc:
         if exc.status >= 500:
             log.warning("kubelet API request failed", error=exc.code, message=str(exc), path=request.path)
@@ -370,6 +394,89 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _check_container(request: web.Request, ns: str, pod: str, container: str) -> None:
+    """NotFound for a pod or container this node does not run (before any upgrade)."""
+    status = await request.app[PROVIDER].get_pod_status(ns, pod)
+    uid = request.match_info.get("uid")
+    if uid and status.uid and uid != status.uid:
+        raise errors.NotFound(f"pod {ns}/{pod} with uid {uid} not found")
+    names = {c.name for c in status.containerStatuses} | {c.name for c in status.initContainerStatuses}
+    if names and container not in names:
+        raise errors.NotFound(f"container {container} is not valid for pod {pod}")
+
+
+def _require_upgrade(request: web.Request) -> None:
+    if not spdy.upgrade_requested(request):
+        raise errors.InvalidInput(
+            "unable to upgrade: missing upgrade headers in request: this kubelet streams over "
+            f"Upgrade: {spdy.UPGRADE} only"
+        )
+
+
+def _no_streams(request: web.Request) -> web.Response:
+    what = request.path.strip("/").split("/", 1)[0]
+    return status_response(501, f"{what} is not supported by this node's provider")
+
+
+async def exec_or_attach(request: web.Request) -> web.StreamResponse:
+    """/exec and /attach: check, open the provider's stream, upgrade, then carry the client's
+    SPDY streams to it until the process ends (the error stream says how)."""
+    provider = request.app[PROVIDER]
+    if not isinstance(provider, ContainerStreams):
+        return _no_streams(request)
+    exec_ = request.path.startswith("/exec/")
+    ns, pod, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
+    options = remotecommand.options_from_query(request.query, exec_=exec_)
+    await _check_container(request, ns, pod, container)
+    _require_upgrade(request)
+    protocol = remotecommand.negotiate(request.headers.getall(remotecommand.PROTOCOL_HEADER, []))
+    opened = provider.exec if exec_ else provider.attach
+    channels = await opened(ns, pod, container, options)
+    bound = log.bind(**pod_context(ns, pod, container=container), stream="exec" if exec_ else "attach")
+    try:
+        session = await spdy.accept_upgrade(
+            request, {remotecommand.PROTOCOL_HEADER: protocol} if protocol else {}
+        )
+        async with session:
+            try:
+                found = await remotecommand.wait_for_streams(
+                    session, protocol, options, timeout=request.app[STREAM_TIMEOUT]
+                )
+            except (TimeoutError, ConnectionError) as exc:
+                bound.info("the client did not open its streams", error=str(exc) or type(exc).__name__)
+            else:
+                result = await remotecommand.bridge(found, channels, session)
+                bound.debug("stream ended", exit_code=result.exitCode if result else None)
+    finally:
+        await channels.close()
+    assert session.response is not None
+    return session.response
+
+
+async def port_forward(request: web.Request) -> web.StreamResponse:
+    """/portForward: upgrade, then one provider stream per connection the client opens."""
+    provider = request.app[PROVIDER]
+    if not isinstance(provider, ContainerStreams):
+        return _no_streams(request)
+    ns, pod = request.match_info["namespace"], request.match_info["pod"]
+    status = await provider.get_pod_status(ns, pod)
+    uid = request.match_info.get("uid")
+    if uid and status.uid and uid != status.uid:
+        raise errors.NotFound(f"pod {ns}/{pod} with uid {uid} not found")
+    _require_upgrade(request)
+    offered = request.headers.getall(portforward.PROTOCOL_HEADER, [])
+    remotecommand.negotiate(offered or [portforward.PROTOCOL], (portforward.PROTOCOL,))
+
+    async def dial(port: int) -> streams.Channels:
+        return await provider.port_forward(ns, pod, port)
+
+    session = await spdy.accept_upgrade(request, {portforward.PROTOCOL_HEADER: portforward.PROTOCOL})
+    async with session:
+        await portforward.serve(session, dial, pod=f"{ns}/{pod}", pair_timeout=request.app[STREAM_TIMEOUT])
+    assert session.response is not None
+    return session.response
+
+
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: counters of the Kubernetes API requests vk_bridge made."""
     lines = [
@@ -380,6 +487,29 @@ async def metrics(request: web.Request) -> web.Response:
         verb, _, resource = key.partition(" ")
         lines.append(f'kod_vk_api_requests_total{{verb="{verb}",resource="{resource}"}} {count}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def _usage(request: web.Request) -> wire.UsageReport:
+    provider = request.app[PROVIDER]
+    if not isinstance(provider, ResourceUsage):
+        raise web.HTTPNotImplemented(reason="resource usage is not offered by this node's provider")
+    return await provider.stats()
+
+
+async def stats_summary(request: web.Request) -> web.Response:
+    """GET /stats/summary: the Summary API (stats/v1alpha1)."""
+    report = await _usage(request)
+    body = usage.summary(report, node_name=request.app[AUTH].node_name, rates=request.app[CPU_RATES])
+    return web.json_response(body)
+
+
+async def resource_metrics(request: web.Request) -> web.Response:
+    """GET /metrics/resource: the kubelet's resource metrics, for metrics-server."""
+    report = await _usage(request)
+    # Every scrape is a reading for the Summary API's rates too: its next caller gets
+    # usageNanoCores from metrics-server's last scrape rather than none.
+    usage.summary(report, node_name=request.app[AUTH].node_name, rates=request.app[CPU_RATES])
+    return web.Response(body=usage.resource_metrics(report).encode(), headers={"Content-Type": usage.PROMETHEUS_CONTENT_TYPE})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -395,14 +525,29 @@ async def not_supported(request: web.Request) -> web.Response:
     )
 
 
-def create_app(*, provider: LogsSource, kube: KubeClient, auth: Authenticator) -> web.Application:
-    """The kubelet API application (TLS is added by the server that runs it)."""
+def create_app(
+    *, provider: LogsSource, kube: KubeClient, auth: Authenticator,
+    stream_creation_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
+) -> web.Application:
+    """The kubelet API application (TLS is added by the server that runs it). Exec, attach and
+    port-forward are served when `provider` is also a `ContainerStreams`."""
     app = web.Application(middlewares=[request_id_middleware, status_error_middleware, auth_middleware])
     app[PROVIDER] = provider
     app[KUBE] = kube
     app[AUTH] = auth
+    app[STREAM_TIMEOUT] = stream_creation_timeout
+    app[CPU_RATES] = usage.CpuRates()
     app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
+    for name in ("exec", "attach"):
+        for path in (f"/{name}/{{namespace}}/{{pod}}/{{container}}", f"/{name}/{{namespace}}/{{pod}}/{{uid}}/{{container}}"):
+            app.router.add_get(path, exec_or_attach, allow_head=False)
+            app.router.add_post(path, exec_or_attach)
+    for path in ("/portForward/{namespace}/{pod}", "/portForward/{namespace}/{pod}/{uid}"):
+        app.router.add_get(path, port_forward, allow_head=False)
+        app.router.add_post(path, port_forward)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics/resource", resource_metrics)
+    app.router.add_get("/stats/summary", stats_summary)
     app.router.add_get("/healthz", healthz)
     for name in UNSUPPORTED:
         app.router.add_route("*", f"/{name}", not_supported)

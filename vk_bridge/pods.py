@@ -41,6 +41,11 @@ log = get_logger(__name__)
 
 #: Grace period when the pod object is already gone (force-deleted): stop at once.
 ORPHAN_GRACE_SECONDS = 0
+#: The kubelet's event spam filter (client-go's EventSourceObjectSpamFilter): per pod, a burst
+#: of this many Event writes, then one more every `EVENT_REFILL_SECONDS` (a probe failing every
+#: second costs the API server 25 writes, then one each 5 minutes, with the count caught up).
+EVENT_BURST = 25
+EVENT_REFILL_SECONDS = 300.0
 
 
 class WorkQueue:
@@ -130,6 +135,10 @@ class PodController:
         self._terminating: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._reported: set[str] = set()
+        #: Pod uid -> (type, reason, message) -> the count of the sidecar's event last recorded.
+        self._event_counts: dict[str, dict[tuple[str, str, str], int]] = {}
+        #: Pod uid -> (tokens, loop time they were counted): the event spam filter's buckets.
+        self._event_tokens: dict[str, tuple[float, float]] = {}
         #: Pods whose object this controller removed; their DELETED event may still be on its way.
         self._removed: set[str] = set()
         #: Pods admission let run here, and those it refused (with why).
@@ -295,6 +304,8 @@ class PodController:
                 self._terminate(uid, remote.namespace, remote.name, None, ORPHAN_GRACE_SECONDS)
             self._failures.pop(uid, None)
             self._reported.discard(uid)
+            self._event_counts.pop(uid, None)
+            self._event_tokens.pop(uid, None)
             self._admitted.discard(uid)
             self._refused.pop(uid, None)
             return
@@ -372,10 +383,38 @@ class PodController:
     # -- status -------------------------------------------------------------------------------
 
     async def _write_status(self, pod: Mapping[str, Any], remote: wire.PodStatus) -> None:
+        self._record_events(pod, remote)
         if remote.phase == "Failed" and remote.reason and _uid(pod) not in self._reported:
             self._reported.add(_uid(pod))
             self.events.record(pod, type_="Warning", reason=remote.reason, message=remote.message or remote.reason)
         await self._patch_status(pod, st.desired_status(pod, remote, host_ips=self.host_ips))
+
+    def _record_events(self, pod: Mapping[str, Any], remote: wire.PodStatus) -> None:
+        """Record the events the sidecar reported that are new, or happened again, since the
+        last look (probes, hooks: the kubelet's Unhealthy, Killing, FailedPostStartHook...)."""
+        if not remote.events:
+            return
+        uid = _uid(pod)
+        before = self._event_counts.get(uid, {})
+        seen: dict[tuple[str, str, str], int] = {}
+        for event in remote.events:
+            key = (event.type, event.reason, event.message)
+            seen[key] = before.get(key, 0)
+            if seen[key] < event.count and self._event_token(uid):
+                seen[key] = event.count
+                self.events.record_reported(pod, event)
+        self._event_counts[uid] = seen  # only the series the sidecar still reports
+
+    def _event_token(self, uid: str) -> bool:
+        """Take a token of the pod's event bucket (False: over the spam filter's budget)."""
+        now = asyncio.get_running_loop().time()
+        tokens, then = self._event_tokens.get(uid, (float(EVENT_BURST), now))
+        tokens = min(float(EVENT_BURST), tokens + (now - then) / EVENT_REFILL_SECONDS)
+        if tokens < 1.0:
+            self._event_tokens[uid] = (tokens, now)
+            return False
+        self._event_tokens[uid] = (tokens - 1.0, now)
+        return True
 
     async def _patch_status(self, pod: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
         patch = st.status_patch(pod, desired)

@@ -6,6 +6,9 @@ The interface is split by its caller, as virtual-kubelet's is:
     StatusNotifier   watch: pushed status changes     the pod controller's remote watch (pods.py)
     NodeProvider     ping: health and capacity        the node heartbeat (node.py)
     ContainerLogs    logs (an optional extra)         the kubelet API (kubelet_api.py)
+    ContainerStreams exec, attach, port-forward       the kubelet API (an optional extra too)
+    ResourceUsage    stats: CPU time and memory        the kubelet API's /stats/summary and
+                                                      /metrics/resource (optional: `kubectl top`)
 
 Each caller is typed against the narrow protocol it uses (`PodSync` for the pod controller,
 `LogsSource` for the kubelet API); `Provider` is all of them, what `main` wires in.
@@ -19,7 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NoReturn, Protocol, TypeVar, runtime_checkable
 
-from kod import errors, wire
+from kod import errors, streams, wire
 from kod.http import ApiClient
 from kod.log import get_logger
 from kod.watch_follow import LinkHealth, follow_watch
@@ -92,6 +95,43 @@ class ContainerLogs(Protocol):
         stops) when `options.follow`. Raises `NotFound` before the first chunk for an unknown pod
         or container, and `Unavailable` when the stream breaks midway. (An async generator, not a
         coroutine.)"""
+        ...
+
+
+@runtime_checkable
+class ContainerStreams(Protocol):
+    """An optional extra (virtual-kubelet keeps exec optional too): the streams behind `kubectl
+    exec`, `attach`, `cp` and `port-forward`, each a `kod.streams` channel socket that the
+    caller owns (and closes). Every error comes before the socket is returned: `NotFound` (no
+    such pod or container), `InvalidInput` (the container is not running, bad options),
+    `Unavailable`. A provider without them makes the kubelet API answer 501."""
+
+    async def exec(self, namespace: str, name: str, container: str, options: wire.ExecOptions) -> streams.Channels:
+        """Run `options.command` (an argv; never given to a shell) in a running container. The
+        socket ends with a STATUS message carrying the exit code."""
+        ...
+
+    async def attach(self, namespace: str, name: str, container: str, options: wire.ExecOptions) -> streams.Channels:
+        """Attach to the container's main process (its stdin when the container keeps one open);
+        ends with a STATUS message (no exit code) when the process ends."""
+        ...
+
+    async def port_forward(self, namespace: str, name: str, port: int) -> streams.Channels:
+        """One TCP connection to `port` on the pod's own 127.0.0.1 (inside its network
+        namespace), as DATA messages both ways; CLOSE [DATA] is a side's EOF."""
+        ...
+
+
+@runtime_checkable
+class ResourceUsage(Protocol):
+    """An optional extra (virtual-kubelet's stats are too): what `kubectl top` shows. A provider
+    without it makes /stats/summary and /metrics/resource answer 501."""
+
+    async def stats(self) -> wire.UsageReport:
+        """The machine's and every running container's figures, read now (cumulative CPU time,
+        memory gauges; no rates). Quick (it is called on every scrape, every 15 s or so); what
+        could not be read is named in the report's `errors`, not raised; raises `Unavailable`
+        only when nothing could be asked."""
         ...
 
 
@@ -190,6 +230,26 @@ class InterLinkProvider:
         ):
             yield chunk
 
+    async def exec(self, namespace: str, name: str, container: str, options: wire.ExecOptions) -> streams.Channels:
+        return await self._open_stream(
+            "exec", f"{wire.API_PREFIX}/pods/{namespace}/{name}/containers/{container}/exec", streams.exec_query(options)
+        )
+
+    async def attach(self, namespace: str, name: str, container: str, options: wire.ExecOptions) -> streams.Channels:
+        return await self._open_stream(
+            "attach", f"{wire.API_PREFIX}/pods/{namespace}/{name}/containers/{container}/attach", streams.exec_query(options)
+        )
+
+    async def port_forward(self, namespace: str, name: str, port: int) -> streams.Channels:
+        return await self._open_stream(
+            "port-forward", f"{wire.API_PREFIX}/pods/{namespace}/{name}/portforward", [("port", str(port))]
+        )
+
+    async def _open_stream(self, what: str, path: str, query: list[tuple[str, str]]) -> streams.Channels:
+        # Opening is retried like any call (nothing has flowed yet); the stream itself is not.
+        ws = await self._retrying(what, lambda: self._api.websocket(path, params=query))
+        return streams.Channels(ws)
+
     async def ping(self) -> wire.NodeInfo:
         result: wire.NodeInfo = await self._api.request("GET", f"{wire.API_PREFIX}/ping", model=wire.NodeInfo, timeout=10.0)
         return result
@@ -203,3 +263,10 @@ class InterLinkProvider:
             health=LinkHealth(event=connected),
             logger=log.bind(peer="InterLink", url=self.url),
         )
+
+    async def stats(self) -> wire.UsageReport:
+        # Not retried: a scrape that fails is followed by the next one in a few seconds.
+        result: wire.UsageReport = await self._api.request(
+            "GET", f"{wire.API_PREFIX}/stats", model=wire.UsageReport, timeout=10.0
+        )
+        return result

@@ -145,13 +145,18 @@ def desired_status(
             incomplete.append(spec_c["name"])
     initialized = not incomplete or (terminal and phase == "Succeeded")
 
-    unready = [st["name"] for st in main_statuses if not st["ready"]]
+    # As the kubelet's ContainersReady: restartable init containers (sidecars) count too, first.
+    unready = [
+        st["name"] for spec_c, st in zip(init_specs, init_statuses, strict=True)
+        if spec_c.get("restartPolicy") == "Always" and not st["ready"]
+    ] + [st["name"] for st in main_statuses if not st["ready"]]
     containers_ready = not unready and not terminal
-    sandbox = bool(remote.podIP) or any(
+    # The kubelet tears the sandbox down once the pod is terminal.
+    sandbox = not terminal and (bool(remote.podIP) or any(
         "running" in st["state"] or "terminated" in st["state"] for st in init_statuses + main_statuses
-    )
+    ))
     if terminal:
-        ready_reason, ready_msg = "PodCompleted", None
+        ready_reason, ready_msg = ("PodCompleted" if phase == "Succeeded" else "PodFailed"), None
     elif unready:
         ready_reason, ready_msg = "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]"
     else:
@@ -161,7 +166,7 @@ def desired_status(
         "PodReadyToStartContainers": _condition("PodReadyToStartContainers", sandbox, current_conditions, now_s),
         "Initialized": _condition(
             "Initialized", initialized, current_conditions, now_s,
-            None if initialized else "ContainersNotInitialized",
+            "PodCompleted" if phase == "Succeeded" else (None if initialized else "ContainersNotInitialized"),
             None if initialized else f"containers with incomplete status: [{' '.join(incomplete)}]",
         ),
         "ContainersReady": _condition("ContainersReady", containers_ready, current_conditions, now_s, ready_reason, ready_msg),
@@ -233,7 +238,8 @@ def waiting_status(
         phase="Pending",
         containerStatuses=[
             wire.ContainerStatus(
-                name=n, state=wire.ContainerState(waiting=wire.ContainerStateWaiting(reason=reason, message=message))
+                name=n, state=wire.ContainerState(waiting=wire.ContainerStateWaiting(
+                    reason=reason, message=None if reason == "ContainerCreating" else message))
             )
             for n in names
         ],

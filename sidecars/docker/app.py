@@ -17,7 +17,7 @@ from kod.routes import SIDECAR, open_paths
 from kod.tokens import server_token
 from sidecars.docker.engine import Engine
 from sidecars.docker.handlers import add_routes
-from sidecars.docker.handlers.keys import HUB, RUNTIME, SETTINGS
+from sidecars.docker.handlers.keys import HUB, RUNTIME, SETTINGS, SOCKETS
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.settings import DockerSidecarSettings
 
@@ -37,6 +37,7 @@ def create_app(settings: DockerSidecarSettings) -> web.Application:
     app[SETTINGS] = settings
     hub = Hub(settings.watch_queue)
     app[HUB] = hub
+    app[SOCKETS] = set()
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         engine = Engine(settings.docker_url, timeout=settings.docker_timeout_seconds)
@@ -51,6 +52,8 @@ def create_app(settings: DockerSidecarSettings) -> web.Application:
 
     async def end_streams(app: web.Application) -> None:
         hub.close()  # watch streams end, so shutdown does not wait for them
+        for ws in list(app[SOCKETS]):  # and so do exec, attach and port-forward streams
+            await ws.close()
 
     app.cleanup_ctx.append(runtime_ctx)
     app.on_shutdown.append(end_streams)

@@ -139,6 +139,7 @@ class Deleter:
                 await remove_objects(self.engine, pod)
                 await self.mounter.release(pod.uid)
                 self.table.unregister(pod)
+                self.worker.prober.forget(pod)
             # Objects a crashed predecessor created and never recorded: found by label, later.
             self.background.spawn(remove_uid_objects(self.engine, self.settings.name, pod.uid), f"sweep-{pod.uid}")
             if pod.locations.pvcs:

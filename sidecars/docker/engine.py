@@ -16,11 +16,13 @@ message); a connection failure raises `kod.errors.Unavailable`. They are deliber
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -28,6 +30,10 @@ from kod import errors
 from kod.lines import read_lines
 
 API_VERSION = "v1.41"
+
+#: The frame header of Docker's multiplexed streams (attach, exec and logs without a TTY):
+#: stream (1 stdin, 2 stdout... as 0/1/2), three zero bytes, the payload's size (big endian).
+_MUX_HEADER = struct.Struct(">BxxxL")
 
 
 class EngineError(Exception):
@@ -75,6 +81,7 @@ class Engine:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
         )
+        self._api_version: tuple[int, int] | None = None
 
     async def close(self) -> None:
         await self._session.close()
@@ -136,6 +143,10 @@ class Engine:
 
     async def inspect_container(self, ref: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/containers/{_q(ref)}/json"))
+
+    async def container_stats(self, ref: str) -> dict[str, Any]:
+        """One reading of a running container's cgroup figures (one-shot: no second sample)."""
+        return dict(await self._call("GET", f"/containers/{_q(ref)}/stats", params={"stream": "false", "one-shot": "true"}))
 
     async def create_container(self, name: str, body: dict[str, Any]) -> str:
         result = await self._call("POST", "/containers/create", params={"name": name}, body=body)
@@ -217,6 +228,132 @@ class Engine:
         except aiohttp.ClientConnectionError as exc:
             raise errors.Unavailable(f"log stream from the Docker engine broke: {exc}") from exc
 
+    # ---------------------------------------------------------------- exec and attach
+
+    async def create_exec(
+        self, ref: str, cmd: list[str], *, stdin: bool, stdout: bool, stderr: bool, tty: bool
+    ) -> str:
+        """An exec instance in a running container (not started yet); its id. `cmd` is an argv
+        handed to the engine as a list: no shell ever parses it."""
+        body = {
+            "Cmd": list(cmd), "AttachStdin": stdin, "AttachStdout": stdout, "AttachStderr": stderr, "Tty": tty,
+        }
+        result = await self._call("POST", f"/containers/{_q(ref)}/exec", body=body)
+        return str(result["Id"])
+
+    async def api_version(self) -> tuple[int, int]:
+        """The highest API version the engine speaks, (major, minor); asked once."""
+        if self._api_version is None:
+            text = str((await self.version()).get("ApiVersion") or API_VERSION.lstrip("v"))
+            major, _, minor = text.partition(".")
+            self._api_version = (int(major), int(minor or 0))
+        return self._api_version
+
+    async def start_exec(self, exec_id: str, *, tty: bool, console_size: tuple[int, int] | None = None) -> Hijacked:
+        """Start an exec instance on a hijacked connection: the caller writes its stdin and reads
+        its output (multiplexed unless `tty`) until the process ends, then closes it.
+        `console_size` (width, height) is the terminal's size from the first instant on engines
+        of API 1.42 and later (Docker 23); older ones need `resize_exec` once it runs."""
+        body: dict[str, Any] = {"Detach": False, "Tty": tty}
+        api = API_VERSION
+        if tty and console_size is not None and await self.api_version() >= (1, 42):
+            body["ConsoleSize"] = [console_size[1], console_size[0]]  # height, width
+            api = "v1.42"
+        return await self._hijack("POST", f"/exec/{_q(exec_id)}/start", body, api=api)
+
+    async def resize_exec(self, exec_id: str, *, width: int, height: int) -> bool:
+        """Set the size of an exec's TTY; False when the engine refused because the process is
+        not running (not yet, or not any more)."""
+        try:
+            await self._call("POST", f"/exec/{_q(exec_id)}/resize", params={"h": str(height), "w": str(width)})
+        except EngineError as exc:
+            if exc.status not in (404, 409, 500):  # gone, or not running (yet/any more)
+                raise
+            return False
+        return True
+
+    async def inspect_exec(self, exec_id: str) -> dict[str, Any]:
+        """An exec instance: Running, ExitCode (None while it runs), Pid."""
+        return dict(await self._call("GET", f"/exec/{_q(exec_id)}/json"))
+
+    async def attach(self, ref: str, *, stdin: bool, stdout: bool, stderr: bool) -> Hijacked:
+        """Attach to a running container's main process on a hijacked connection (stream only, no
+        logs of the past), as `kubectl attach` does."""
+        params = {"stream": "1", "stdin": _flag(stdin), "stdout": _flag(stdout), "stderr": _flag(stderr)}
+        return await self._hijack("POST", f"/containers/{_q(ref)}/attach?{urlencode(params)}", None)
+
+    async def resize_container(self, ref: str, *, width: int, height: int) -> None:
+        """Set the size of a container's TTY (for attach)."""
+        try:
+            await self._call("POST", f"/containers/{_q(ref)}/resize", params={"h": str(height), "w": str(width)})
+        except EngineError as exc:
+            if exc.status not in (404, 409, 500):
+                raise
+
+    async def exec_run(self, ref: str, cmd: list[str], *, timeout: float) -> tuple[int, bytes]:
+        """Run `cmd` (an argv, no shell) in a running container without stdin or TTY and collect
+        it: (exit code, stdout and stderr merged in arrival order). A command still running after
+        `timeout` seconds raises TimeoutError (the process is left to finish in the container, as
+        the kubelet's exec probes leave it); the engine's refusals raise EngineError (409: the
+        container is not running; 404: no such container), an engine out of reach
+        `kod.errors.Unavailable`."""
+        async with asyncio.timeout(timeout):
+            exec_id = await self.create_exec(ref, cmd, stdin=False, stdout=True, stderr=True, tty=False)
+            stream = await self.start_exec(exec_id, tty=False)
+            try:
+                stream.close_write()
+                out = bytearray()
+                async for _, payload in demux_frames(stream.reader):
+                    out += payload
+            finally:
+                stream.close()
+            # The stream ends when the process does; the engine may take a moment to record it.
+            while True:
+                info = await self.inspect_exec(exec_id)
+                if not info.get("Running") and info.get("ExitCode") is not None:
+                    return int(info["ExitCode"]), bytes(out)
+                await asyncio.sleep(0.01)
+
+    async def _hijack(self, method: str, path: str, body: Any, *, api: str = API_VERSION) -> Hijacked:
+        """One request on a connection of its own that the engine then hands over to the stream
+        (`Upgrade: tcp`, answered 101, or 200 by older engines): raw bytes both ways from there.
+        aiohttp's client cannot write once the answer came, so this speaks HTTP/1.1 itself."""
+        try:
+            if self.url.startswith("unix://"):
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.url[len("unix://"):]), 10)
+            else:
+                host, _, port = self.url.split("://", 1)[1].rstrip("/").rpartition(":")
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 10)
+        except (OSError, TimeoutError) as exc:
+            raise errors.Unavailable(f"cannot reach the Docker engine at {self.url}: {exc}") from exc
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} /{api}{path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        try:
+            writer.write(head.encode() + payload)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), self._timeout)
+            headers: dict[str, str] = {}
+            while True:
+                line = await asyncio.wait_for(reader.readline(), self._timeout)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                key, _, value = line.decode("latin-1").partition(":")
+                headers[key.strip().lower()] = value.strip()
+            parts = status_line.decode("latin-1").split(" ", 2)
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            if status >= 400 or status == 0:
+                size = int(headers.get("content-length") or 0)
+                raw = await asyncio.wait_for(reader.readexactly(size), self._timeout) if size else b""
+                writer.close()
+                raise EngineError(status or 502, _message(raw, status))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            writer.close()
+            raise errors.Unavailable(f"the Docker engine broke off {method} {path}: {exc}") from exc
+        return Hijacked(reader, writer)
+
     # ---------------------------------------------------------------- images
 
     async def inspect_image(self, ref: str) -> dict[str, Any]:
@@ -278,6 +415,48 @@ class Engine:
                     yield json.loads(line)
         except aiohttp.ClientConnectionError as exc:
             raise errors.Unavailable(f"event stream from the Docker engine broke: {exc}") from exc
+
+
+class Hijacked:
+    """A hijacked engine connection: `reader` gives the process's output, `write` feeds its
+    stdin, `close_write` ends its stdin (EOF), `close` drops the connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def close_write(self) -> None:
+        if self.writer.can_write_eof() and not self.writer.is_closing():
+            try:
+                self.writer.write_eof()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def demux_frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
+    """(stream, payload) of Docker's multiplexed stream (1 stdout, 2 stderr) until it ends; an
+    end in the middle of a frame ends it too (the process is gone either way)."""
+    while True:
+        try:
+            header = await reader.readexactly(_MUX_HEADER.size)
+            kind, size = _MUX_HEADER.unpack(header)
+            payload = await reader.readexactly(size) if size else b""
+        except asyncio.IncompleteReadError:
+            return
+        except (ConnectionResetError, BrokenPipeError):
+            return
+        yield kind, payload
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def _message(payload: bytes, status: int) -> str:

@@ -88,7 +88,10 @@ class EventStream:
         failures = 0
         while True:
             try:
-                async for event in self.engine.events({"type": ["container", "image"]}):
+                # Only the actions that matter: exec probes and hooks make three exec events each,
+                # which the engine then never sends.
+                wanted = {"type": ["container", "image"], "event": sorted(CONTAINER_ACTIONS | IMAGE_CHANGED)}
+                async for event in self.engine.events(wanted):
                     if event.get("Type") == "kod.subscribed":
                         await self._connected()
                         failures = 0

@@ -18,6 +18,10 @@ Contracts:
   back-off, as the kubelet retries a container whose mounts fail.
 - A pod whose set-up is not complete is left to its create (`create.py`), which holds the lock
   for the whole set-up.
+- What the kubelet itself decides about a running container is done in the background, never
+  under the pod's lock: its postStart hook right after the start (`hooks.py`), and the kill a
+  failed liveness or startup probe or postStart hook asked for (`Slot.kill`: the Killing event,
+  the preStop hook, the stop); the restart then follows the restart policy as for any exit.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from datetime import datetime
 from typing import Any
 
 from kod.log import get_logger, pod_context
-from sidecars.docker import bodies, naming, status, volumes
+from sidecars.docker import bodies, hooks, naming, status, termination, volumes
 from sidecars.docker.ceilings import Ceilings
 from sidecars.docker.engine import Engine, EngineError
 from sidecars.docker.images import ImageCache
 from sidecars.docker.mounter import Mounter, MountMissing, MountRefused
 from sidecars.docker.settings import DockerSidecarSettings
 from sidecars.docker.state import PodState, Run, Slot, utcnow
-from sidecars.docker.stop import grace_period, stop_containers, stop_infra
+from sidecars.docker.stop import grace_period, stop_containers, stop_infra, stop_run
 from sidecars.docker.tasks import Background
 
 log = get_logger(__name__)
@@ -66,6 +70,10 @@ class Reconciler:
         self.background = background
         self.mounter = mounter
         self._ceilings = ceilings
+        #: Looks at a pod again (the worker's kick; set by the runtime once the worker exists).
+        self.kick: Callable[[PodState], None] = lambda pod: None
+        #: Container ids being killed now (a kill the kubelet decided).
+        self._killing: set[str] = set()
 
     async def reconcile(self, pod: PodState) -> float | None:
         """Take the next steps for `pod`: init containers in order, main containers, restarts
@@ -83,6 +91,7 @@ class Reconciler:
             return wake
         if not pod.set_up:
             return wake  # its create is still setting it up (and holds the lock meanwhile)
+        self._kills(pod)
         for slot in (s for s in pod.slots.values() if s.role == "init"):
             run = slot.latest
             if run is None:
@@ -115,6 +124,43 @@ class Reconciler:
             wake = _earliest(wake, *await asyncio.gather(*steps))
         return wake
 
+    def _kills(self, pod: PodState) -> None:
+        """Start the kills the kubelet decided (probes, postStart) that are not under way yet."""
+        for slot in pod.slots.values():
+            run = slot.latest
+            if slot.kill is None:
+                continue
+            if run is None or slot.kill[0] != run.id:
+                slot.kill = None  # about a run that is gone or replaced
+                continue
+            if not run.running or run.id in self._killing:
+                continue
+            _, message, grace = slot.kill
+            self._killing.add(run.id)
+            self.background.spawn(self._kill(pod, slot, run, message, grace), f"kill-{pod.uid}-{slot.name}")
+
+    async def _kill(self, pod: PodState, slot: Slot, run: Run, message: str, grace: int | None) -> None:
+        ctx = pod_context(pod.namespace, pod.name, pod.uid, container=slot.name)
+        log.info("killing the container", reason=message, **ctx)
+        pod.note("Normal", "Killing", message)
+        self.kick(pod)
+        seconds = grace if grace is not None else grace_period(pod, self.settings.default_grace_period_seconds)
+        try:
+            await stop_run(self.engine, pod, slot, run, seconds)
+        finally:
+            self._killing.discard(run.id)
+            self.kick(pod)
+
+    async def _post_start(self, pod: PodState, slot: Slot, run: Run) -> None:
+        try:
+            ok = await hooks.post_start(self.engine, pod, slot, run)
+        finally:
+            if slot.post_start == run.id:
+                slot.post_start = None
+        if not ok:
+            slot.kill = (run.id, "FailedPostStartHook", None)
+        self.kick(pod)
+
     async def _stop_everything(self, pod: PodState, *, reason: str | None) -> None:
         """Stop the pod's containers (SIGKILL when its sandbox died: nothing can shut down
         cleanly without its network); once none runs, its infra container."""
@@ -140,6 +186,11 @@ class Reconciler:
             # The engine keeps the container (state "created", with the error): the status
             # shows StartError and the restart policy applies, as on a kubelet.
             log.info("container failed to start", error=exc.message, **pod_context(pod.namespace, pod.name, pod.uid))
+        else:
+            found = pod.slot_by_id(run.id)
+            if found is not None and found[0].spec.lifecycle is not None and found[0].spec.lifecycle.postStart is not None:
+                found[0].post_start = run.id
+                self.background.spawn(self._post_start(pod, found[0], run), f"post-start-{pod.uid}-{found[0].name}")
         pod.stale.add(run.id)
         pod.dirty = True
 
@@ -162,6 +213,9 @@ class Reconciler:
             return self._mount_failed(slot, exc, ctx)
         try:
             mounts = volumes.container_mounts(slot.spec, pod.planned, pod.locations, staged)
+            message_file = termination.mount(slot.spec, attempt, pod.locations.root("disk"))
+            if message_file is not None:
+                mounts.mounts.append(message_file)
             body = bodies.container_body(
                 pod.record,
                 slot.spec,
@@ -185,6 +239,7 @@ class Reconciler:
             )
         name = naming.container_name(pod.namespace, pod.name, pod.uid, slot.name, attempt)
         try:
+            await termination.reset(self.engine, pod, slot, attempt)
             cid = await self.engine.create_container(name, body)
         except EngineError as exc:
             if exc.conflict:  # created before a crash: adopt it, if it joins this infra container

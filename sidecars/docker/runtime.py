@@ -12,6 +12,8 @@
     adoption.py   resync after every (re)connect: adopt pods, roll back unfinished set-ups, orphans
     worker.py     the per-pod worker: refresh (inspect), reconcile, publish; timers
     reconcile.py  the next steps of one pod: init order, restarts and back-off, stopping
+    probes.py     startup, liveness and readiness probes (grpc_health.py: the grpc ones)
+    hooks.py      postStart and preStop hooks;  termination.py  termination messages
     create.py     admitting a pod and setting it up (volumes, infra container, contents)
     claims.py     PersistentVolumeClaims as Docker volumes: made for confirmed claims, collected
     policy.py, ceilings.py   what the desktop admits (checked at create and again at adoption)
@@ -19,6 +21,7 @@
     delete.py     stopping a pod and removing its objects, also after a crash
     stop.py       the one stop sequence (deletes, failed pods, finished pods)
     node.py, pod_logs.py   what ping and `kubectl logs` read
+    exec_streams.py, portforward.py   `kubectl exec`/`attach` and `port-forward` streams
     table.py, images.py, tasks.py   the pod table, the image cache, background tasks
 
 Contracts of the whole (see each module for its own):
@@ -58,6 +61,7 @@ from sidecars.docker.reconcile import Reconciler
 from sidecars.docker.settings import DockerSidecarSettings
 from sidecars.docker.table import PodTable
 from sidecars.docker.tasks import Background
+from sidecars.docker.usage import Usage
 from sidecars.docker.worker import Worker
 
 
@@ -79,6 +83,7 @@ class Runtime:
         self.claims = ClaimVolumes(settings, engine, self.table, self.background)
         self.reconciler = Reconciler(settings, engine, self.images, self.background, self.mounter, self.ceilings)
         self.worker = Worker(settings, engine, self.table, hub, self.reconciler.reconcile)
+        self.reconciler.kick = self.worker.kick
         self.deleter = Deleter(
             settings, engine, self.table, hub, self.worker, self.background, self.wait_ready, self.mounter, self.claims
         )
@@ -91,6 +96,7 @@ class Runtime:
         )
         self.events = EventStream(settings, engine, self.table, self.images, self.worker, self.adoption)
         self._events_task: asyncio.Task[None] | None = None
+        self.usage_reader = Usage(engine)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,6 +182,37 @@ class Runtime:
         await self.wait_ready()
         return await open_logs(self.engine, self.table.lookup(namespace, name), container, opts)
 
+    async def running_container(self, namespace: str, name: str, container: str) -> tuple[str, wire.Container]:
+        """The Docker container running a pod's container now, and its spec (exec, attach).
+        Raises NotFound (no such pod or container) or InvalidInput (it is not running)."""
+        await self.wait_ready()
+        pod = self.table.lookup(namespace, name)
+        slot = pod.slots.get(container)
+        if slot is None:
+            raise errors.NotFound(f'container "{container}" is not valid for pod "{name}"')
+        run = slot.latest
+        if run is None or run.state != "running":
+            raise errors.InvalidInput(f'container "{container}" in pod "{name}" is not running')
+        return run.id, slot.spec
+
+    async def sandbox_pid(self, namespace: str, name: str) -> int:
+        """The process id of the pod's infra container (whose network namespace the pod's
+        containers share), for port-forward. NotFound, or InvalidInput when it does not run."""
+        await self.wait_ready()
+        pod = self.table.lookup(namespace, name)
+        if pod.infra_id is None:
+            raise errors.InvalidInput(f'pod "{name}" has no running sandbox')
+        try:
+            data = await self.engine.inspect_container(pod.infra_id)
+        except EngineError as exc:
+            if exc.not_found:
+                raise errors.InvalidInput(f'pod "{name}" has no running sandbox') from exc
+            raise exc.as_kod_error("inspecting the pod's sandbox") from exc
+        pid = int((data.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            raise errors.InvalidInput(f'pod "{name}" has no running sandbox')
+        return pid
+
     # ------------------------------------------------------------------ node
 
     def node_info(self) -> wire.NodeInfo:
@@ -186,3 +223,10 @@ class Runtime:
             engine_version=self.events.engine_version,
             engine_error=self.events.engine_error,
         )
+
+    async def usage(self) -> wire.UsageReport:
+        """What `kubectl top` shows (GET /v1/stats): the machine, and each pod's running
+        containers, read now (sidecars.docker.usage)."""
+        await self.wait_ready()
+        root = str(self.events.engine_info.get("DockerRootDir") or "/")
+        return await self.usage_reader.report(list(self.table), data_root=root if os.path.isdir(root) else "/")

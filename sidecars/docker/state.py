@@ -23,6 +23,9 @@ from sidecars.docker.volumes import Locations, PlannedVolume
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
+#: Events of a pod kept for its status (distinct reason and message; repeats count up).
+MAX_EVENTS = 16
+
 
 def utcnow() -> datetime:
     """The runtime's clock (statuses, deadlines, versions)."""
@@ -114,6 +117,18 @@ class Slot:
     waiting: tuple[str, str] | None = None
     #: Creates the engine refused in a row (CreateContainerError), for the retry back-off.
     create_failures: int = 0
+    # --- the kubelet's own state of the container (probes, hooks, messages; `probes.py`,
+    # `hooks.py`, `termination.py`): not in Docker, so a restarted sidecar starts it afresh ---
+    #: Probe kind ("startup", "liveness", "readiness") -> (container id, succeeded): the
+    #: kubelet's results managers; a result is about the run of that id only.
+    probe_results: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: A kill the kubelet decided (a failed liveness or startup probe, a failed postStart
+    #: hook): (container id, the Killing event's message, grace period or None for the pod's).
+    kill: tuple[str, str, int | None] | None = None
+    #: The container id whose postStart hook runs now (its status says ContainerCreating).
+    post_start: str | None = None
+    #: Container id -> termination message read when that run finished.
+    messages: dict[str, str] = field(default_factory=dict)
 
     @property
     def latest(self) -> Run | None:
@@ -173,6 +188,24 @@ class PodState:
     #: Container id -> wall-clock time an inspect of it was last sent: an event from before that
     #: is already reflected, so it needs no second inspect.
     inspected: dict[str, float] = field(default_factory=dict)
+    #: The pod's recent Kubernetes events, (type, reason, message) -> event, oldest first
+    #: (`note`); reported in its status, from which the virtual kubelet records them.
+    pod_events: dict[tuple[str, str, str], wire.PodEvent] = field(default_factory=dict)
+
+    def note(self, type_: Literal["Normal", "Warning"], reason: str, message: str, now: datetime | None = None) -> None:
+        """Record an event of the pod; the same one again counts up (as the kubelet's event
+        correlator aggregates). Only the `MAX_EVENTS` most recent are kept. The caller kicks
+        the pod's worker so that the status carrying it goes out."""
+        when = now or utcnow()
+        key = (type_, reason, message)
+        old = self.pod_events.pop(key, None)
+        if old is not None:
+            event = old.model_copy(update={"count": old.count + 1, "lastTimestamp": when})
+        else:
+            event = wire.PodEvent(type=type_, reason=reason, message=message, firstTimestamp=when, lastTimestamp=when)
+        self.pod_events[key] = event
+        while len(self.pod_events) > MAX_EVENTS:
+            del self.pod_events[next(iter(self.pod_events))]
 
     def knows(self, container_id: str) -> bool:
         return container_id == self.infra_id or self.slot_by_id(container_id) is not None

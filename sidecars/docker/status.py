@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from kod import wire
+from sidecars.docker import probes, termination
 from sidecars.docker.settings import RestartSettings
 from sidecars.docker.state import PodState, Run, Slot
 
@@ -61,8 +62,8 @@ def restart_due(run: Run, settings: RestartSettings) -> datetime | None:
     return end + timedelta(seconds=restart_delay(run, settings))
 
 
-def terminated(run: Run) -> wire.ContainerStateTerminated:
-    """The terminated state of a finished run."""
+def terminated(run: Run, message: str | None = None) -> wire.ContainerStateTerminated:
+    """The terminated state of a finished run; `message` is its termination message."""
     if run.start_failed:
         return wire.ContainerStateTerminated(
             exitCode=START_ERROR_EXIT_CODE,
@@ -76,10 +77,15 @@ def terminated(run: Run) -> wire.ContainerStateTerminated:
         exitCode=run.exit_code,
         signal=run.exit_code - 128 if run.exit_code > 128 else None,
         reason=reason,
+        message=message or None,
         startedAt=run.started_at,
         finishedAt=run.finished_at,
         containerID=f"docker://{run.id}",
     )
+
+
+def _terminated(pod: PodState, slot: Slot, run: Run) -> wire.ContainerStateTerminated:
+    return terminated(run, termination.budget(pod, slot.messages.get(run.id)))
 
 
 def _default_waiting(pod: PodState, slot: Slot) -> wire.ContainerStateWaiting:
@@ -119,11 +125,15 @@ def container_status(pod: PodState, slot: Slot, now: datetime, settings: Restart
     status.containerID = f"docker://{run.id}"
     prev = slot.previous
     if prev is not None and prev.finished:
-        status.lastState = wire.ContainerState(terminated=terminated(prev))
-    if run.running:
+        status.lastState = wire.ContainerState(terminated=_terminated(pod, slot, prev))
+    if run.running and slot.post_start == run.id:
+        # Its postStart hook runs: the kubelet reports the container once the hook returned.
+        status.state = wire.ContainerState(waiting=wire.ContainerStateWaiting(reason="ContainerCreating"))
+        status.started = False
+    elif run.running:
         status.state = wire.ContainerState(running=wire.ContainerStateRunning(startedAt=run.started_at))
-        status.started = True
-        status.ready = True
+        status.started = probes.started(slot, run)
+        status.ready = probes.ready(slot, run)
     elif run.finished:
         will_restart = (
             not pod.deleting
@@ -132,7 +142,7 @@ def container_status(pod: PodState, slot: Slot, now: datetime, settings: Restart
             and not (slot.restartable and main_done(pod))
         )
         if will_restart:
-            status.lastState = wire.ContainerState(terminated=terminated(run))
+            status.lastState = wire.ContainerState(terminated=_terminated(pod, slot, run))
             if slot.waiting is not None:
                 waiting = wire.ContainerStateWaiting(reason=slot.waiting[0], message=slot.waiting[1])
             else:
@@ -148,7 +158,9 @@ def container_status(pod: PodState, slot: Slot, now: datetime, settings: Restart
                     waiting = wire.ContainerStateWaiting(reason="ContainerCreating")
             status.state = wire.ContainerState(waiting=waiting)
         else:
-            status.state = wire.ContainerState(terminated=terminated(run))
+            status.state = wire.ContainerState(terminated=_terminated(pod, slot, run))
+            # The kubelet reports a regular init container that completed as ready.
+            status.ready = slot.role == "init" and not slot.restartable and not failed(run)
         status.started = False
     else:  # created, not started yet
         status.state = wire.ContainerState(waiting=wire.ContainerStateWaiting(reason="ContainerCreating"))
@@ -320,6 +332,7 @@ def compute(pod: PodState, now: datetime, settings: RestartSettings) -> wire.Pod
         startTime=pod.created,
         initContainerStatuses=init,
         containerStatuses=main,
+        events=list(pod.pod_events.values()),
     )
 
 

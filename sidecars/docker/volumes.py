@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from kod import wire
 from kod.quantity import to_bytes
-from sidecars.docker import naming
+from sidecars.docker import naming, termination
 from sidecars.docker.ceilings import Ceilings
 from sidecars.docker.policy import match_host_path
 from sidecars.docker.settings import HostPathKind, PolicySettings
@@ -97,6 +97,9 @@ def plan(spec: wire.PodSpec, policy: PolicySettings) -> dict[str, PlannedVolume]
                 v.name, kind_h, writable=entry.writable, host_path=v.hostPath.path, host_kind=entry.type,
                 host_writable=entry.writable, host_owners=tuple(entry.owners),
             )
+    if termination.wanted(spec):
+        # The containers' termination message files (`termination.py`), in the disk area.
+        out[termination.VOLUME] = PlannedVolume(termination.VOLUME, "disk", root_mode=0o755)
     return out
 
 
@@ -372,6 +375,8 @@ def population_tar(
             mode = pv.root_mode | (0o2000 if fs_group else 0)
             for parent in [*_parents(sub), sub]:
                 tar.dir(f"{pv.kind}/{pv.name}/{parent}", mode, gid)
+    for path in termination.files(spec):
+        tar.file(f"disk/{path}", b"", 0o666)
     for claim in new_claims:
         tar.dir(f"pvc/{claim}", 0o777)
     marker_area = "mem" if any(p.kind == "mem" for p in planned.values()) else "disk"

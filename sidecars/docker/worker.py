@@ -13,6 +13,9 @@ it changed (`publish`). Contracts:
 - The engine being unavailable ends the round quietly (the resync after the reconnect kicks
   every pod); any other failure is logged and retried in `RETRY_SECONDS`.
 - Status versions only increase, across restarts of the sidecar too (`PodState.next_version`).
+- After each round the pod's probes are brought in line (`probes.Prober.sync`: workers for new
+  containers with probes; nothing for a pod without probes), and a refresh reads the
+  termination message of every run it finds finished (`termination.collect`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from typing import Any
 from kod import errors, wire
 from kod.hub import Hub
 from kod.log import get_logger, pod_context
-from sidecars.docker import status
+from sidecars.docker import status, termination
 from sidecars.docker.engine import Engine, EngineError
+from sidecars.docker.probes import Prober
 from sidecars.docker.settings import DockerSidecarSettings
 from sidecars.docker.state import PodState, utcnow
 from sidecars.docker.table import PodTable
@@ -52,6 +56,7 @@ class Worker:
         self.table = table
         self.hub = hub
         self._reconcile = reconcile
+        self.prober = Prober(engine, kick=self.kick, alive=table.is_current)
 
     # ---------------------------------------------------------------- scheduling
 
@@ -88,6 +93,7 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.prober.close()
 
     # ---------------------------------------------------------------- a round
 
@@ -105,6 +111,7 @@ class Worker:
                     if not pod.deleting:
                         self.schedule(pod, await self._reconcile(pod))
                     self.publish(pod)
+                    self.prober.sync(pod)
             except asyncio.CancelledError:
                 raise
             except errors.Unavailable as exc:
@@ -142,6 +149,7 @@ class Worker:
             else:
                 pod.apply(result)
                 pod.inspected[cid] = sent
+        await termination.collect(self.engine, pod)
 
     async def refresh_infra(self, pod: PodState) -> dict[str, Any]:
         """Inspect the infra container now (the set-up, right after starting it); returns what the

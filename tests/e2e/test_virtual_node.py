@@ -306,14 +306,6 @@ def test_a_pod_without_the_toleration_never_lands_on_the_virtual_node(virtual_no
         "get", "pods", "-n", ns, "--field-selector", f"spec.nodeName={virtual_node.name}")["items"]
 
 
-def test_kubectl_exec_says_it_is_not_supported(virtual_node: VirtualNode, owner_namespace: str) -> None:
-    ns = owner_namespace
-    virtual_node.create(ns, virtual_node.pod("noexec", [{"name": "main", "command": ["sleep", "60"]}]))
-    virtual_node.wait_phase(ns, "noexec", "Running")
-    proc = virtual_node.cluster.kubectl("exec", "noexec", "-n", ns, "--", "true", check=False)
-    assert proc.returncode != 0 and "not supported on the desktop's virtual node" in proc.stderr
-
-
 def test_the_kubelet_api_refuses_callers_the_cluster_does_not_authenticate(virtual_node: VirtualNode) -> None:
     import ssl
     import urllib.error

@@ -11,9 +11,10 @@ import copy
 import io
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 from sidecars.docker.engine import EngineError
 
@@ -47,6 +48,13 @@ class FakeEngine:
         #: Operation ("start", "stop", "archive") -> an event the operation waits for first: a
         #: test holds a set-up or a stop half-way with it.
         self.gates: dict[str, asyncio.Event] = {}
+        #: Answers `exec_run` (probes, hooks): (container id, argv) -> (exit code, output); an
+        #: exception it raises is raised (TimeoutError: the command timed out).
+        self.exec_handler: Callable[[str, list[str]], tuple[int, bytes]] = lambda cid, cmd: (0, b"")
+        #: (container id, path) -> the bytes of a file in it (what GET .../archive serves).
+        self.file_data: dict[tuple[str, str], bytes] = {}
+        #: container id -> its log output (what `logs` serves, multiplexed as stdout).
+        self.log_data: dict[str, bytes] = {}
 
     def crashed_copy(self) -> FakeEngine:
         """The engine as a new sidecar process finds it after a kill -9 of the old one: the same
@@ -164,6 +172,38 @@ class FakeEngine:
         self.calls.append(f"archive {ref}")
         with tarfile.open(fileobj=io.BytesIO(tar)) as t:
             self.files[self._get(ref)["Id"]].update(f"{path}/{m.name.rstrip('/')}" for m in t.getmembers())
+
+    async def exec_run(self, ref: str, cmd: list[str], *, timeout: float) -> tuple[int, bytes]:
+        self.calls.append(f"exec {ref} {' '.join(cmd)}")
+        c = self._get(ref)
+        if c["State"] != "running":
+            raise EngineError(409, f"Container {ref} is not running")
+        return self.exec_handler(c["Id"], list(cmd))
+
+    async def _call(self, method: str, path: str, *, params: dict[str, str] | None = None, raw: bool = False,
+                    **_: Any) -> Any:
+        """The plumbing, for GET /containers/{id}/archive only (termination messages)."""
+        parts = path.split("/")
+        assert method == "GET" and len(parts) == 4 and parts[3] == "archive" and params and raw, path
+        cid = self._get(unquote(parts[2]))["Id"]
+        data = self.file_data.get((cid, params["path"]))
+        if data is None:
+            raise EngineError(404, f"Could not find the file {params['path']} in container {cid}")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(params["path"].rsplit("/", 1)[-1])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return {}, buf.getvalue()
+
+    async def logs(self, ref: str, params: dict[str, str]) -> AsyncIterator[bytes]:
+        data = self.log_data.get(self._get(ref)["Id"], b"")
+        lines = data.splitlines(keepends=True)
+        if "tail" in params:
+            lines = lines[-int(params["tail"]):] if int(params["tail"]) else []
+        yield b""
+        for line in lines:
+            yield bytes([1, 0, 0, 0]) + len(line).to_bytes(4, "big") + line
 
     async def stat_path(self, ref: str, path: str) -> dict[str, Any] | None:
         return {"name": path, "mode": 0} if path in self.files.get(self._get(ref)["Id"], set()) else None

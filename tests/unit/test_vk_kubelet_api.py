@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kod import errors
+from kod import errors, spdy
 from kod.kube import KubeClient
 from kod.kube_config import Connection
+from tests.unit.spdy_client import Client, status_of
 from tests.unit.vk_fakes import TOKEN, FakeInterLink
 from vk_bridge.certs import ServingCert, cert_fits, make_csr, make_key, server_ssl_context
 from vk_bridge.kubelet_api import Authenticator, create_app, parse_log_options, start_server, subresource_for, user_from_peercert
@@ -189,8 +190,14 @@ async def test_a_token_the_cluster_accepts_reads_logs_and_follow_streams(setup: 
         ("good-token", "/containerLogs/ns/p1/c?follow=maybe", 400),
         ("good-token", "/containerLogs/ns/p1/c?sinceSeconds=5&sinceTime=2026-01-01T00:00:00Z", 400),
         ("good-token", "/containerLogs/ns/p1/c?tailLines=-1", 400),
-        ("good-token", "/exec/ns/p1/c?command=sh", 501),
-        ("good-token", "/portForward/ns/p1", 501),
+        ("good-token", "/exec/ns/p1/c?command=sh", 400),  # no stream asked for
+        ("good-token", "/exec/ns/p1/c?command=sh&output=1", 400),  # no upgrade
+        ("good-token", "/exec/ns/p1/nope?command=sh&output=1", 404),
+        ("good-token", "/attach/ns/nope/c?output=1", 404),
+        ("weak-token", "/exec/ns/p1/c?command=sh&output=1", 403),
+        (None, "/portForward/ns/p1", 401),
+        ("good-token", "/portForward/ns/p1", 400),  # no upgrade
+        ("good-token", "/run/ns/p1/c", 501),
         ("good-token", "/nothing/here", 404),
     ],
 )
@@ -313,3 +320,97 @@ def test_a_stored_certificate_is_reused_only_when_it_fits(tmp_path: Path) -> Non
     (tmp_path / "new").mkdir()
     new_ca = Pki(tmp_path / "new", name="recreated-cluster-ca").ca_pem.encode()
     assert not cert_fits(crt, key, ["localhost"], ["127.0.0.1"], ca_pem=new_ca)  # the cluster was re-created
+
+
+# --- exec, attach, port-forward over SPDY, end to end through the provider -----------------------
+
+
+def _port(setup: Setup) -> int:
+    return int(setup.url.rsplit(":", 1)[1])
+
+
+async def _spdy(setup: Setup, path: str, cert: tuple[Path, Path] | None, headers: list[tuple[str, str]] | None = None,
+                token: str | None = None) -> tuple[Client, int, dict[str, str]]:
+    extra = list(headers or [])
+    if token:
+        extra.append(("Authorization", f"Bearer {token}"))
+    return await Client.connect(_port(setup), path, extra, ssl_context=setup.client_ssl(cert))
+
+
+async def test_the_api_server_execs_over_spdy_and_gets_the_exit_code(setup: Setup) -> None:
+    cert = setup.pki.issue("apiserver", "kube-apiserver-kubelet-client", "kubeadm:cluster-admins")
+    v4 = [("X-Stream-Protocol-Version", "v4.channel.k8s.io")]
+    client, status, _ = await _spdy(setup, "/exec/ns/p1/c?command=echo&command=hi&output=1&error=1", cert, v4)
+    assert status == 101
+    error, stdout, _ = (client.open({"streamtype": [k]}) for k in ("error", "stdout", "stderr"))
+    data, ended, _ = await client.collect()
+    assert data[stdout] == b"hi\n" and status_of(data[error]) == {"metadata": {}, "status": "Success"}
+    assert setup.auth_api.reviews[-1]["resourceAttributes"]["verb"] == "create"  # POST: nodes/proxy create
+
+    client, status, _ = await _spdy(setup, "/exec/ns/p1/u1/c?command=exit&command=3&output=1", cert, v4)
+    assert status == 101
+    error = client.open({"streamtype": ["error"]})
+    client.open({"streamtype": ["stdout"]})
+    data, _, _ = await client.collect()
+    assert status_of(data[error])["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+
+async def test_stdin_and_resize_reach_the_process_with_a_bearer_token(setup: Setup) -> None:
+    headers = [("X-Stream-Protocol-Version", "v4.channel.k8s.io")]
+    client, status, _ = await _spdy(setup, "/exec/ns/p1/c?command=cat&input=1&output=1&tty=1", None, headers, token="good-token")
+    assert status == 101
+    error, stdin, stdout, resize = (client.open({"streamtype": [k]}) for k in ("error", "stdin", "stdout", "resize"))
+    client.send(spdy.DataFrame(resize, b'{"Width":100,"Height":30}'))
+    client.send(spdy.DataFrame(stdin, b"typed"))
+    await asyncio.sleep(0.2)
+    client.send(spdy.DataFrame(stdin, b"", spdy.FLAG_FIN))
+    data, _, _ = await client.collect()
+    assert b"typed" in data[stdout] and b'resize {"Width": 100, "Height": 30}' in data[stdout]
+    assert status_of(data[error])["status"] == "Success"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/exec/ns/p1/c?command=not-running&output=1", 400, 'container "c" is not running'),
+        ("/exec/ns/p1/c?command=true&output=1&tty=1&input=1", 403, "unable to negotiate protocol"),
+        ("/exec/ns/p1/wrong-uid/c?command=true&output=1", 404, "uid wrong-uid"),
+    ],
+)
+async def test_refused_streams_are_status_answers_before_any_upgrade(setup: Setup, path: str, status: int, message: str) -> None:
+    headers = [("X-Stream-Protocol-Version", "v5.channel.k8s.io")] if status == 403 else []
+    _, got, answer = await _spdy(setup, path, None, headers, token="good-token")
+    assert got == status
+    body = json.loads(answer["body"])
+    assert body["kind"] == "Status" and body["code"] == status and message in body["message"]
+    if status == 403:
+        assert "v4.channel.k8s.io" in answer["x-accepted-stream-protocol-versions"]
+
+
+async def test_unauthenticated_streams_get_401_and_unauthorized_ones_403(setup: Setup) -> None:
+    for token, status in ((None, 401), ("forged-token", 401), ("weak-token", 403)):
+        for path in ("/exec/ns/p1/c?command=true&output=1", "/attach/ns/p1/c?output=1", "/portForward/ns/p1"):
+            _, got, answer = await _spdy(setup, path, None, token=token)
+            assert got == status and json.loads(answer["body"])["code"] == status
+
+
+async def test_port_forward_carries_each_pair_and_reports_a_refused_port(setup: Setup) -> None:
+    client, status, headers = await _spdy(setup, "/portForward/ns/p1", None, [("X-Stream-Protocol-Version", "portforward.k8s.io")],
+                                          token="good-token")
+    assert status == 101 and headers["x-stream-protocol-version"] == "portforward.k8s.io"
+    error = client.open({"streamtype": ["error"], "port": ["80"], "requestid": ["0"]})
+    data_id = client.open({"streamtype": ["data"], "port": ["80"], "requestid": ["0"]})
+    bad_error = client.open({"streamtype": ["error"], "port": ["81"], "requestid": ["1"]})
+    client.open({"streamtype": ["data"], "port": ["81"], "requestid": ["1"]})
+    client.send(spdy.DataFrame(data_id, b"get /"))
+    client.send(spdy.DataFrame(data_id, b"", spdy.FLAG_FIN))
+    got: dict[int, bytes] = {}
+    ended: set[int] = set()
+    while not {error, data_id, bad_error} <= ended:
+        frame = await client.frame(10)
+        if isinstance(frame, spdy.DataFrame):
+            got[frame.stream_id] = got.get(frame.stream_id, b"") + frame.data
+            if frame.flags & spdy.FLAG_FIN:
+                ended.add(frame.stream_id)
+    assert got[data_id] == b"GET /" and got.get(error, b"") == b""
+    assert got[bad_error].decode().startswith("error forwarding port 81 to pod ns/p1: failed to connect to localhost:81")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -268,3 +269,43 @@ async def test_adopted_pods_are_admitted_again_oldest_first_and_a_refused_one_is
     assert sorted(uid for uid, _ in harness.interlink.deletes) == ["u-s", "u-young"]
     await until(lambda: harness.status_of("own").get("phase") == "Running")
     assert harness.interlink.creates == 0
+
+
+async def test_events_the_sidecar_reports_become_one_counted_event_each(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: harness.status_of("web").get("phase") == "Running")
+    now = datetime.now(UTC)
+    unhealthy = wire.PodEvent(type="Warning", reason="Unhealthy", message="Readiness probe failed: no",
+                              firstTimestamp=now, lastTimestamp=now)
+    harness.interlink.set_status("u1", events=[unhealthy])
+    await until(lambda: any(e["reason"] == "Unhealthy" for e in harness.api.events))
+    (event,) = [e for e in harness.api.events if e["reason"] == "Unhealthy"]
+    assert event["type"] == "Warning" and event["count"] == 1 and event["involvedObject"]["uid"] == "u1"
+    again = unhealthy.model_copy(update={"count": 3})
+    harness.interlink.set_status("u1", events=[again])
+    await until(lambda: event["count"] == 3)  # the same Event, patched: one series, counted
+    assert [e["reason"] for e in harness.api.events].count("Unhealthy") == 1
+    # A restarted virtual kubelet that reports it again changes nothing (same name: patched).
+    harness.controller._event_counts.clear()
+    killing = wire.PodEvent(type="Normal", reason="Killing", message="Container main failed liveness probe, will be restarted",
+                            firstTimestamp=now, lastTimestamp=now)
+    harness.interlink.set_status("u1", events=[again, killing])
+    await until(lambda: any(e["reason"] == "Killing" for e in harness.api.events))
+    assert [e["reason"] for e in harness.api.events].count("Unhealthy") == 1 and event["count"] == 3
+
+
+async def test_a_pod_flooding_events_is_held_to_the_kubelets_spam_filter(harness: Harness) -> None:
+    harness.sync()
+    harness.event("ADDED", api_pod("web", "u1"))
+    await until(lambda: harness.status_of("web").get("phase") == "Running")
+    now = datetime.now(UTC)
+    for n in range(1, 41):  # 40 distinct failures, as a probe whose output changes every time
+        failed = wire.PodEvent(type="Warning", reason="Unhealthy", message=f"Readiness probe failed: {n}",
+                               firstTimestamp=now, lastTimestamp=now)
+        harness.interlink.set_status("u1", events=[failed])
+        await until(lambda: len(harness.controller.queue) == 0)
+        await asyncio.sleep(0.01)
+    await harness.controller.events.drain()
+    await asyncio.sleep(0.2)
+    assert len([e for e in harness.api.events if e["reason"] == "Unhealthy"]) == 25

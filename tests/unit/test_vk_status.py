@@ -69,6 +69,18 @@ def test_unready_container_makes_the_pod_not_ready_with_the_kubelets_message() -
     assert ready["message"] == "containers with unready status: [b]"
 
 
+def test_an_unready_sidecar_init_container_makes_the_pod_not_ready_as_on_a_kubelet() -> None:
+    pod = api_pod(init=1)
+    pod["spec"]["initContainers"][0]["restartPolicy"] = "Always"
+    st = desired_status(pod, remote(initContainerStatuses=[running("init0", ready=False)],
+                                    containerStatuses=[running("a"), running("b", ready=False)]), host_ips=["h"])
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"] == "containers with unready status: [init0 b]"
+    st = desired_status(pod, remote(initContainerStatuses=[running("init0")], containerStatuses=[running("a"), running("b")]),
+                        host_ips=["h"])
+    assert conds(st)["Ready"] == conds(st)["ContainersReady"] == "True"
+
+
 @pytest.mark.parametrize(("code", "phase", "reason"), [(0, "Succeeded", "Completed"), (3, "Failed", "Error"), (137, "Failed", "OOMKilled")])
 def test_finished_pods_carry_exit_codes_and_reasons(code: int, phase: str, reason: str) -> None:
     st = desired_status(
@@ -78,7 +90,9 @@ def test_finished_pods_carry_exit_codes_and_reasons(code: int, phase: str, reaso
     term = st["containerStatuses"][0]["state"]["terminated"]
     assert (term["exitCode"], term["reason"], term["finishedAt"]) == (code, reason, "2026-01-02T03:05:00Z")
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "False" and ready["reason"] == "PodCompleted"
+    # The kubelet's words (kod-worker, tests/e2e/test_differential.py): PodCompleted for a pod that
+    # succeeded, PodFailed for one that failed.
+    assert ready["status"] == "False" and ready["reason"] == ("PodCompleted" if phase == "Succeeded" else "PodFailed")
 
 
 def test_init_containers_gate_initialized() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kod import errors, wire
+from kod import errors, streams, wire
 from kod.http import bearer_auth_middleware, error_middleware, json_model, read_model, request_id_middleware
 from kod.hub import Hub
 from kod.watch_serve import serve_watch
@@ -113,7 +113,59 @@ class FakeInterLink:
         app.router.add_delete(f"{p}/pods/{{namespace}}/{{name}}", self.delete)
         app.router.add_get(f"{p}/pods/{{namespace}}/{{name}}/containers/{{container}}/logs", self.container_logs)
         app.router.add_get(f"{p}/watch", self.watch)
+        app.router.add_get(f"{p}/pods/{{namespace}}/{{name}}/containers/{{container}}/exec", self.exec_stream)
+        app.router.add_get(f"{p}/pods/{{namespace}}/{{name}}/portforward", self.port_forward_stream)
         return app
+
+    async def exec_stream(self, request: web.Request) -> web.StreamResponse:
+        """A pretend process on a `kod.streams` socket: `echo ARGS` prints them, `cat` copies
+        stdin until its end, `exit N` exits N; `not-running` finds the container stopped."""
+        try:
+            options = streams.parse_exec_query(request.query)
+            self._find(request.match_info["namespace"], request.match_info["name"])
+            if options.command[:1] == ["not-running"]:
+                raise errors.InvalidInput(f'container "{request.match_info["container"]}" is not running')
+        except errors.KodError as exc:
+            return streams.refusal(exc)
+        ws = await streams.accept(request)
+        channels = streams.Channels(ws)
+        argv, code = options.command, 0
+        if argv[0] == "echo":
+            await channels.send(streams.STDOUT, (" ".join(argv[1:]) + "\n").encode())
+        elif argv[0] == "cat":
+            while (message := await channels.receive()) is not None:
+                channel, payload = message
+                if channel == streams.STDIN:
+                    await channels.send(streams.STDOUT, payload)
+                elif channel == streams.RESIZE:
+                    await channels.send(streams.STDERR, b"resize " + payload + b"\n")
+                elif channel == streams.CLOSE:
+                    break
+        elif argv[0] == "exit":
+            code = int(argv[1])
+        await channels.send_status(wire.StreamStatus(exitCode=code))
+        await channels.close()
+        return ws
+
+    async def port_forward_stream(self, request: web.Request) -> web.StreamResponse:
+        """An upper-casing echo on every port but 81 (refused)."""
+        try:
+            options = streams.parse_port_query(request.query)
+            if options.port == 81:
+                raise errors.InvalidInput("failed to connect to localhost:81 inside the pod's network namespace: connection refused")
+        except errors.KodError as exc:
+            return streams.refusal(exc)
+        ws = await streams.accept(request)
+        channels = streams.Channels(ws)
+        while (message := await channels.receive()) is not None:
+            channel, payload = message
+            if channel == streams.DATA:
+                await channels.send(streams.DATA, payload.upper())
+            elif channel == streams.CLOSE:
+                await channels.end(streams.DATA)
+                break
+        await channels.close()
+        return ws
 
     def _find(self, namespace: str, name: str) -> wire.PodStatus:
         for pod in self.pods.values():
@@ -210,6 +262,7 @@ class FakeKubeApi:
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self.get_secret)
         app.router.add_get("/api/v1/namespaces/{ns}/configmaps/{name}", self.get_config_map)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self.post_event)
+        app.router.add_patch("/api/v1/namespaces/{ns}/events/{name}", self.patch_event)
         return app
 
     @staticmethod
@@ -253,5 +306,15 @@ class FakeKubeApi:
 
     async def post_event(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if any(e["metadata"]["name"] == body["metadata"]["name"] for e in self.events):
+            return self._status(409, f"events \"{body['metadata']['name']}\" already exists")
         self.events.append(body)
         return web.json_response(body, status=201)
+
+    async def patch_event(self, request: web.Request) -> web.Response:
+        patch = await request.json()
+        for event in self.events:
+            if event["metadata"]["name"] == request.match_info["name"]:
+                event.update(patch)
+                return web.json_response(event)
+        return self._status(404, "events not found")

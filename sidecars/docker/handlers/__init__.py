@@ -8,7 +8,7 @@ from aiohttp import web
 
 from kod.routes import SIDECAR
 from kod.routes import add_routes as add_table_routes
-from sidecars.docker.handlers import create, delete, get, health, logs, pods, ping, watch
+from sidecars.docker.handlers import create, delete, exec_attach, get, health, logs, pods, ping, portforward, stats, watch
 
 #: Operation id (kod.routes) -> handler.
 HANDLERS = {
@@ -20,6 +20,10 @@ HANDLERS = {
     "deletePod": delete.handle,
     "podLogs": logs.handle,
     "watch": watch.handle,
+    "execContainer": exec_attach.handle_exec,
+    "attachContainer": exec_attach.handle_attach,
+    "portForward": portforward.handle,
+    "stats": stats.handle,
 }
 
 

@@ -11,3 +11,5 @@ from sidecars.docker.settings import DockerSidecarSettings
 SETTINGS = web.AppKey("settings", DockerSidecarSettings)
 RUNTIME = web.AppKey("runtime", Runtime)
 HUB = web.AppKey("hub", Hub)
+#: The exec, attach and port-forward WebSockets open now, closed at shutdown.
+SOCKETS = web.AppKey("sockets", set)
