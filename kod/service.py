@@ -21,9 +21,10 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,8 @@ from kod import errors
 from kod.log import get_logger
 
 log = get_logger(__name__)
+
+S = TypeVar("S", bound=BaseModel)
 
 #: The signals that stop a service cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -177,3 +180,27 @@ async def serve_app(
             await runner.cleanup()
             if where is not None and listen.socket:  # ours only: never a socket we refused to replace
                 Path(listen.socket).expanduser().unlink(missing_ok=True)
+
+
+def run_service(script: str, load: Callable[[], S], serve: Callable[[S], Coroutine[Any, Any, None]], *,
+                component: str, print_settings: bool = False, secret_fields: frozenset[str] = frozenset({"token"})) -> int:
+    """The body of a sidecar's console script: load the settings (exit 2 with the reason on bad
+    ones), print them without their secrets when asked (exit 0), else configure logging and serve
+    until stopped (exit 1 when the service cannot start)."""
+    try:
+        settings = load()
+    except errors.KodError as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        return 2
+    if print_settings:
+        print(settings.model_dump_json(indent=2, exclude=set(secret_fields)))
+        return 0
+    from kod.log import configure
+
+    configure(level=getattr(settings, "log_level", "info"), component=component)
+    try:
+        asyncio.run(serve(settings))
+    except errors.KodError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+    return 0

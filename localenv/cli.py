@@ -5,6 +5,7 @@
     python -m localenv status [--json]   # what runs, the node, the paths
     python -m localenv images [IMAGE...] # build the project's images, import the apps' and viewer's into the cluster
     python -m localenv down [--wipe] [--docker]
+    python -m localenv slurm [up|down|status]   # this machine's Slurm (localenv.slurm)
 """
 
 from __future__ import annotations
@@ -47,7 +48,33 @@ def cmd_up(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) ->
         assert images is not None and stack is not None
         images.build_and_import(target, progress)
         stack.up(progress=progress, cluster=target)
+    if env.get("KOD_LOCALENV_SLURM") == "1":
+        from localenv import slurm
+
+        slurm.hpc_up(s, progress)
     return 0
+
+
+def cmd_slurm(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
+    from localenv import slurm
+
+    if args.action == "up":
+        if args.no_node:
+            site = slurm.up(s, progress)
+            progress.line(f"    slurm node: {site.sinfo()}")
+        else:
+            stack = slurm.hpc_up(s, progress)
+            progress.line(f"    virtual HPC node {stack.node_name} is Ready (its pods run as Slurm jobs)")
+        return 0
+    if args.action == "down":
+        if args.no_node:
+            slurm.down(s, progress)
+        else:
+            slurm.hpc_down(s, progress)
+        return 0
+    st = slurm.status(s)
+    print(json.dumps(st, indent=2))
+    return 0 if all(st["daemons"].values()) else 3
 
 
 def cmd_images(s: LocalEnvSettings, args: argparse.Namespace, progress: Progress) -> int:
@@ -160,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="only these images (and the ones they build FROM): " + ", ".join(s.name for s in images_mod.specs()))
     p.set_defaults(func=cmd_images)
+    p = sub.add_parser(
+        "slurm", help="this machine's Slurm (munge, slurmctld, slurmd) and the virtual HPC node on it",
+        description="Install, configure and start a one-machine Slurm and the virtual HPC node hpc-local whose "
+        "pods run as its jobs (idempotent; see localenv/slurm.py and docs/slurm.md), stop both (deleting the "
+        "node's pods and cancelling jobs), or print what runs.",
+    )
+    p.add_argument("action", nargs="?", default="up", choices=["up", "down", "status"])
+    p.add_argument("--no-node", action="store_true",
+                   help="only Slurm itself, not the virtual HPC node (hpc-local) whose pods run as its jobs")
+    p.set_defaults(func=cmd_slurm)
     return parser
 
 

@@ -53,7 +53,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +72,8 @@ NAMESPACE = "kod-system"
 NAMES = ("sidecar", "interlink", "vk")
 TUNNEL = "tunnel"
 SCRIPTS = {"sidecar": "kod-docker-sidecar", "interlink": "kod-interlink", "vk": "kod-vk", TUNNEL: "konnectivity-agent"}
+#: The sidecar's console script per `StackSettings.sidecar_kind`.
+SIDECAR_SCRIPTS = {"docker": "kod-docker-sidecar", "slurm": "kod-slurm-sidecar"}
 REPO = Path(__file__).resolve().parents[1]
 #: The packages the three processes run: when their code changes, `up` restarts them.
 CODE = tuple(REPO / name for name in ("kod", "vk_bridge", "interlink", "sidecars"))
@@ -113,6 +115,14 @@ class StackSettings(BaseModel):
         "one engine never touch each other's containers.",
     )
     directory: str = Field(default="desktop", description="The stack's directory under localenv's data_dir.")
+    sidecar_kind: Literal["docker", "slurm"] = Field(
+        default="docker", description="Which sidecar the stack's interlink routes to: the Docker sidecar (the "
+        "desktop), or the Slurm sidecar (a virtual HPC node whose pods run as Slurm jobs: localenv.slurm).",
+    )
+    slurm: dict[str, Any] = Field(
+        default_factory=dict, description="More settings of the Slurm sidecar (sidecars/slurm/settings.py) when "
+        "sidecar_kind is slurm: work_dir, partition, poll_seconds, ...",
+    )
     docker_url: str | None = Field(
         default=None, description="The Docker engine the sidecar runs pods in (e.g. unix:///run/x/docker.sock); "
         "default the local one.",
@@ -298,23 +308,27 @@ def configs(stack: Stack, *, node_address: str | None = None) -> dict[str, dict[
     node: dict[str, Any] = {"name": s.node_name, "user": s.user, "capacity": {"pods": str(s.max_pods)}}
     if node_address:
         node["address"] = node_address
+    sidecar: dict[str, Any] = {
+        **({"docker_url": s.docker_url} if s.docker_url else {}),
+        "name": s.sidecar_name,
+        "token_file": stack.sidecar_token_file,
+        "create_token": False,
+        "log_level": s.log_level,
+        "listen": {"host": "127.0.0.1", "port": s.sidecar_port},
+    }
+    if s.sidecar_kind == "slurm":
+        # Job directories outside root's 0700 home: jobs run as the pods' users (docs/slurm.md).
+        sidecar |= {"capacity_pods": s.max_pods, "work_dir": f"/var/lib/kod-slurm/{s.sidecar_name}", **s.slurm}
+    else:
+        sidecar |= {"capacity": {"pods": s.max_pods}, "network": network_config(stack)}
     return {
-        "sidecar": {
-            **({"docker_url": s.docker_url} if s.docker_url else {}),
-            "name": s.sidecar_name,
-            "token_file": stack.sidecar_token_file,
-            "create_token": False,
-            "log_level": s.log_level,
-            "listen": {"host": "127.0.0.1", "port": s.sidecar_port},
-            "capacity": {"pods": s.max_pods},
-            "network": network_config(stack),
-        },
+        "sidecar": sidecar,
         "interlink": {
             "token_file": stack.interlink_token_file,
             "create_token": False,
             "log_level": s.log_level,
             "listen": {"host": s.interlink_host, "port": s.interlink_port},
-            "sidecars": [{"name": "docker", "url": stack.sidecar_url, "token_file": str(stack.sidecar_token_file)}],
+            "sidecars": [{"name": s.sidecar_kind, "url": stack.sidecar_url, "token_file": str(stack.sidecar_token_file)}],
         },
         "vk": {
             "log_level": s.log_level,
@@ -331,13 +345,14 @@ def config_file(stack: Stack, name: str) -> Path:
     return stack.config_dir / f"{name}.toml"
 
 
-def _command(name: str) -> tuple[str, ...]:
+def _command(name: str, script: str | None = None) -> tuple[str, ...]:
     """The console script of this virtualenv, with its interpreter spelled out: that is the
     command line /proc shows for it, which is how localenv.procs recognises its processes."""
-    path = Path(sys.executable).parent / SCRIPTS[name]
+    script = script or SCRIPTS[name]
+    path = Path(sys.executable).parent / script
     if not path.exists():
         raise errors.Unavailable(
-            f"{SCRIPTS[name]} is not installed in {path.parent}",
+            f"{script} is not installed in {path.parent}",
             hint="run `make venv` (pip install -e .) so that the console scripts exist",
         )
     first = path.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
@@ -531,13 +546,13 @@ def daemon(stack: Stack, name: str) -> procs.Daemon:
     if name == TUNNEL:
         return tunnel_daemon(stack)
     cfg = config_file(stack, name)
-    argv = (*_command(name), "--config", str(cfg))
+    argv = (*_command(name, SIDECAR_SCRIPTS[stack.settings.sidecar_kind] if name == "sidecar" else None), "--config", str(cfg))
     address = node_address(stack) if name == "vk" and stack.settings.konnectivity_server else None
     files = {cfg: toml.dumps(configs(stack, node_address=address)[name])}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name == "sidecar":
         return procs.Daemon(
-            name="docker-sidecar", argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env, code=CODE,
+            name=_pid_file(stack, name).stem, argv=argv, run_dir=stack.run_dir, logs_dir=stack.logs_dir, files=files, env=env, code=CODE,
             inputs=(stack.sidecar_token_file,), ready=lambda: _ping(stack.sidecar_url, stack.sidecar_token_file),
             ready_timeout=stack.settings.ready_timeout, stop_timeout=30.0,
         )
@@ -570,7 +585,8 @@ def daemon(stack: Stack, name: str) -> procs.Daemon:
 
 
 def _pid_file(stack: Stack, name: str) -> Path:
-    return stack.run_dir / f"{ {'sidecar': 'docker-sidecar', TUNNEL: SCRIPTS[TUNNEL]}.get(name, name)}.pid"
+    sidecar = f"{stack.settings.sidecar_kind}-sidecar"
+    return stack.run_dir / f"{ {'sidecar': sidecar, TUNNEL: SCRIPTS[TUNNEL]}.get(name, name)}.pid"
 
 
 def pid(name: str, stack: Stack | None = None) -> int | None:
@@ -658,7 +674,8 @@ def _up(stack: Stack, progress: Progress, names: tuple[str, ...]) -> None:
         registered = node_registry.register(stack.cluster, stack.node_name, stack.settings.allowed)
         step.done(f"namespace {owner.namespace}, kubeconfig {owner.kubeconfig or 'the cluster given'}; {registered}")
     for name in names:
-        with progress.step(f"desktop stack: {SCRIPTS[name]}") as step:
+        script = SIDECAR_SCRIPTS[stack.settings.sidecar_kind] if name == "sidecar" else SCRIPTS[name]
+        with progress.step(f"desktop stack: {script}") as step:
             outcome, pid_ = procs.ensure(daemon(stack, name))
             step.done(f"{outcome}, pid {pid_}, log {stack.logs_dir / _pid_file(stack, name).with_suffix('.log').name}")
     if "vk" in names:
@@ -684,7 +701,8 @@ def _down(stack: Stack, progress: Progress, *, delete_node: bool, pod_timeout: f
     # The tunnel too when it runs from an earlier configuration that had one.
     running_tunnel = (TUNNEL,) if _pid_file(stack, TUNNEL).exists() and TUNNEL not in processes(stack.settings) else ()
     for name in reversed((*processes(stack.settings), *running_tunnel)):
-        with progress.step(f"desktop stack: stop {SCRIPTS[name]}") as step:
+        script = SIDECAR_SCRIPTS[stack.settings.sidecar_kind] if name == "sidecar" else SCRIPTS[name]
+        with progress.step(f"desktop stack: stop {script}") as step:
             stopped = procs.stop_by_pid_file(_pid_file(stack, name))
             step.done(f"stopped pid {stopped}" if stopped else "not running")
     if reachable and delete_node:

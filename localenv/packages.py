@@ -37,6 +37,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     # the desktop at home (localenv.netlab, tests/e2e/test_home_*.py): Firefox installed on the
     # desktop, which cloudify runs locally when the link to the cluster is too slow
     "home": ("firefox-esr",),
+    # the Slurm sidecar's HPC site (localenv.slurm, `python -m localenv slurm`): munge and Slurm
+    # 22.05's controller, node daemon and commands; bubblewrap runs each pod's containers inside
+    # its job (docs/slurm.md says why not runc)
+    "slurm": ("munge", "slurmctld", "slurmd", "slurm-client", "bubblewrap"),
 }
 
 

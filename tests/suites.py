@@ -1,9 +1,9 @@
-"""The whole test suite as three pytest runs side by side: what `make test` (and so CI) runs.
+"""The whole test suite as four pytest runs side by side: what `make test` (and so CI) runs.
 
-    python -m tests.suites                 # fast | e2e (not home) | home, at the same time
+    python -m tests.suites                 # fast | e2e (not home, not slurm) | home | slurm, at the same time
     python -m tests.suites tests/unit -x   # with arguments: one plain pytest run of exactly those
 
-Why three processes and not one: the suite is mostly waiting (pods starting, a browser drawing,
+Why several processes and not one: the suite is mostly waiting (pods starting, a browser drawing,
 a link emulated at 40 ms), not computing, so runs that share nothing but the cluster overlap
 well even on two cores. The split follows what they share:
 
@@ -11,7 +11,9 @@ well even on two cores. The split follows what they share:
 - e2e: the end-to-end tests on this machine's own desktop (its Docker engine, X server and
   PulseAudio, the machine's desktop stack);
 - home: the `home` tests, whose desktop is another host behind NAT with a Docker engine, X server
-  and desktop stack of its own (localenv.netlab); with the e2e run they share only the API server.
+  and desktop stack of its own (localenv.netlab); with the e2e run they share only the API server;
+- slurm: the `slurm` tests, the virtual HPC node on this machine's Slurm (localenv.slurm), whose
+  stack and daemons are its own.
 
 The images both end-to-end runs use are built once before (`localenv images`), so that two runs
 never build the same image at once. Each run writes its output to a file; it is printed whole
@@ -44,7 +46,9 @@ class Suite:
 
 SUITES = (
     Suite("home", "e2e and home"),
-    Suite("e2e", "e2e and not home"),
+    Suite("e2e", "e2e and not home and not slurm"),
+    # the Slurm sidecar against this machine's real Slurm (localenv.slurm): its own suite
+    Suite("slurm", "e2e and slurm and not home"),
     Suite("fast", "not e2e"),
 )
 

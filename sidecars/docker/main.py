@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from kod import __version__, errors
-from kod.log import configure, get_logger
-from kod.service import serve_app
+from kod import __version__
+from kod.log import get_logger
+from kod.service import run_service, serve_app
 from kod.settings import load_settings
 from sidecars.docker.app import create_app
 from sidecars.docker.settings import ENV_PREFIX, DockerSidecarSettings, default_config_file
@@ -91,21 +91,8 @@ async def serve(settings: DockerSidecarSettings, *, ready: asyncio.Event | None 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kod-docker-sidecar` console script."""
     args = parse_args(argv)
-    try:
-        settings = load(args)
-    except errors.KodError as exc:
-        print(f"kod-docker-sidecar: {exc}", file=sys.stderr)
-        return 2
-    if args.print_settings:
-        print(settings.model_dump_json(indent=2, exclude={"token"}))
-        return 0
-    configure(level=settings.log_level, component="docker-sidecar")
-    try:
-        asyncio.run(serve(settings))
-    except errors.KodError as exc:
-        log.error("cannot start", error=str(exc))
-        return 1
-    return 0
+    return run_service("kod-docker-sidecar", lambda: load(args), serve, component="docker-sidecar",
+                       print_settings=args.print_settings)
 
 
 if __name__ == "__main__":

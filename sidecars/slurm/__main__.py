@@ -1,0 +1,5 @@
+import sys
+
+from sidecars.slurm.main import main
+
+sys.exit(main())
