@@ -18,6 +18,7 @@ delay), a home-made delaying proxy (the issue asks for an existing tool).
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,21 +58,28 @@ class Api:
     """toxiproxy's HTTP API. Calls open their connection where the calling thread's network is
     (wrap them in localenv.netns.entered for a toxiproxy in another namespace)."""
 
-    def __init__(self, url: str = f"http://127.0.0.1:{API_PORT}", timeout: float = 5.0) -> None:
+    def __init__(self, url: str = f"http://127.0.0.1:{API_PORT}", timeout: float = 20.0) -> None:
         self.url, self.timeout = url.rstrip("/"), timeout
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; a connection that fails or stalls is tried again until `timeout` has
+        passed (on a loaded machine a just-restarted toxiproxy can take seconds to answer; every
+        call here is idempotent)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise errors.Internal(f"toxiproxy {method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from exc
-        except OSError as exc:
-            raise errors.Unavailable(f"toxiproxy does not answer at {self.url}: {exc}") from exc
-        return json.loads(raw) if raw.strip() else None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            req = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+            try:
+                with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw.strip() else None
+            except urllib.error.HTTPError as exc:
+                raise errors.Internal(f"toxiproxy {method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from exc
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise errors.Unavailable(f"toxiproxy does not answer at {self.url}: {exc}") from exc
+                time.sleep(0.2)
 
     def proxies(self) -> dict[str, Any]:
         return dict(self._call("GET", "/proxies"))

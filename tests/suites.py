@@ -98,7 +98,7 @@ def run_all(suites: tuple[Suite, ...] = SUITES) -> int:
         for suite in suites:
             log = outdir / f"{suite.name}.log"
             with open(log, "wb") as out:
-                proc = subprocess.Popen(pytest_argv("-m", suite.marks, *suite.extra), cwd=ROOT, stdout=out,
+                proc = subprocess.Popen(pytest_argv("-m", suite.marks, "--durations=15", *suite.extra), cwd=ROOT, stdout=out,
                                         stderr=subprocess.STDOUT, env={**os.environ, "KOD_TEST_SUITE": suite.name})
             running.append(Running(suite, proc, log))
             say(f"{suite.name}: pytest -m {suite.marks!r} started (output: {log})")

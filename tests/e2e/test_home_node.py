@@ -119,8 +119,8 @@ def _ticker(node: HomeNode, name: str) -> dict[str, Any]:
                     terminationGracePeriodSeconds=1)
 
 
-def test_kubectl_runs_follows_and_deletes_a_pod_on_the_desktop(home_node: HomeNode, owner_namespace: str) -> None:
-    ns = owner_namespace
+def test_kubectl_runs_follows_and_deletes_a_pod_on_the_desktop(home_node: HomeNode, home_owner_namespace: str) -> None:
+    ns = home_owner_namespace
     home_node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(_ticker(home_node, "ticker")))
     pod = home_node.wait_phase(ns, "ticker", "Running", timeout=90)
     assert pod["spec"]["nodeName"] == home_node.name
@@ -164,9 +164,9 @@ def _kill_tunnel_end(node: HomeNode, end: str) -> int:
 
 
 @pytest.mark.parametrize("end", ["agent", "server"])
-def test_a_kill_9_of_either_end_of_the_tunnel_heals_within_10_s(home_node: HomeNode, owner_namespace: str,
+def test_a_kill_9_of_either_end_of_the_tunnel_heals_within_10_s(home_node: HomeNode, home_owner_namespace: str,
                                                                 end: str) -> None:
-    ns = owner_namespace
+    ns = home_owner_namespace
     home_node.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(_ticker(home_node, "ticker")))
     home_node.wait_phase(ns, "ticker", "Running", timeout=90)
     deadline = time.monotonic() + 30
