@@ -88,8 +88,16 @@ async def harness(aiohttp_server: Callable[..., Any]) -> AsyncIterator[Harness]:
     )
     tasks = [asyncio.create_task(controller.run_remote_watch()), asyncio.create_task(controller.run_workers())]
     yield Harness(interlink, api, controller)
-    for t in tasks:
-        t.cancel()
+    # Cancelled again until they are gone: Python 3.11's asyncio.wait_for can swallow a
+    # cancellation that arrives just as the wait it guards completes, and a loop around it then
+    # goes on (the teardown hung on a loaded machine).
+    for _ in range(100):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.2)
     await asyncio.gather(*tasks, return_exceptions=True)
     await provider.close()
     await kube.close()
