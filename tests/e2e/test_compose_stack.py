@@ -29,6 +29,7 @@ from kod.wire import NodeInfo, PodCreateRequest, PodStatus
 from localenv import cluster_images
 from localenv import settings as localenv_settings
 from localenv.paths import paths_for
+from tests.e2e.docker_sidecar_support import sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -107,10 +108,9 @@ def stack(tmp_path: Path, docker_compose: str, stack_images: list[str], docker_e
         yield s
     finally:
         s.run("down", "--remove-orphans", "-t", "5", check=False)
-        for c in docker_engine.containers.list(all=True, ignore_removed=True, filters={"label": f"io.kod.sidecar={sidecar_name}"}):
-            c.remove(force=True)
-        for v in docker_engine.volumes.list(filters={"label": f"io.kod.sidecar={sidecar_name}"}):
-            v.remove(force=True)
+        # Containers, volumes and the pods' network with its host rules (Docker has address
+        # pools for only about thirty networks).
+        sweep(docker_engine, sidecar_name)
 
 
 def test_docker_compose_accepts_the_file_and_says_what_is_missing(tmp_path: Path, docker_compose: str) -> None:

@@ -30,6 +30,7 @@ from kod.wire import NodeInfo, PodCreateRequest, PodStatus, PodStatusList, Watch
 from localenv import cluster_images
 from localenv.paths import paths_for
 from localenv import settings as localenv_settings
+from tests.e2e.docker_sidecar_support import sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -118,10 +119,9 @@ class Desk:
     def cleanup(self) -> None:
         for which in list(self.procs):
             self.kill(which)
-        for c in self.containers():
-            c.remove(force=True)
-        for v in self.docker.volumes.list(filters={"label": f"{SIDECAR_LABEL}={self.name}"}):
-            v.remove(force=True)
+        # Containers, volumes and the pods' network with its host rules: each test's sidecar
+        # makes a network of its own, and Docker has address pools for only about thirty.
+        sweep(self.docker, self.name)
 
 
 async def ready(desk: Desk, which: str) -> None:
