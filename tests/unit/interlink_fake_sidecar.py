@@ -13,8 +13,11 @@ CLIENT_TOKEN = "vk-token"
 AUTH = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
 
 
-def interlink_settings(*sidecars: FakeSidecar, rules: dict[str, dict[str, Any]] | None = None, **more: Any) -> Any:
-    """InterlinkSettings routing to the fakes (in the order given), fast heartbeats and backoff."""
+def interlink_settings(
+    *sidecars: FakeSidecar, rules: dict[str, dict[str, Any]] | None = None, sidecar_timeout: float = 2.0, **more: Any
+) -> Any:
+    """InterlinkSettings routing to the fakes (in the order given), fast heartbeats and backoff;
+    each sidecar request times out after `sidecar_timeout` s."""
     from interlink.settings import InterlinkSettings
 
     rules = rules or {}
@@ -22,7 +25,7 @@ def interlink_settings(*sidecars: FakeSidecar, rules: dict[str, dict[str, Any]] 
         "token": CLIENT_TOKEN,
         "create_token": False,
         "sidecars": [
-            {"name": s.name, "url": s.url, "token": s.token, "match": rules.get(s.name, {}), "timeout_seconds": 2}
+            {"name": s.name, "url": s.url, "token": s.token, "match": rules.get(s.name, {}), "timeout_seconds": sidecar_timeout}
             for s in sidecars
         ],
         "watch": {

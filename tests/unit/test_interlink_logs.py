@@ -63,8 +63,8 @@ async def test_a_quiet_follow_stream_is_closed_upstream_when_the_client_leaves(i
 
 async def test_a_slow_reader_slows_the_sidecar_and_still_gets_everything(interlink: TestClient, fake: FakeSidecar) -> None:
     chunk = b"y" * (1 << 20)
-    total = 64 * len(chunk)
-    for _ in range(64):
+    total = 32 * len(chunk)
+    for _ in range(32):
         fake.append_log("default", "app", "main", chunk)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

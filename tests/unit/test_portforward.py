@@ -83,7 +83,7 @@ class Stack:
         async def kubelet(request: web.Request) -> web.StreamResponse:
             session = await spdy.accept_upgrade(request, {portforward.PROTOCOL_HEADER: portforward.PROTOCOL})
             async with session:
-                await portforward.serve(session, dial, pod="ns/pod", pair_timeout=2)
+                await portforward.serve(session, dial, pod="ns/pod", pair_timeout=1)
             assert session.response is not None
             return session.response
 

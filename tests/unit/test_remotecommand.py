@@ -122,7 +122,7 @@ async def kubelet() -> AsyncIterator[Callable[[Process], Any]]:
                 return web.Response(status=403, text=str(exc))
             session = await spdy.accept_upgrade(request, {remotecommand.PROTOCOL_HEADER: protocol} if protocol else {})
             async with session:
-                found = await remotecommand.wait_for_streams(session, protocol, opts, timeout=3)
+                found = await remotecommand.wait_for_streams(session, protocol, opts, timeout=1)
                 await process.start()
                 await remotecommand.bridge(found, process, session)  # type: ignore[arg-type]
             assert session.response is not None

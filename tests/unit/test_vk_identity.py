@@ -348,7 +348,7 @@ async def test_a_failed_renewal_keeps_the_old_certificate_then_the_token_after_e
     original_sign = world.api.sign
 
     def short(csr: dict[str, Any]) -> bytes:
-        csr["spec"]["expirationSeconds"] = 5
+        csr["spec"]["expirationSeconds"] = 2
         return original_sign(csr)
 
     world.api.sign = short  # type: ignore[method-assign]
