@@ -2,7 +2,7 @@
 the same job.
 
     plan = plan_job(request, images, job_dir=Path("/var/lib/kod-slurm/jobs/<uid>"), sidecar="slurm",
-                    partition="kod", default_memory="256Mi", default_uid=0)
+                    partition="kod", default_memory="256Mi", default_uid=65534)
     plan.options    # ["--job-name=kod-default-web", "--comment=kod:slurm:<uid>", "--mem=256M", ...]
     plan.script     # bash: init containers in order, then the main ones, each in bubblewrap
 
@@ -17,7 +17,8 @@ What maps to what (docs/slurm.md has the table):
   before the time limit and passes it to every container (the same path a delete takes).
 - the pod's runAsUser/runAsGroup -> sbatch --uid/--gid: the whole job runs as that user, and
   the containers (user namespaces of bubblewrap) too. Containers that ask for different users are
-  refused: a job has one owner.
+  refused: a job has one owner. Root and system accounts are refused (`identity`); a pod that
+  names no user runs as `default_uid` (nobody).
 
 The script writes, in the job's directory, `state/<container>.<run>.start` and `.exit`
 ("<exit code> <finished epoch> <oom 0|1>") around each run and its output to
@@ -43,6 +44,8 @@ COMMENT_PREFIX = "kod"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Exit code of the script when the job's directory is missing (never a container's).
 SETUP_FAILED = 111
+#: The first descriptor the script opens subPath sources on (bubblewrap's --bind-fd).
+SUBPATH_FD = 20
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Mount:
     source: Path
     target: str
     read_only: bool
+    #: With a subPath: the volume's root, which the source must stay beneath when the container
+    #: starts (a container may have turned a path of an emptyDir into a symlink meanwhile).
+    volume: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,21 @@ def pod_resources(pod: wire.Pod, *, default_memory: str) -> Resources:
     return Resources(memory_mib=max(1, math.ceil(mem / MIB)), cpus=max(1, math.ceil(milli / 1000)), gpus=gpus)
 
 
-def identity(pod: wire.Pod, *, default_uid: int, default_gid: int | None) -> tuple[int, int]:
-    """The job's uid and gid: the pod's, else the containers' (all the same), else the defaults."""
+#: The job's user when the pod names none: nobody (a pod never runs as root on the HPC host).
+NOBODY = 65534
+
+
+def identity(pod: wire.Pod, *, default_uid: int, default_gid: int | None, min_uid: int = 1000,
+             max_uid: int = 59999) -> tuple[int, int]:
+    """The job's uid and gid: the pod's, else the containers' (all the same), else the defaults.
+
+    The uid becomes a user of the HPC host, outside any container (the job's script, the files of
+    its directory, what its processes may reach on the host's network), so what a pod may ask for
+    is bounded to the site's range of people's ids, [min_uid, max_uid]: never root (uid or gid
+    0), no system account (munge, slurm and the daemons own what lets a job become anyone; Debian
+    puts them below 1000 and at 60000-64999, slurm is 64030). What is outside is refused
+    (Forbidden), not mapped, so that a pod author sees why. The defaults are always allowed (the
+    site chose them: nobody by default)."""
     psc = pod.spec.securityContext or wire.PodSecurityContext()
     uids, gids = set(), set()
     for c in (*pod.spec.initContainers, *pod.spec.containers):
@@ -131,18 +150,22 @@ def identity(pod: wire.Pod, *, default_uid: int, default_gid: int | None) -> tup
         gids.add(sc.runAsGroup if sc.runAsGroup is not None else psc.runAsGroup)
     uids.discard(None)
     gids.discard(None)
+    where = f"pod {pod.metadata.namespace}/{pod.metadata.name}"
     if len(uids) > 1 or len(gids) > 1:
         raise errors.InvalidInput(
-            f"pod {pod.metadata.namespace}/{pod.metadata.name}: its containers run as different users "
+            f"{where}: its containers run as different users "
             f"(runAsUser {sorted(uids)}, runAsGroup {sorted(gids)}); a Slurm job has one owner",
             hint="set runAsUser/runAsGroup once, in the pod's securityContext",
         )
     uid = uids.pop() if uids else default_uid
     gid = gids.pop() if gids else (default_gid if default_gid is not None else uid)
-    if any(sc.runAsNonRoot for sc in [psc, *((c.securityContext or wire.SecurityContext())
-                                                for c in (*pod.spec.initContainers, *pod.spec.containers))]) and uid == 0:
-        raise errors.InvalidInput(f"pod {pod.metadata.name}: runAsNonRoot is set but it would run as uid 0",
-                                  hint="set runAsUser to a non-zero uid")
+    default_group = default_gid if default_gid is not None else default_uid
+    for kind, value, default in (("runAsUser", uid, default_uid), ("runAsGroup", gid, default_group)):
+        if value == 0 or (not min_uid <= value <= max_uid and value != default):
+            raise errors.Forbidden(
+                f"{where}: {kind} {value} is refused on the HPC node: pods do not run as root or as a system "
+                f"account of the HPC host (allowed: {min_uid}-{max_uid})",
+                hint=f"set {kind} to your user's id on the site, or leave it out to run as {default_uid}")
     return uid, gid
 
 
@@ -197,13 +220,14 @@ def container_mounts(pod: wire.Pod, c: wire.Container, job_dir: Path,
             raise errors.InvalidInput(f"container {c.name}: volumeMount {m.name} names no volume of the pod")
         if not m.mountPath.startswith("/") or ".." in m.mountPath.split("/"):
             raise errors.InvalidInput(f"container {c.name}: mountPath {m.mountPath!r} must be absolute, without '..'")
-        source = volume_dir(job_dir, m.name)
+        source = volume = volume_dir(job_dir, m.name)
         if m.subPath:
             if m.subPath.startswith("/") or ".." in m.subPath.split("/"):
                 raise errors.InvalidInput(f"container {c.name}: subPath {m.subPath!r} must be relative, without '..'")
             source = source / m.subPath
         read_only = bool(m.readOnly) or v.emptyDir is None  # secrets, configMaps, ... are read-only
-        out.append(Mount(source=source, target=resolve(m.mountPath.rstrip("/") or "/"), read_only=read_only))
+        out.append(Mount(source=source, target=resolve(m.mountPath.rstrip("/") or "/"), read_only=read_only,
+                         volume=volume if m.subPath else None))
     return tuple(out)
 
 
@@ -237,17 +261,25 @@ def bwrap_argv(pod: wire.Pod, c: wire.Container, resolved: wire.ResolvedContaine
     /dev, /proc and tmpfs /tmp, /run, /var/tmp; its own PID, IPC and UTS namespaces (the host's
     network, as HPC jobs have); no capabilities; the pod's volumes bound at their mount paths."""
     argv = ["bwrap", "--ro-bind", str(rootfs), "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
-    if uid != 0:
-        argv += ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+            "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp",
+            "--unshare-user", "--uid", str(uid), "--gid", str(gid)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", (pod.spec.hostname or pod.metadata.name)[:63],
              "--die-with-parent", "--cap-drop", "ALL", "--clearenv"]
     for k, v in container_env(pod, resolved, image).items():
         argv += ["--setenv", k, v]
+    opened: list[str] = []
     for m in mounts:
-        argv += ["--ro-bind" if m.read_only else "--bind", str(m.source), m.target]
+        if m.volume is None:
+            argv += ["--ro-bind" if m.read_only else "--bind", str(m.source), m.target]
+        else:
+            # A subPath is bound by descriptor, opened and checked by the script right before
+            # (open_subpaths): bubblewrap would follow a symlink a container planted in an
+            # emptyDir to anywhere on the host (the kubelet's CVE-2017-1002101).
+            fd = str(SUBPATH_FD + len(opened) // 3)
+            opened += [fd, str(m.volume), str(m.source)]
+            argv += ["--ro-bind-fd" if m.read_only else "--bind-fd", fd, m.target]
     argv += ["--chdir", c.workingDir or image.working_dir or "/", "--", *container_argv(c, resolved, image)]
-    return argv
+    return ["open_subpaths", *opened, "--", *argv]
 
 
 def _time_limit(deadline: int | None) -> str | None:
@@ -317,6 +349,24 @@ ooms() {
   else echo 0; fi
 }
 now() { date +%%s.%%N; }
+# FD VOLUME SOURCE ... -- ARGV...: open each subPath SOURCE as FD, refused when what it names
+# is not beneath its VOLUME (a symlink made by a container), then exec ARGV (bubblewrap binds
+# the descriptors: what was checked is what is mounted).
+open_subpaths() {
+  local real vol
+  while [ "$1" != -- ]; do
+    eval "exec $1<\"\$3\"" || return 126
+    real=$(readlink "/proc/self/fd/$1")
+    vol=$(readlink -f -- "$2")
+    case "$real/" in
+      "$vol"/*) ;;
+      *) echo "kod: subPath $3 leads out of its volume (to $real): refused" >&2; return 126;;
+    esac
+    shift 3
+  done
+  shift
+  exec "$@"
+}
 run_once() {  # NAME RUN ARGV...: one run of a container, its output and its exit recorded
   local n=$1 r=$2 before pid rc oom
   shift 2
@@ -351,15 +401,17 @@ run_c() {  # NAME POLICY ARGV...: runs again as the restart policy says (back-of
 
 
 def plan_job(request: wire.PodCreateRequest, images: dict[str, ImageConfig], *, job_dir: Path, sidecar: str,
-             partition: str, account: str | None = None, default_memory: str, default_uid: int,
-             default_gid: int | None = None, default_grace: int = 30,
+             partition: str, account: str | None = None, default_memory: str, default_uid: int = NOBODY,
+             default_gid: int | None = None, min_uid: int = 1000, max_uid: int = 59999,
+             default_grace: int = 30,
              resolve: Callable[[ImageConfig, str], str] | None = None) -> JobPlan:
     """The pod's job (see the module's docstring). Raises InvalidInput or Forbidden for what a
     job cannot run. `resolve(image, mountPath)` resolves the image's symlinks in a mount path
     (staging.resolve_in_tree); by default paths are taken as written."""
     pod = request.pod
     refuse_unsupported(pod)
-    uid, gid = identity(pod, default_uid=default_uid, default_gid=default_gid)
+    uid, gid = identity(pod, default_uid=default_uid, default_gid=default_gid, min_uid=min_uid,
+                        max_uid=max_uid)
     resources = pod_resources(pod, default_memory=default_memory)
     grace = pod.spec.terminationGracePeriodSeconds
     grace = default_grace if grace is None else grace

@@ -1,4 +1,4 @@
-"""Pod status from what Slurm and the job's files say. Pure, apart from `read_runs`.
+"""Pod status from what Slurm and the job's files say. Pure, apart from `read_runs` (through `jobfiles`).
 
     jobs = parse_squeue(stdout)              # one `squeue` call for every pod, per interval
     runs = read_runs(job_dir)                # the script's state/<container>.<run>.start/.exit
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kod import wire
+from sidecars.slurm.jobfiles import JobFiles
 
 #: squeue's output format: what `parse_squeue` reads (one line per job, fields split on '|').
 SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%j|%k"
@@ -132,18 +133,19 @@ def parse_runs(files: dict[str, str]) -> dict[str, list[Run]]:
 
 
 def read_runs(job_dir: Path) -> dict[str, list[Run]]:
-    """`parse_runs` of the job's state/ directory (empty before the job started)."""
+    """`parse_runs` of the job's state/ directory (empty before the job started). The job's user
+    owns those files: they are read through `jobfiles` (no symlink followed, nothing but the
+    user's own regular files, a few bytes each)."""
     files: dict[str, str] = {}
-    try:
-        entries = list((job_dir / "state").iterdir())
-    except OSError:
+    jf = JobFiles.open(job_dir)
+    if jf is None:
         return {}
-    for p in entries:
-        if p.name.endswith((".start", ".exit")):
-            try:
-                files[p.name] = p.read_text()
-            except OSError:
-                pass
+    with jf:
+        for name in jf.names("state"):
+            if name.endswith((".start", ".exit")):
+                text = jf.read_small("state", name)
+                if text is not None:
+                    files[name] = text
     return parse_runs(files)
 
 

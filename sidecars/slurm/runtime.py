@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pathlib import Path
 from kod import __version__, errors, wire
 from kod.hub import Hub
 from kod.log import get_logger, pod_context
-from sidecars.slurm import jobscript, jobstate, slurmcli, staging
+from sidecars.slurm import jobfiles, jobscript, jobstate, slurmcli, staging
 from sidecars.slurm.images import ImageCache
 from sidecars.slurm.records import Record, Records
 from sidecars.slurm.settings import SlurmSidecarSettings
@@ -47,6 +48,8 @@ STARTING_SECONDS = 60.0
 LOST_AFTER_SECONDS = 30.0
 #: After the SIGKILL of a job's containers, how long the job gets to end before Slurm cancels it.
 CANCEL_AFTER_KILL_SECONDS = 3.0
+#: What one read of a log yields at most (a long log is streamed, not read whole).
+LOG_CHUNK = 256 * 1024
 
 
 def next_version(last: int) -> int:
@@ -287,7 +290,8 @@ class Runtime:
             s = self.settings
             plan = jobscript.plan_job(request, images, job_dir=job_dir, sidecar=s.name, partition=s.partition,
                                       account=s.account, default_memory=s.default_memory, default_uid=s.default_uid,
-                                      default_gid=s.default_gid, default_grace=s.default_grace_period_seconds,
+                                      default_gid=s.default_gid, min_uid=s.min_uid,
+                                      max_uid=s.max_uid, default_grace=s.default_grace_period_seconds,
                                       resolve=lambda image, target: staging.resolve_in_tree(image.rootfs, target))
             self.records.save(record)
             await asyncio.to_thread(staging.stage, job_dir, request, plan, images)
@@ -399,46 +403,64 @@ class Runtime:
                 raise errors.InvalidInput(f'container "{container}" in pod "{name}" is waiting to start: '
                                           "ContainerCreating")
             run = len(runs) - 1
-        path = entry.job_dir / "logs" / f"{container}.{run}.log"
-        exit_file = entry.job_dir / "state" / f"{container}.{run}.exit"
-        return self._read_log(entry, path, exit_file, opts)
+        return self._read_log(entry, f"{container}.{run}.log", f"{container}.{run}.exit", opts)
 
-    async def _read_log(self, entry: Entry, path: Path, exit_file: Path, opts: wire.LogOptions) -> AsyncIterator[bytes]:
+    async def _read_log(self, entry: Entry, log_name: str, exit_name: str,
+                        opts: wire.LogOptions) -> AsyncIterator[bytes]:
+        """The run's output file, opened once through `jobfiles` (the job's user owns it and may
+        have swapped it for a symlink to a root-only file: that is refused, never followed) and
+        read from that descriptor in chunks, following it until the run ends."""
+        fd = self._open_log(entry, log_name)
         try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""
-        offset = len(data)
-        if opts.tailLines is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-opts.tailLines:]) if opts.tailLines else b""
-        budget = opts.limitBytes
-        def cut(chunk: bytes) -> bytes:
-            nonlocal budget
-            if budget is None:
+            offset = 0
+            budget = opts.limitBytes
+
+            def cut(chunk: bytes) -> bytes:
+                nonlocal budget
+                if budget is None:
+                    return chunk
+                chunk = chunk[:budget]
+                budget -= len(chunk)
                 return chunk
-            chunk = chunk[:budget]
-            budget -= len(chunk)
-            return chunk
-        if data:
-            yield cut(data)
-        if not opts.follow:
-            return
-        while budget is None or budget > 0:
-            done = exit_file.exists() or entry.uid not in self.pods or (entry.job is not None and not entry.job.active)
-            try:
-                with path.open("rb") as fh:
-                    fh.seek(offset)
-                    more = fh.read()
-            except OSError:
-                more = b""
-            if more:
-                offset += len(more)
-                yield cut(more)
-            elif done:
-                return
-            else:
-                await asyncio.sleep(0.2)
+
+            if fd is not None and opts.tailLines is not None:
+                data, offset = jobfiles.tail(fd, opts.tailLines)
+                if data:
+                    yield cut(data)
+            # Without follow: what was there when asked, however fast the container writes.
+            end = (os.fstat(fd).st_size if fd is not None else 0) if not opts.follow else None
+            while budget is None or budget > 0:
+                done = self._run_done(entry, exit_name)
+                if fd is None and opts.follow:
+                    fd = self._open_log(entry, log_name)  # the script has not opened it yet
+                want = LOG_CHUNK if end is None else min(LOG_CHUNK, end - offset)
+                more = os.pread(fd, want, offset) if fd is not None and want > 0 else b""
+                if more:
+                    offset += len(more)
+                    yield cut(more)
+                elif done or not opts.follow:
+                    return
+                else:
+                    await asyncio.sleep(0.2)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _open_log(self, entry: Entry, name: str) -> int | None:
+        jf = jobfiles.JobFiles.open(entry.job_dir)
+        if jf is None:
+            return None
+        with jf:
+            return jf.open_file("logs", name)
+
+    def _run_done(self, entry: Entry, exit_name: str) -> bool:
+        if entry.uid not in self.pods or (entry.job is not None and not entry.job.active):
+            return True
+        jf = jobfiles.JobFiles.open(entry.job_dir)
+        if jf is None:
+            return True
+        with jf:
+            return jf.read_small("state", exit_name) is not None
 
     # -- node --------------------------------------------------------------------------------
 

@@ -60,9 +60,14 @@ class SlurmSidecarSettings(BaseModel):
                                 "updates every pod's status.")
     default_memory: str = Field(default="256Mi", description="--mem of a container without a memory request or "
                                 "limit (Slurm needs one; a kubelet would let it use the node's).")
-    default_uid: int = Field(default=0, ge=0, description="The job's uid when the pod sets no runAsUser.")
-    default_gid: int | None = Field(default=None, ge=0, description="The job's gid when the pod sets no runAsGroup "
+    default_uid: int = Field(default=65534, ge=1, description="The job's uid when the pod sets no runAsUser "
+                             "(nobody; never root: a job's user is a user of the HPC host).")
+    default_gid: int | None = Field(default=None, ge=1, description="The job's gid when the pod sets no runAsGroup "
                                     "(default: the uid's).")
+    min_uid: int = Field(default=1000, ge=1, description="The lowest runAsUser/runAsGroup a pod may ask for.")
+    max_uid: int = Field(default=59999, ge=1, description="The highest runAsUser/runAsGroup a pod may ask for. "
+                         "Outside [min_uid, max_uid] (root and the site's system accounts: munge, slurm (Debian: "
+                         "64030), daemons) a pod is refused (403: the pod Failed, reason Forbidden).")
     default_grace_period_seconds: int = Field(default=30, ge=0)
     capacity_pods: int = Field(default=250, ge=1, description="Pods the node accepts.")
     node_labels: dict[str, str] = Field(default_factory=lambda: {"kod.io/sidecar": "slurm"},

@@ -14,6 +14,13 @@ uid, 0700 (the pod's volumes hold its secrets).
 
 Mount points are made without following symlinks: a mount path that crosses a symlink of the
 image is refused, so an image cannot point a bind at a host path.
+
+The job's user must not be able to steer what root writes here: the directory is made afresh
+(what an earlier try left is removed first, never built upon), is root's (0700) while it is
+filled, so nobody else can plant a symlink or a FIFO in it meanwhile, and is handed to the
+job's user only at the end (`hand_over`: lchown bottom-up, the job's directory itself last).
+Removal (`remove`) is shutil.rmtree's descriptor-based walk, which never follows a symlink out
+of the tree; the image trees under rootfs/ are hard links, unlinked, never chowned.
 """
 
 from __future__ import annotations
@@ -29,31 +36,54 @@ from kod import errors, wire
 from sidecars.slurm.jobscript import ImageConfig, JobPlan, Mount, rootfs_dir, volume_dir
 
 
-def _private_dir(path: Path, uid: int, gid: int) -> None:
+def _private_dir(path: Path) -> None:
+    """A 0700 directory of the job's directory (root's until `hand_over`). An existing one that is
+    not a directory (a symlink) is refused: chmod would follow it."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.InvalidInput(f"{path} is not a directory")
     os.chmod(path, 0o700)
-    os.chown(path, uid, gid)
+
+
+def hand_over(job_dir: Path, uid: int, gid: int) -> None:
+    """Give the job's directory to the job's user: every entry but the image trees (rootfs/, hard
+    links shared with every pod of the image), deepest first and never through a symlink, the
+    directory itself last: until then it is root's 0700 and nobody else can change what is below."""
+    entries: list[str] = []
+    for top, dirs, files in os.walk(job_dir, followlinks=False):
+        if top == str(job_dir):
+            dirs[:] = [d for d in dirs if d != "rootfs"]
+            files = [f for f in files if f != "rootfs"]
+        entries += [os.path.join(top, n) for n in (*dirs, *files)]
+    for path in reversed(entries):  # a directory is listed before what it holds
+        os.chown(path, uid, gid, follow_symlinks=False)
+    os.chown(job_dir, uid, gid, follow_symlinks=False)
 
 
 def _file_mode(mode: int) -> int:
     return 0o700 if mode & 0o111 else 0o600
 
 
-def write_volume(root: Path, volume: wire.ResolvedVolume, uid: int, gid: int) -> None:
-    _private_dir(root, uid, gid)
+def write_volume(root: Path, volume: wire.ResolvedVolume) -> None:
+    """The volume's files (in the job's directory while it is still root's; `hand_over` gives
+    them to the job's user)."""
+    _private_dir(root)
     for item in volume.files:
+        parts = item.path.split("/")
+        if item.path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise errors.InvalidInput(f"volume {volume.name}: path {item.path!r} must be relative, without '..'")
         target = root / item.path
         for parent in reversed(target.relative_to(root).parents):
             if str(parent) != ".":
                 d = root / parent
                 if d.is_symlink():
                     raise errors.InvalidInput(f"volume {volume.name}: {item.path} crosses a symlink")
-                _private_dir(d, uid, gid)
+                _private_dir(d)
         mode = _file_mode(item.mode if item.mode is not None else volume.defaultMode)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
-            os.fchown(fh.fileno(), uid, gid)
             fh.write(base64.b64decode(item.data))
 
 
@@ -126,16 +156,17 @@ def stage(job_dir: Path, request: wire.PodCreateRequest, plan: JobPlan, images: 
     pod = request.pod
     uid, gid = plan.uid, plan.gid
     job_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
-    _private_dir(job_dir, uid, gid)
+    remove(job_dir)  # what an earlier try of this uid left is never built upon
+    job_dir.mkdir(mode=0o700)
     for sub in ("state", "logs", "volumes"):
-        _private_dir(job_dir / sub, uid, gid)
+        _private_dir(job_dir / sub)
     resolved = {v.name: v for v in request.volumes}
     for v in pod.spec.volumes:
         root = volume_dir(job_dir, v.name)
         if v.emptyDir is not None:
-            _private_dir(root, uid, gid)
+            _private_dir(root)
         else:
-            write_volume(root, resolved.get(v.name) or wire.ResolvedVolume(name=v.name), uid, gid)
+            write_volume(root, resolved.get(v.name) or wire.ResolvedVolume(name=v.name))
     (job_dir / "rootfs").mkdir(mode=0o755, exist_ok=True)
     for c in (*pod.spec.initContainers, *pod.spec.containers):
         tree = rootfs_dir(job_dir, c.image)
@@ -143,10 +174,11 @@ def stage(job_dir: Path, request: wire.PodCreateRequest, plan: JobPlan, images: 
             subprocess.run(["cp", "-al", str(images[c.image].rootfs), str(tree)], check=True, capture_output=True)
         for m in plan.mounts.get(c.name, ()):
             if m.source.is_relative_to(job_dir / "volumes") and not m.source.exists():
-                _private_dir(m.source, uid, gid)  # a subPath that is not there yet, as the kubelet makes it
+                _private_dir(m.source)  # a subPath that is not there yet, as the kubelet makes it
             make_mount_point(tree, m)
     (job_dir / "job.sh").write_text(plan.script)
     os.chmod(job_dir / "job.sh", 0o600)
+    hand_over(job_dir, uid, gid)
 
 
 def remove(job_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -38,6 +39,9 @@ class Pair:
         self.root = root
         self.docker = docker
         self.name = f"rt-{uuid.uuid4().hex[:6]}"
+        # Jobs run as nobody, not root (docs/slurm.md, Security): their directories must be
+        # reachable by other users, which pytest's 0700 tmp_path is not.
+        self.work_dir = Path("/var/lib/kod-slurm") / self.name
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def sock(self, which: str) -> Path:
@@ -54,7 +58,7 @@ class Pair:
             argv = [str(BIN / "kod-docker-sidecar"), "--socket", str(self.sock(which)), "--name", self.name, *tok]
         elif which == "slurm":
             argv = [str(BIN / "kod-slurm-sidecar"), "--socket", str(self.sock(which)), "--name", self.name,
-                    "--work-dir", str(self.root / "slurm-work"), *tok]
+                    "--work-dir", str(self.work_dir), *tok]
         else:
             env["KOD_INTERLINK_SIDECARS"] = json.dumps([
                 {"name": "slurm", "url": f"unix://{self.sock('slurm')}", "token_file": str(self.token_file("slurm")),
@@ -86,6 +90,7 @@ class Pair:
             n.remove()
         for v in self.docker.volumes.list(filters={"label": f"io.kod.sidecar={self.name}"}):
             v.remove(force=True)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 async def answers(api: ApiClient) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def request(spec: dict[str, Any] | None = None, containers: list[dict[str, Any]]
 
 
 def plan(req: wire.PodCreateRequest, **kw: Any) -> jobscript.JobPlan:
-    args = {"job_dir": JOB_DIR, "sidecar": "slurm", "partition": "kod", "default_memory": "256Mi", "default_uid": 0}
+    args = {"job_dir": JOB_DIR, "sidecar": "slurm", "partition": "kod", "default_memory": "256Mi"}
     args.update(kw)
     return jobscript.plan_job(req, IMAGES, **args)
 
@@ -76,17 +77,34 @@ def test_the_pods_user_owns_the_job_and_its_containers() -> None:
     p = plan(request({"securityContext": {"runAsUser": 1000, "runAsGroup": 2000}}))
     assert (option(p, "uid"), option(p, "gid"), p.uid, p.gid) == ("1000", "2000", 1000, 2000)
     assert "--unshare-user --uid 1000 --gid 2000" in p.script
-    root = plan(request())
-    assert (option(root, "uid"), option(root, "gid")) == ("0", "0") and "--unshare-user" not in root.script
+    nobody = plan(request())  # a pod that names no user runs as nobody, never as root
+    assert (option(nobody, "uid"), option(nobody, "gid")) == ("65534", "65534")
+    assert "--unshare-user --uid 65534 --gid 65534" in nobody.script
+
+
+@pytest.mark.parametrize("security", [
+    {"runAsUser": 0}, {"runAsUser": 1000, "runAsGroup": 0}, {"runAsUser": 106},  # root, root's group, a daemon
+    {"runAsGroup": 0}, {"runAsUser": 64030},  # Debian's slurm account
+])
+def test_root_and_system_accounts_are_refused(security: dict[str, int]) -> None:
+    with pytest.raises(errors.Forbidden, match="refused on the HPC node"):
+        plan(request({"securityContext": security}))
+    with pytest.raises(errors.Forbidden):  # in a container's securityContext too
+        plan(request({"containers": [{"name": "main", "image": "kod/testbox:0.1.0", "securityContext": security}]}))
+
+
+def test_a_site_may_choose_a_default_user_below_the_floor() -> None:
+    p = plan(request(), default_uid=500, default_gid=500)
+    assert (p.uid, p.gid) == (500, 500)
+    with pytest.raises(errors.Forbidden):
+        plan(request({"securityContext": {"runAsUser": 501}}), default_uid=500)
 
 
 def test_containers_asking_for_different_users_are_refused() -> None:
-    spec = {"containers": [{"name": "a", "image": "kod/testbox:0.1.0", "securityContext": {"runAsUser": 1}},
-                           {"name": "b", "image": "kod/testbox:0.1.0", "securityContext": {"runAsUser": 2}}]}
+    spec = {"containers": [{"name": "a", "image": "kod/testbox:0.1.0", "securityContext": {"runAsUser": 1001}},
+                           {"name": "b", "image": "kod/testbox:0.1.0", "securityContext": {"runAsUser": 1002}}]}
     with pytest.raises(errors.InvalidInput, match="different users"):
         plan(request(spec))
-    with pytest.raises(errors.InvalidInput, match="runAsNonRoot"):
-        plan(request({"securityContext": {"runAsNonRoot": True}}))
 
 
 @pytest.mark.parametrize("spec", [
@@ -126,13 +144,16 @@ def test_command_args_env_and_volumes_reach_the_sandbox() -> None:
                                           {"name": "cfg", "mountPath": "/etc/one", "subPath": "key"}]}]},
         containers=[{"name": "main", "env": [{"name": "A", "value": "b c"}]}])
     argv = _argv_of(plan(req).script, "main")
+    # the subPath is opened (and checked) by the script, and bound by descriptor
+    assert argv[:5] == ["open_subpaths", "20", str(JOB_DIR / "volumes" / "cfg"), str(JOB_DIR / "volumes" / "cfg" / "key"), "--"]
+    argv = argv[5:]
     assert argv[:5] == ["bwrap", "--ro-bind", str(JOB_DIR / "rootfs" / "kod_testbox_0.1.0"), "/", "--dev"]
     assert argv[-3:] == ["--", "-c", "echo $A"]  # args replace CMD ("sh"); the ENTRYPOINT (none) stays
     joined = " ".join(argv)
     assert "--setenv A b c" in joined and "--setenv LANG C" in joined and "--clearenv" in joined
     assert f"--ro-bind {JOB_DIR}/volumes/cfg /etc/cfg" in joined
     assert f"--bind {JOB_DIR}/volumes/tmp /scratch" in joined
-    assert f"--ro-bind {JOB_DIR}/volumes/cfg/key /etc/one" in joined
+    assert "--ro-bind-fd 20 /etc/one" in joined and f"{JOB_DIR}/volumes/cfg/key /etc/one" not in joined
     assert "--chdir /w" in joined and "--cap-drop ALL" in joined and "--unshare-pid" in joined
 
 
@@ -156,3 +177,23 @@ def test_mount_paths_are_resolved_by_the_resolver_and_checked() -> None:
                                    "volumeMounts": [{"name": "t", "mountPath": "/a", "subPath": "../../etc"}]}]}
     with pytest.raises(errors.InvalidInput, match="subPath"):
         plan(request(bad))
+
+
+def _open_subpaths(tmp_path: Path, source: Path) -> subprocess.CompletedProcess[str]:
+    """The script's open_subpaths, run by bash: open `source` beneath tmp_path/vol as fd 20 and
+    print what the descriptor is."""
+    prelude = jobscript._PRELUDE % {"dir": shlex.quote(str(tmp_path)), "setup": 111}
+    script = prelude + f'open_subpaths 20 {tmp_path}/vol {source} -- readlink /proc/self/fd/20\n'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=5)
+
+
+def test_a_subpath_a_container_turned_into_a_symlink_out_of_its_volume_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "vol" / "sub").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "vol" / "escape").symlink_to(tmp_path / "secret")
+    (tmp_path / "vol" / "inside").symlink_to("sub")
+    ok = _open_subpaths(tmp_path, tmp_path / "vol" / "sub")
+    assert (ok.returncode, ok.stdout.strip()) == (0, str(tmp_path / "vol" / "sub"))
+    assert _open_subpaths(tmp_path, tmp_path / "vol" / "inside").stdout.strip() == str(tmp_path / "vol" / "sub")
+    bad = _open_subpaths(tmp_path, tmp_path / "vol" / "escape")
+    assert bad.returncode == 126 and "leads out of its volume" in bad.stderr and bad.stdout == ""
