@@ -7,7 +7,11 @@ Contracts:
   native sidecars, start and keep running), then every main container at once; a finished run
   restarts as the restart policy says, after its CrashLoopBackOff delay; a failed pod (deadline
   exceeded, sandbox died) and a finished one get their containers stopped (`stop.py`), then the
-  infra container, which drops the tmpfs holding the pod's secrets.
+  infra container, which drops the tmpfs holding the pod's secrets. Nothing is created or started
+  for a failed pod: a round that began before the deadline looks again right before each create
+  and start (on a loaded machine it may reach them after it), and a container created for
+  nothing is removed; one whose start was under way is stopped by the next round, and the pod
+  reads Failed only once it stopped (`status.compute`).
 - Nothing blocks on a container: each call starts what is due and returns. `pod.dirty` set means
   "go round again now" (something was started or stopped); the returned number of seconds asks
   for another round even if no event comes (a back-off, a deadline); None asks for none.
@@ -179,7 +183,23 @@ class Reconciler:
             return (due - now).total_seconds()
         return await self.run(pod, slot, run.attempt + 1)
 
+    def _too_late(self, pod: PodState, what: str) -> bool:
+        """Whether the pod failed (its deadline ran out, its sandbox died) since this round
+        looked: on a loaded machine a round that began in time may reach a create or a start
+        after the deadline, and the kubelet starts nothing for a pod past it. The next round
+        stops the rest."""
+        failure = status.pod_failure(pod, utcnow())
+        if failure is None:
+            return False
+        log.info(f"not {what} the container: the pod failed", reason=failure[0],
+                 **pod_context(pod.namespace, pod.name, pod.uid))
+        pod.dirty = True
+        return True
+
     async def _start(self, pod: PodState, run: Run) -> None:
+        if self._too_late(pod, "starting"):
+            await self._discard(pod, run)
+            return
         try:
             await self.engine.start_container(run.id)
         except EngineError as exc:
@@ -238,6 +258,8 @@ class Reconciler:
                 **ctx,
             )
         name = naming.container_name(pod.namespace, pod.name, pod.uid, slot.name, attempt)
+        if self._too_late(pod, "creating"):
+            return None
         try:
             await termination.reset(self.engine, pod, slot, attempt)
             cid = await self.engine.create_container(name, body)
@@ -280,6 +302,15 @@ class Reconciler:
         if start:
             await self._start(pod, run)
         return None
+
+    async def _discard(self, pod: PodState, run: Run) -> None:
+        """Remove a run that will never start: the kubelet would not have created it, so the
+        status shows the container as before it (waiting, or its last run's end)."""
+        found = pod.slot_by_id(run.id)
+        if found is not None and found[0].runs.get(run.attempt) is run:
+            del found[0].runs[run.attempt]
+        pod.inspected.pop(run.id, None)
+        await self.engine.remove_container(run.id)
 
     async def _remove_runs(self, runs: list[Run]) -> None:
         await asyncio.gather(*(self.engine.remove_container(r.id) for r in runs))

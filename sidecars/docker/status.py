@@ -91,25 +91,12 @@ def _terminated(pod: PodState, slot: Slot, run: Run) -> wire.ContainerStateTermi
 def _default_waiting(pod: PodState, slot: Slot) -> wire.ContainerStateWaiting:
     if slot.waiting is not None:
         return wire.ContainerStateWaiting(reason=slot.waiting[0], message=slot.waiting[1])
-    if slot.role == "init" or (any(s.role == "init" for s in pod.slots.values()) and not _init_done(pod)):
+    # The kubelet's default for a container that has none yet, init containers done or not
+    # (convertToAPIContainerStatuses): a main container that never got one because the pod
+    # failed after its init containers (its deadline) still reads PodInitializing there.
+    if slot.role == "init" or any(s.role == "init" for s in pod.slots.values()):
         return wire.ContainerStateWaiting(reason="PodInitializing")
     return wire.ContainerStateWaiting(reason="ContainerCreating")
-
-
-def _init_done(pod: PodState) -> bool:
-    """Every regular init container completed (restartable ones started)."""
-    for slot in pod.slots.values():
-        if slot.role != "init":
-            continue
-        run = slot.latest
-        if run is None:
-            return False
-        if slot.restartable:
-            if run.started_at is None:
-                return False
-        elif not (run.finished and not failed(run)):
-            return False
-    return True
 
 
 def container_status(pod: PodState, slot: Slot, now: datetime, settings: RestartSettings) -> wire.ContainerStatus:
@@ -309,13 +296,23 @@ def pod_failure(pod: PodState, now: datetime) -> tuple[str, str] | None:
     return None
 
 
+def may_run(pod: PodState) -> bool:
+    """Some container of the pod runs, or was started or stopped since it was last inspected:
+    the kubelet's "could have running containers"."""
+    return any(r.running or r.id in pod.stale for r in pod.runs())
+
+
 def compute(pod: PodState, now: datetime, settings: RestartSettings) -> wire.PodStatus:
-    """The pod's status (without a version)."""
+    """The pod's status (without a version). A pod-level failure (a deadline, a dead sandbox)
+    makes the phase Failed only once none of its containers may run: as the kubelet's status
+    manager holds a terminal phase back until the pod's containers are stopped, so that no one
+    reads Failed beside a container still running (one that started late, on a loaded machine,
+    is stopped first)."""
     init = [container_status(pod, s, now, settings) for s in pod.slots.values() if s.role == "init"]
     main = [container_status(pod, s, now, settings) for s in pod.slots.values() if s.role == "main"]
     failure = pod_failure(pod, now)
     reason = message = None
-    if failure is not None:
+    if failure is not None and not may_run(pod):
         phase: wire.PodPhase = "Failed"
         reason, message = failure
     else:
@@ -364,6 +361,7 @@ __all__ = [
     "init_failed",
     "kubelet_phase",
     "main_done",
+    "may_run",
     "pod_failure",
     "restart_delay",
     "restart_due",

@@ -65,26 +65,11 @@ KNOWN: tuple[Known, ...] = (
           "reason (StartError) and exit code (128) are the same",
           real="failed to create containerd task: failed to create shim task: *",
           virtual="failed to create shim task: *"),
-    Known("volume-optional-missing", "logs.main",
-          "the kubelet writes ConfigMap/Secret/projected/downwardAPI volumes with its AtomicWriter "
-          "(each key a symlink into a timestamped directory, `..data` and `..<time>` entries beside "
-          "them, so that updates are atomic); the virtual node resolves volumes once at start and "
-          "writes plain files, so `ls -A` shows only the keys (and `stat` without -L a file's own "
-          "mode, not a symlink's 777)",
-          real="2", virtual="0"),
     Known("env-missing-*", "condition.PodReadyToStartContainers",
           "a missing ConfigMap, Secret or key of an env var: the kubelet finds out after it made the "
           "pod's sandbox (True); vk_bridge resolves env before anything of the pod exists in Docker "
           "and waits there, so no sandbox exists yet and False is what is true on the desktop",
           real="True", virtual="False"),
-    Known("deadline", "container.main.*",
-          "a bug of the Docker sidecar's reconciler, not of its status: when the container starts "
-          "only after activeDeadlineSeconds ran out (a loaded machine), the pod reads Failed/"
-          "DeadlineExceeded but that container keeps running (the kubelet kills it: Error, 137); "
-          "the corpus's deadline leaves room for starting, so this shows only under heavy load",
-          real="terminated:Error:137", virtual="running", flaky=True),
-    Known("deadline", "container.main.ready", "the same bug: the late container reads ready",
-          real="False", virtual="True", flaky=True),
     Known("oom", "container.main.state",
           "the runtime learns of an OOM kill from the cgroup's OOM event, which can come after the "
           "exit is reported: under load the container reads Error (137) instead of OOMKilled "

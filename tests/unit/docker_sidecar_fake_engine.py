@@ -45,7 +45,7 @@ class FakeEngine:
         self.images = set(images)
         self.networks: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
-        #: Operation ("start", "stop", "archive") -> an event the operation waits for first: a
+        #: Operation ("create", "start", "stop", "archive") -> an event the operation waits for first: a
         #: test holds a set-up or a stop half-way with it.
         self.gates: dict[str, asyncio.Event] = {}
         #: Answers `exec_run` (probes, hooks): (container id, argv) -> (exit code, output); an
@@ -129,6 +129,7 @@ class FakeEngine:
                 "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.9"}}}}
 
     async def create_container(self, name: str, body: dict[str, Any]) -> str:
+        await self._gate("create")
         self.calls.append(f"create {name}")
         if self.by_name(name) is not None:
             raise EngineError(409, f'Conflict. The container name "/{name}" is already in use')

@@ -158,7 +158,14 @@ def test_active_deadline_fails_the_pod() -> None:
     pod = make_pod("Always", activeDeadlineSeconds=30)
     pod.slots["c0"].runs[0] = run(state="running")
     assert status.compute(pod, at(29), RESTART).phase == "Running"
-    st = status.compute(pod, at(31), RESTART)
+    # Past it, but the container still runs (being stopped): the kubelet reports no terminal
+    # phase before its containers stopped; nor does a run stopped but not inspected since.
+    assert status.compute(pod, at(31), RESTART).phase == "Running"
+    pod.slots["c0"].runs[0] = run(code=137, end=32)
+    pod.stale.add(pod.slots["c0"].runs[0].id)
+    assert status.compute(pod, at(32), RESTART).phase == "Running"
+    pod.stale.clear()
+    st = status.compute(pod, at(33), RESTART)
     assert st.phase == "Failed" and st.reason == status.DEADLINE_EXCEEDED
     done = make_pod("Never", activeDeadlineSeconds=30)
     done.slots["c0"].runs[0] = run(code=0, end=10)
@@ -169,6 +176,8 @@ def test_infra_container_dying_fails_the_pod_but_stopping_it_after_the_end_does_
     pod = make_pod("Always")
     pod.slots["c0"].runs[0] = run(state="running")
     pod.infra = Run(id="infra", attempt=0, state="exited", exit_code=137, started_at=T0, finished_at=at(5))
+    assert status.compute(pod, at(6), RESTART).phase == "Running"  # until its container was killed
+    pod.slots["c0"].runs[0] = run(code=137, end=6)
     st = status.compute(pod, at(6), RESTART)
     assert st.phase == "Failed" and st.reason == status.SANDBOX_DIED and "delete it" in (st.message or "")
     done = make_pod("Never")
