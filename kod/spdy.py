@@ -58,6 +58,9 @@ GOAWAY_OK, GOAWAY_PROTOCOL_ERROR, GOAWAY_INTERNAL_ERROR = 0, 1, 2
 
 #: Largest payload of one frame (24-bit length).
 MAX_FRAME_LENGTH = (1 << 24) - 1
+#: Largest header block once decompressed (Go's http.DefaultMaxHeaderBytes): the peer's zlib
+#: stream could otherwise inflate a 16 MiB frame into gigabytes.
+MAX_HEADER_BLOCK = 1 << 20
 #: DATA frames we send carry at most this much (many frames keep streams interleaved).
 DATA_CHUNK = 64 * 1024
 #: Unread DATA frames buffered per stream before the reader waits (backpressure, see above).
@@ -194,9 +197,11 @@ class HeaderDecompressor:
 
     def decompress(self, block: bytes) -> Headers:
         try:
-            raw = self._z.decompress(block)
+            raw = self._z.decompress(block, MAX_HEADER_BLOCK + 1)
         except zlib.error as exc:
             raise ProtocolError(f"header block does not decompress: {exc}") from exc
+        if len(raw) > MAX_HEADER_BLOCK or self._z.unconsumed_tail:
+            raise ProtocolError(f"header block larger than {MAX_HEADER_BLOCK} bytes once decompressed")
         return parse_header_block(raw)
 
 

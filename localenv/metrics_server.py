@@ -15,6 +15,17 @@ a SubjectAccessReview), to read nodes and pods, to delegate authentication and a
 Its serving certificate is of the cluster CA too, which the APIService's caBundle names, so the
 API server verifies it (no insecureSkipTLSVerify).
 
+It listens on the host's node address only (`ctx.node_ip`, the address of its EndpointSlice),
+not on every address: the API server reaches it there (through the konnectivity server's
+default route, which dials from this host), and so does its readiness probe; nothing needs it on
+loopback, on the Docker and pod bridges' gateways, on IPv6 or on another interface of the host.
+Wherever it is reachable, every request but /livez, /readyz and /healthz is authenticated
+(client certificate of the cluster's client CA, a token by TokenReview, or the API server's
+front-proxy certificate with its X-Remote-* headers) and authorized by a SubjectAccessReview:
+`metrics.k8s.io` pods of a namespace for whoever may list them there (view, or the kod user role
+of that namespace), nodes and /metrics for no user but the admins
+(tests/e2e/test_security_streams.py).
+
 It dials kubelets directly at their InternalIP and status port (--kubelet-use-node-status-port:
 10250 for kod-worker, 10260 for a desktop's vk_bridge): a desktop that only the konnectivity tunnel
 reaches (behind NAT) is not scraped, and `kubectl top` does not list it (docs/localenv.md).
@@ -123,7 +134,7 @@ def daemon(ctx: Context) -> procs.Daemon:
     argv = (
         binary(ctx),
         f"--secure-port={port}",
-        "--bind-address=0.0.0.0",
+        f"--bind-address={ctx.node_ip}",
         f"--tls-cert-file={pkid / f'{NAME}-serving.crt'}",
         f"--tls-private-key-file={pkid / f'{NAME}-serving.key'}",
         f"--kubeconfig={kc}",
@@ -150,7 +161,7 @@ def daemon(ctx: Context) -> procs.Daemon:
         logs_dir=p.logs_dir,
         inputs=(p.ca_cert, p.client_ca_bundle, pkid / "front-proxy-ca.crt", pkid / f"{NAME}-serving.crt",
                 p.kubeconfig_dir / f"{NAME}.kubeconfig", gobuild.metrics_server_build(p).stamp),
-        ready=lambda: probes.ok(f"https://127.0.0.1:{port}/livez", ca=p.ca_cert),
+        ready=lambda: probes.ok(f"https://{ctx.node_ip}:{port}/livez", ca=p.ca_cert),
         ready_timeout=s.ready_timeout,
         ports=(port,),
     )

@@ -40,6 +40,13 @@ tokens not in the cache pass a token bucket (`token_reviews_per_second`, `token_
 beyond it callers get 429 with Retry-After, so a flood of made-up tokens costs the API server a
 bounded number of TokenReviews. (The API server itself calls with its client certificate, which
 needs no review.)
+
+Nobody holds a connection without asking: from the TCP accept, a caller has `header_timeout`
+seconds (10) to finish the TLS handshake and send a request's headers, else the connection is
+closed (the kubelet's Go server would wait 4 h, its ReadTimeout). A refused request (401, 403,
+429) closes its connection after the answer, so a caller that is not let in cannot keep one
+alive to try again slowly. Once a request is in, streams keep their own timeouts (the client's
+SPDY streams within `stream_creation_timeout`).
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ _BOOL = {"true": True, "1": True, "false": False, "0": False}
 _INT_FIELDS = ("tailLines", "limitBytes", "sinceSeconds")
 _BOOL_FIELDS = ("follow", "previous", "timestamps")
 UNSUPPORTED = ("run", "cri", "checkpoint", "debug")
+#: Seconds from a connection's accept to its first request's headers (TLS handshake included).
+HEADER_TIMEOUT = 10.0
+#: Answers after which the connection is closed: the caller was not let in.
+_REFUSALS = (401, 403, 429)
 
 
 def parse_log_options(query: Mapping[str, str]) -> wire.LogOptions:
@@ -309,9 +320,59 @@ def status_response(code: int, message: str) -> web.Response:
     return web.json_response(body, status=code)
 
 
+class HeaderDeadlines:
+    """Connections that have not yet sent a request's headers, each closed when its `timeout`
+    (counted from the accept, so the TLS handshake is in it) passes first."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._timers: dict[asyncio.BaseProtocol, asyncio.TimerHandle] = {}
+
+    def protocols(self, make: Callable[[], web.RequestHandler]) -> Callable[[], web.RequestHandler]:
+        """A protocol factory for `loop.create_server`: `make`'s handlers, each on a deadline."""
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> web.RequestHandler:
+            handler = make()
+            self._timers[handler] = loop.call_later(self.timeout, self._expire, handler)
+            return handler
+
+        return protocol
+
+    def _expire(self, handler: web.RequestHandler) -> None:
+        if self._timers.pop(handler, None) is not None:
+            handler.force_close()
+
+    def met(self, protocol: asyncio.BaseProtocol | None) -> None:
+        """A request's headers arrived on the connection of `protocol`."""
+        timer = self._timers.pop(protocol, None) if protocol is not None else None
+        if timer is not None:
+            timer.cancel()
+
+    def __len__(self) -> int:
+        return len(self._timers)
+
+
+DEADLINES: web.AppKey[HeaderDeadlines] = web.AppKey("header_deadlines")
+
+
+@web.middleware
+async def header_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request.app[DEADLINES].met(request.protocol)
+    return await handler(request)
+
+
 @web.middleware
 async def status_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The vocabulary's errors as Status bodies; never a 500 for bad input."""
+    """The vocabulary's errors as Status bodies; never a 500 for bad input; the connection of a
+    refused request closed after the answer."""
+    response = await _status_errors(request, handler)
+    if response.status in _REFUSALS:
+        response.force_close()
+    return response
+
+
+async def _status_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -527,11 +588,14 @@ async def not_supported(request: web.Request) -> web.Response:
 
 def create_app(
     *, provider: LogsSource, kube: KubeClient, auth: Authenticator,
-    stream_creation_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
+    stream_creation_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
 ) -> web.Application:
-    """The kubelet API application (TLS is added by the server that runs it). Exec, attach and
-    port-forward are served when `provider` is also a `ContainerStreams`."""
-    app = web.Application(middlewares=[request_id_middleware, status_error_middleware, auth_middleware])
+    """The kubelet API application (TLS is added by the server that runs it, `start_server`).
+    Exec, attach and port-forward are served when `provider` is also a `ContainerStreams`."""
+    app = web.Application(middlewares=[
+        header_deadline_middleware, request_id_middleware, status_error_middleware, auth_middleware,
+    ])
+    app[DEADLINES] = HeaderDeadlines(header_timeout)
     app[PROVIDER] = provider
     app[KUBE] = kube
     app[AUTH] = auth
@@ -555,13 +619,39 @@ def create_app(
     return app
 
 
+class _DeadlineSite(web.BaseSite):
+    """A TCP site whose connections are on the app's HeaderDeadlines (an app of `create_app`;
+    another app's connections have none)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, ssl_context: Any,
+                 deadlines: HeaderDeadlines | None) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host, self._port, self._deadlines = host, port, deadlines
+        self.bound_port = port
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self.bound_port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        deadlines = self._deadlines
+        listener = await asyncio.get_running_loop().create_server(
+            server if deadlines is None else deadlines.protocols(server), self._host, self._port, ssl=self._ssl_context,
+            ssl_handshake_timeout=deadlines.timeout if deadlines is not None and self._ssl_context else None,
+            backlog=self._backlog,
+        )
+        self._server = listener
+        if listener.sockets:
+            self.bound_port = int(listener.sockets[0].getsockname()[1])
+
+
 async def start_server(app: web.Application, host: str, port: int, ssl_context: Any) -> tuple[web.AppRunner, int]:
     """Serve `app` over TLS; returns the runner (clean it up) and the bound port (for port 0)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = _DeadlineSite(runner, host, port, ssl_context=ssl_context, deadlines=app.get(DEADLINES))
     await site.start()
-    server = site._server  # aiohttp exposes the bound sockets only here
-    sockets = getattr(server, "sockets", None)
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return runner, bound
+    return runner, site.bound_port

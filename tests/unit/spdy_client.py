@@ -21,8 +21,8 @@ class Client:
 
     @classmethod
     async def connect(cls, port: int, path: str = "/", headers: dict[str, str] | list[tuple[str, str]] | None = None,
-                      ssl_context: ssl.SSLContext | None = None) -> tuple[Client, int, dict[str, str]]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context)
+                      ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> tuple[Client, int, dict[str, str]]:
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
         pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         extra = "".join(f"{k}: {v}\r\n" for k, v in pairs)
         writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"

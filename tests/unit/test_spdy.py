@@ -206,3 +206,15 @@ async def test_a_client_that_goes_away_ends_accept_and_reads(serve: Any) -> None
     await client.frame()
     client.writer.close()
     await asyncio.wait_for(ended.wait(), 5)
+
+
+def test_a_header_block_that_inflates_past_the_limit_is_a_protocol_error() -> None:
+    """16 MiB of zlib can inflate to gigabytes: a block is decompressed only up to the limit."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY, spdy.DICTIONARY)
+    inflate = spdy.HeaderDecompressor()
+    small = spdy.HeaderCompressor()
+    assert spdy.HeaderDecompressor().decompress(small.compress({"streamtype": "error"})) == {"streamtype": ["error"]}
+    bomb = deflate.compress(bytes(spdy.MAX_HEADER_BLOCK + 1)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    assert len(bomb) < 4096
+    with pytest.raises(spdy.ProtocolError, match="larger than"):
+        inflate.decompress(bomb)

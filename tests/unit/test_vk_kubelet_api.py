@@ -31,7 +31,9 @@ from kod.kube_config import Connection
 from tests.unit.spdy_client import Client, status_of
 from tests.unit.vk_fakes import TOKEN, FakeInterLink
 from vk_bridge.certs import ServingCert, cert_fits, make_csr, make_key, server_ssl_context
-from vk_bridge.kubelet_api import Authenticator, create_app, parse_log_options, start_server, subresource_for, user_from_peercert
+from vk_bridge.kubelet_api import (
+    DEADLINES, Authenticator, create_app, parse_log_options, start_server, subresource_for, user_from_peercert,
+)
 from vk_bridge.provider import InterLinkProvider
 from tests.unit.test_vk_provider import create_request
 
@@ -414,3 +416,45 @@ async def test_port_forward_carries_each_pair_and_reports_a_refused_port(setup: 
                 ended.add(frame.stream_id)
     assert got[data_id] == b"GET /" and got.get(error, b"") == b""
     assert got[bad_error].decode().startswith("error forwarding port 81 to pod ns/p1: failed to connect to localhost:81")
+
+
+# --- connections: nobody holds one without asking -------------------------------------------------
+
+
+async def _ended_within(port: int, ctx: ssl.SSLContext | None, send: bytes, seconds: float) -> bool:
+    """Whether the server closes a connection that sent `send` (and then nothing) in time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        writer.write(send)
+        return await asyncio.wait_for(reader.read(), seconds) == b""
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+async def test_a_connection_that_never_sends_its_request_headers_is_closed(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    crt, key = pki.issue("serving", "system:node:vnode", "system:nodes", server=True)
+    kube = KubeClient(Connection(host="http://127.0.0.1:9", ssl_context=None, authorization=lambda: None), backoff=())
+    app = create_app(provider=InterLinkProvider("http://127.0.0.1:9", TOKEN, backoff=()), kube=kube,
+                     auth=Authenticator(kube, "vnode"), header_timeout=0.05)
+    runner, port = await start_server(app, "127.0.0.1", 0, server_ssl_context(ServingCert(crt, key), pki.ca_pem))
+    try:
+        ctx = ssl.create_default_context(cadata=pki.ca_pem)
+        assert await _ended_within(port, ctx, b"", 2)  # no request at all
+        assert await _ended_within(port, ctx, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 2)  # half of one
+        assert await _ended_within(port, None, b"", 2)  # not even the TLS handshake
+        assert len(app[DEADLINES]) == 0
+    finally:
+        await runner.cleanup()
+        await kube.close()
+
+
+async def test_a_refused_request_closes_its_connection_and_a_let_in_one_keeps_it(setup: Setup) -> None:
+    async with aiohttp.ClientSession() as session:
+        status, headers, _ = await setup.get_full("/containerLogs/ns/p1/c", session=session)
+        assert status == 401 and headers.get("Connection", "").lower() == "close"
+        cert = setup.pki.issue("apiserver", "kube-apiserver-kubelet-client", "kubeadm:cluster-admins")
+        status, headers, _ = await setup.get_full("/healthz", cert=cert, session=session)
+        assert status == 200 and headers.get("Connection", "").lower() != "close"
