@@ -1,8 +1,9 @@
 """A gRPC health check (grpc.health.v1.Health/Check) over plaintext HTTP/2, for grpc probes.
 
-    result, message = await check("10.0.0.5", 9090, service="", timeout=1.0)
+    result, message = await check("10.0.0.5", 9090, service="", timeout=1.0, dial=sandbox.connect)
 
-The kubelet's grpc probe (pkg/probe/grpc) dials the pod's address without TLS and calls Check;
+The kubelet's grpc probe (pkg/probe/grpc) dials the pod's address without TLS and calls Check
+(here `dial` makes the connection, from inside the pod's network namespace: `netns.py`);
 SERVING is success, anything else a failure with the kubelet's message. No gRPC library is among
 the project's dependencies and one call needs very little of HTTP/2, so this speaks it directly:
 the client preface, SETTINGS (acknowledged both ways), one HEADERS and one DATA frame out; in,
@@ -17,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import struct
 from urllib.parse import unquote
+
+from sidecars.docker.netns import Dial
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 METHOD = "/grpc.health.v1.Health/Check"
@@ -311,9 +314,15 @@ def _header_block(kind: int, flags: int, payload: bytes) -> bytes:
     return payload
 
 
-async def call(host: str, port: int, service: str) -> tuple[int, str, int | None]:
-    """One Check: (grpc status code, grpc message, serving status or None when no answer)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def call(host: str, port: int, service: str, *, dial: Dial) -> tuple[int, str, int | None]:
+    """One Check on a connection `dial` makes: (grpc status code, grpc message, serving status
+    or None when no answer)."""
+    sock = await dial(host, port)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         headers = encode_headers([
@@ -375,13 +384,14 @@ async def call(host: str, port: int, service: str) -> tuple[int, str, int | None
     return code, message, serving
 
 
-async def check(host: str, port: int, service: str, timeout: float) -> tuple[bool, str]:
-    """A grpc probe: (healthy, the kubelet's message)."""
+async def check(host: str, port: int, service: str, timeout: float, *, dial: Dial) -> tuple[bool, str]:
+    """A grpc probe: (healthy, the kubelet's message). kod errors from `dial` (the pod's
+    namespace cannot be used) are the caller's."""
     addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         async with asyncio.timeout(timeout):
             try:
-                code, message, serving = await call(host, port, service)
+                code, message, serving = await call(host, port, service, dial=dial)
             except OSError as exc:
                 # grpc-go's blocking dial keeps trying until the deadline; the end is the same.
                 del exc

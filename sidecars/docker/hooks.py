@@ -17,6 +17,10 @@ The kubelet's rules (pkg/kubelet/lifecycle/handlers.go, kuberuntime_container.go
 - exec runs the command in the container (Docker exec; its exit status decides); httpGet sends a
   GET to the pod's address (any HTTP answer is success; only failing to get one is a failure);
   sleep waits; tcpSocket is accepted by the API and does nothing.
+
+Unlike the kubelet, an httpGet hook is sent from inside the pod's own network namespace
+(`netns.py`): its `host` reaches what the pod could reach (127.0.0.1 is the pod's loopback), never
+the desktop's own services.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kod import wire
+from kod import errors, wire
 from kod.log import get_logger, pod_context
 from sidecars.docker.engine import Engine, EngineError
+from sidecars.docker.netns import SANDBOXES
 from sidecars.docker.probes import USER_AGENT, dial_error, go_quote, http_get, resolve_port
 from sidecars.docker.state import PodState, Run, Slot
 
@@ -57,7 +62,7 @@ async def _exec(engine: Engine, pod: PodState, slot: Slot, run: Run, action: dic
     return None
 
 
-async def _http(pod: PodState, slot: Slot, action: dict[str, Any], timeout: float | None) -> str | None:
+async def _http(engine: Engine, pod: PodState, slot: Slot, action: dict[str, Any], timeout: float | None) -> str | None:
     host = str(action.get("host") or (pod.infra.ip if pod.infra is not None and pod.infra.ip else pod.last_ip) or "")
     port = resolve_port(action.get("port") or 80, slot.spec)
     path = str(action.get("path") or "/")
@@ -73,8 +78,12 @@ async def _http(pod: PodState, slot: Slot, action: dict[str, Any], timeout: floa
         if isinstance(h, dict) and h.get("name"):
             headers[str(h["name"])] = str(h.get("value") or "")
     try:
+        # From the pod's own namespace: `host` reaches what the pod could, never the desktop's loopback.
+        sandbox = await SANDBOXES.of(engine, pod)
         # Any answer is success: the kubelet's HTTP hook fails only when it gets none.
-        await http_get(url, headers, timeout if timeout is not None else 24 * 3600.0)
+        await http_get(url, headers, timeout if timeout is not None else 24 * 3600.0, dial=sandbox.connect)
+    except errors.KodError as exc:
+        return f'{desc} failed - error: Get "{url}": {exc}'
     except TimeoutError:
         return f'{desc} failed - error: Get "{url}": context deadline exceeded'
     except OSError as exc:
@@ -92,7 +101,7 @@ async def run_hook(
     if handler.exec is not None:
         return await _exec(engine, pod, slot, run, handler.exec, timeout)
     if handler.httpGet is not None:
-        return await _http(pod, slot, handler.httpGet, timeout)
+        return await _http(engine, pod, slot, handler.httpGet, timeout)
     if handler.sleep is not None:
         seconds = float(handler.sleep.get("seconds") or 0)
         await asyncio.sleep(seconds if timeout is None else min(seconds, timeout))

@@ -20,11 +20,17 @@ ticks every periodSeconds from when it started and on each tick does what `doPro
 - every failed probe records an Unhealthy event ("Readiness probe failed: <output>"), aggregated
   with the ones before it; a probe that could not run at all ("probe errored") is not counted.
 
+Where network probes dial from: inside the pod's own network namespace (`netns.py`), never
+the desktop's. The pod's address by default, as the kubelet; a probe's `host` means what the pod
+itself could reach: 127.0.0.1 is the pod's loopback, and the desktop's addresses go through the
+pods' network and its host rules. (The kubelet dials from the node, so `host: 127.0.0.1` would
+reach the desktop's own services and the Unhealthy event would carry what they answer.)
+
 Cost: a pod without probes has no worker, no timer, nothing. A worker is one asyncio task that
-sleeps on one timer per tick (`loop.call_at`); a probe is one HTTP request or TCP connect from the
-sidecar to the pod's address (as the kubelet probes from the node), or one Docker exec (exec
-probes; as the kubelet does through the runtime). Nothing else runs per probe: no thread, no
-process. Results live in the pod's `Slot.probe_results` (the results managers) and reach the
+sleeps on one timer per tick (`loop.call_at`); a probe is one HTTP request or TCP connect, whose
+socket a short-lived thread makes inside the pod's namespace (the namespace is looked up in the
+engine once per sandbox, not per probe), or one Docker exec (exec probes; as the kubelet does
+through the runtime). No process runs per probe. Results live in the pod's `Slot.probe_results` (the results managers) and reach the
 status (`status.py`: `started`, `ready`) through a kick of the pod's worker when they change.
 """
 
@@ -41,10 +47,11 @@ from typing import Any, Literal
 
 from yarl import URL
 
-from kod import wire
+from kod import errors, wire
 from kod.log import get_logger, pod_context
 from sidecars.docker import grpc_health
 from sidecars.docker.engine import Engine, EngineError
+from sidecars.docker.netns import SANDBOXES, Dial, Sandboxes
 from sidecars.docker.state import PodState, Run, Slot, utcnow
 
 log = get_logger(__name__)
@@ -285,17 +292,13 @@ def dial_error(host: str, port: int, exc: BaseException) -> str:
     return f"{where}: {getattr(exc, 'strerror', None) or exc}"
 
 
-async def tcp_check(host: str, port: int, timeout: float) -> tuple[Result, str]:
-    """A tcpSocket probe: success when a connection opens."""
+async def tcp_check(host: str, port: int, timeout: float, *, dial: Dial) -> tuple[Result, str]:
+    """A tcpSocket probe: success when a connection opens (`dial`: from the pod's namespace)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        sock = await asyncio.wait_for(dial(host, port), timeout)
     except (OSError, TimeoutError) as exc:
         return Result.FAILURE, dial_error(host, port, exc)
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
+    sock.close()
     return Result.SUCCESS, ""
 
 
@@ -306,10 +309,11 @@ class HttpAnswer:
     body: bytes
 
 
-async def http_get(url: str, headers: dict[str, str], timeout: float) -> HttpAnswer:
+async def http_get(url: str, headers: dict[str, str], timeout: float, *, dial: Dial) -> HttpAnswer:
     """One GET on a connection of its own (no keep-alive, as the kubelet's probes and hooks),
     HTTPS without verifying the certificate (as the kubelet); at most `MAX_OUTPUT` of the body.
-    Raises TimeoutError, OSError (the connection), ValueError (not HTTP)."""
+    `dial` makes the connection (from the pod's namespace). Raises TimeoutError, OSError (the
+    connection), ValueError (not HTTP), kod errors (the pod's namespace cannot be used)."""
     target = URL(url)
     host, port = target.raw_host or "", target.port or (443 if target.scheme == "https" else 80)
     context = None
@@ -318,7 +322,14 @@ async def http_get(url: str, headers: dict[str, str], timeout: float) -> HttpAns
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, ssl=context)
+        sock = await dial(host, port)
+        try:
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=context, server_hostname=host if context is not None else None
+            )
+        except BaseException:
+            sock.close()
+            raise
         try:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             fields = {"Host": hostport, **headers, "Connection": "close"}
@@ -350,9 +361,9 @@ async def http_get(url: str, headers: dict[str, str], timeout: float) -> HttpAns
             writer.close()
 
 
-async def http_check(action: dict[str, Any], host: str, port: int, timeout: float) -> tuple[Result, str]:
+async def http_check(action: dict[str, Any], host: str, port: int, timeout: float, *, dial: Dial) -> tuple[Result, str]:
     """An httpGet probe: success for a status in [200, 400), after redirects to the same host
-    (a redirect elsewhere counts as success, as the kubelet's does)."""
+    (a redirect elsewhere counts as success, as the kubelet's does); `dial` as `http_get`'s."""
     scheme = str(action.get("scheme") or "HTTP").lower()
     path = str(action.get("path") or "/")
     if not path.startswith("/"):
@@ -369,7 +380,7 @@ async def http_check(action: dict[str, Any], host: str, port: int, timeout: floa
     current = url
     try:
         for _ in range(10):
-            answer = await http_get(current, headers, max(deadline - loop.time(), 0.001))
+            answer = await http_get(current, headers, max(deadline - loop.time(), 0.001), dial=dial)
             location = answer.headers.get("location")
             if answer.status in (301, 302, 303, 307, 308) and location:
                 nxt = URL(current).join(URL(location))
@@ -418,10 +429,13 @@ class Prober:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] | None = None,
         sleep_until: Callable[[float], Awaitable[None]] | None = None,
+        sandboxes: Sandboxes = SANDBOXES,
     ) -> None:
         """`clock` (the time containers started are compared with), `monotonic` and
-        `sleep_until` (the ticks: the loop's time and a timer by default) are for tests."""
+        `sleep_until` (the ticks: the loop's time and a timer by default) are for tests;
+        `sandboxes`: the pods' network namespaces, which network probes dial from."""
         self.engine = engine
+        self.sandboxes = sandboxes
         self._kick = kick
         self._alive = alive
         self._clock = clock
@@ -462,9 +476,10 @@ class Prober:
                 workers[key] = (tracker, task, trigger)
 
     def forget(self, pod: PodState) -> None:
-        """Stop every worker of the pod (it left the table)."""
+        """Stop every worker of the pod (it left the table) and let go of its namespace."""
         for _, task, _ in (self._workers.pop(pod.uid, None) or {}).values():
             task.cancel()
+        self.sandboxes.forget(pod.infra_id)
 
     def workers(self, pod: PodState) -> int:
         """How many probe workers the pod has running (for tests and diagnostics)."""
@@ -585,16 +600,20 @@ class Prober:
         port = resolve_port(action.get("port"), slot.spec)
         if port is None:
             return Result.ERROR, f"unable to resolve port {action.get('port')!r} of container {slot.name}"
-        if spec.handler == "grpc":
-            if not host:
-                return Result.ERROR, "the pod has no address"
-            ok, message = await grpc_health.check(host, port, str(action.get("service") or ""), spec.timeout)
-            return (Result.SUCCESS if ok else Result.FAILURE), message
-        if spec.handler == "tcpSocket":
-            target = str(action.get("host") or host or "")
-            if not target:
-                return Result.ERROR, "the pod has no address"
-            return await tcp_check(target, port, spec.timeout)
-        if not (action.get("host") or host):
+        target = str(action.get("host") or host or "") if spec.handler != "grpc" else str(host or "")
+        if not target:
             return Result.ERROR, "the pod has no address"
-        return await http_check(action, str(host or ""), port, spec.timeout)
+        try:
+            # From the pod's own namespace: `host` reaches what the pod could, never the desktop's loopback.
+            sandbox = await self.sandboxes.of(self.engine, pod)
+            if spec.handler == "grpc":
+                ok, message = await grpc_health.check(target, port, str(action.get("service") or ""), spec.timeout,
+                                                      dial=sandbox.connect)
+                return (Result.SUCCESS if ok else Result.FAILURE), message
+            if spec.handler == "tcpSocket":
+                return await tcp_check(target, port, spec.timeout, dial=sandbox.connect)
+            return await http_check(action, target, port, spec.timeout, dial=sandbox.connect)
+        except errors.KodError as exc:
+            # The namespace could not be used (the sandbox stopped, it is not the pod's any
+            # more): the probe did not run, so it is not counted.
+            return Result.ERROR, str(exc)

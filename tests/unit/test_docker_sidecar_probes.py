@@ -7,6 +7,7 @@ against real local servers (httpGet, tcpSocket, grpc health over HTTP/2)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -344,6 +345,20 @@ async def test_a_never_restarted_container_that_ended_stops_its_workers(rt: Runt
 # ------------------------------------------------------------------------------ the actions
 
 
+async def direct(host: str, port: int) -> socket.socket:
+    """A dialler from the test's own namespace (the sidecar's is `netns.Sandbox.connect`, whose
+    refusals tests/unit/test_docker_sidecar_netns.py attacks): the actions' wording is tested here."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @pytest.fixture
 async def web_server(aiohttp_server: Any) -> Any:
     seen: list[dict[str, str]] = []
@@ -365,7 +380,7 @@ async def web_server(aiohttp_server: Any) -> Any:
 
 
 async def http(server: Any, path: str, timeout: float = 1.0, **action: Any) -> tuple[Result, str]:
-    return await probes.http_check({"path": path, "port": server.port, **action}, "127.0.0.1", server.port, timeout)
+    return await probes.http_check({"path": path, "port": server.port, **action}, "127.0.0.1", server.port, timeout, dial=direct)
 
 
 @pytest.mark.parametrize(("path", "result", "message"), [
@@ -400,12 +415,12 @@ async def free_port() -> int:
 
 
 async def test_tcp_socket_succeeds_when_a_connection_opens_and_says_refused_when_not(web_server: Any) -> None:
-    assert await probes.tcp_check("127.0.0.1", web_server.port, 1.0) == (Result.SUCCESS, "")
+    assert await probes.tcp_check("127.0.0.1", web_server.port, 1.0, dial=direct) == (Result.SUCCESS, "")
     port = await free_port()
-    assert await probes.tcp_check("127.0.0.1", port, 1.0) == (
+    assert await probes.tcp_check("127.0.0.1", port, 1.0, dial=direct) == (
         Result.FAILURE, f"dial tcp 127.0.0.1:{port}: connect: connection refused"
     )
-    result, message = await probes.http_check({"path": "/"}, "127.0.0.1", port, 1.0)
+    result, message = await probes.http_check({"path": "/"}, "127.0.0.1", port, 1.0, dial=direct)
     assert (result, message) == (Result.FAILURE, f'Get "http://127.0.0.1:{port}/": dial tcp 127.0.0.1:{port}: connect: connection refused')
 
 
@@ -473,7 +488,7 @@ async def test_grpc_health_check_answers_as_the_kubelets_grpc_probe(
     received: list[bytes] = []
     server, port = await grpc_server(grpc_server_reply(trailers, serving), received)
     async with server:
-        assert await grpc_health.check("127.0.0.1", port, "foo", 1.0) == (ok, message)
+        assert await grpc_health.check("127.0.0.1", port, "foo", 1.0, dial=direct) == (ok, message)
     request = received[0]
     assert request.startswith(grpc_health.PREFACE)
     assert b"/grpc.health.v1.Health/Check" in request and b"application/grpc" in request
@@ -482,7 +497,7 @@ async def test_grpc_health_check_answers_as_the_kubelets_grpc_probe(
 
 async def test_grpc_health_check_of_a_closed_port_fails_as_a_dial_timeout() -> None:
     port = await free_port()
-    assert await grpc_health.check("127.0.0.1", port, "", 1.0) == (
+    assert await grpc_health.check("127.0.0.1", port, "", 1.0, dial=direct) == (
         False, f'timeout: failed to connect service "127.0.0.1:{port}" within 1s: context deadline exceeded')
 
 

@@ -181,18 +181,5 @@ async def test_a_pair_that_never_completes_is_dropped(stack: Any) -> None:
     assert spdy.RstStream(nameless, spdy.PROTOCOL_ERROR) in frames
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="entering a network namespace needs CAP_SYS_ADMIN")
-async def test_the_sidecar_dials_inside_a_processs_network_namespace() -> None:
-    server, port = await _tcp_server()
-    try:
-        sock = await sidecar_portforward.dial(os.getpid(), port)  # our own namespace: same path
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(b"ns\n")
-        assert await reader.readline() == b"NS\n"
-        writer.close()
-        with pytest.raises(errors.InvalidInput, match=r"localhost:1 inside the pod's network namespace"):
-            await sidecar_portforward.dial(os.getpid(), 1)
-        with pytest.raises(errors.InvalidInput, match="sandbox is not running"):
-            await sidecar_portforward.dial(0, port)
-    finally:
-        server.close()
+# The sidecar's dial into a pod's network namespace (and its refusals: a stale PID, the desktop's
+# own namespace) is attacked in tests/unit/test_docker_sidecar_netns.py.

@@ -2,7 +2,8 @@
 channels): one TCP connection to localhost:N inside the pod's network namespace, DATA both
 ways, CLOSE [DATA] for each side's EOF.
 
-400 bad port, nothing listens there, or the pod's sandbox does not run; 404 no such pod.
+400 bad port, nothing listens there, or the pod's sandbox does not run; 503 the pod's network
+namespace cannot be entered or is not its own any more (never dialled then); 404 no such pod.
 Refusals come before the upgrade, their message in the `X-Kod-Error` header too."""
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     try:
         options = streams.parse_port_query(request.query)
-        pid = await runtime.sandbox_pid(ns, name)
-        sock = await portforward.dial(pid, options.port)
+        sandbox = await runtime.sandbox(ns, name)
+        sock = await portforward.dial(sandbox, options.port)
     except errors.KodError as exc:
         return streams.refusal(exc)
     try:
