@@ -18,6 +18,7 @@ from interlink.handlers.ping import ping
 from interlink.handlers.pod_logs import pod_logs
 from interlink.handlers.port_forward import port_forward
 from interlink.handlers.stats import stats
+from interlink.handlers.update_volumes import update_volumes
 from interlink.handlers.watch import watch
 
 #: Operation id (kod.routes) -> handler.
@@ -27,6 +28,7 @@ HANDLERS = {
     "listPods": list_pods,
     "getPod": get_pod,
     "deletePod": delete_pod,
+    "updateVolumes": update_volumes,
     "podLogs": pod_logs,
     "watch": watch,
     "openapi": openapi_doc,

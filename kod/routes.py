@@ -109,6 +109,23 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=("namespace", "name"),
     ),
     Operation(
+        "put",
+        POD + "/volumes",
+        "updateVolumes",
+        "Replace the contents of a running pod's Secret, ConfigMap, projected or downwardAPI volumes "
+        "(each one named, as a whole), atomically as the kubelet does: the containers see either the old "
+        "files or the new ones. subPath mounts keep what they had. A sidecar that cannot update volumes "
+        "answers 400.",
+        {"200": ("What changed.", wire.VolumeUpdateResult, JSON)},
+        errors={
+            "400": "A volume that is not a content volume of the pod, or the sidecar does not update volumes.",
+            "404": "No such pod (or not with this uid).",
+            "503": "The pod's volumes are not set up (yet, or any more).",
+        },
+        body=wire.VolumeUpdate,
+        path_params=("namespace", "name"),
+    ),
+    Operation(
         "get",
         POD + "/containers/{container}/logs",
         "podLogs",

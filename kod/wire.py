@@ -10,6 +10,7 @@ The API (the same on interlink and on every sidecar; interlink routes to sidecar
     GET    /v1/pods                                       -> PodStatusList
     GET    /v1/pods/{namespace}/{name}                    -> PodStatus
     DELETE /v1/pods/{namespace}/{name}?<DeleteOptions>    -> PodStatus (final)
+    PUT    /v1/pods/{namespace}/{name}/volumes  VolumeUpdate  -> VolumeUpdateResult
     GET    /v1/pods/{namespace}/{name}/containers/{container}/logs?<LogOptions>
                                                           -> text/plain, streamed when follow
     GET    /v1/watch                                      -> application/x-ndjson of WatchEvent
@@ -333,6 +334,23 @@ class PodCreateRequest(Envelope):
     )
 
 
+class VolumeUpdate(Envelope):
+    """PUT /v1/pods/{namespace}/{name}/volumes: the new contents of some of a running pod's
+    Secret, ConfigMap, projected and downwardAPI volumes (a ConfigMap or Secret changed, a token
+    was refreshed), as the kubelet rewrites them. Each volume named is replaced as a whole,
+    atomically (a file left out is removed); volumes not named are left as they are."""
+
+    uid: str = Field(min_length=1, description="The pod's uid: an update for another incarnation of the name is refused (404).")
+    volumes: list[ResolvedVolume] = Field(default_factory=list)
+
+
+class VolumeUpdateResult(Envelope):
+    """What an update changed."""
+
+    updated: list[str] = Field(default_factory=list, description="The volumes whose files changed.")
+    unchanged: list[str] = Field(default_factory=list, description="The volumes that already held these contents.")
+
+
 # --------------------------------------------------------------------------------------------
 # Status: what the sidecar reports.
 # --------------------------------------------------------------------------------------------
@@ -489,6 +507,8 @@ class ErrorBody(Envelope):
 #: Every model exported to the OpenAPI spec, by schema name.
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     PodCreateRequest,
+    VolumeUpdate,
+    VolumeUpdateResult,
     PodStatus,
     PodStatusList,
     WatchEvent,

@@ -2,8 +2,8 @@
 
 `main` parses flags, loads the settings once and runs `serve`, which wires the parts together and
 runs each long-running loop as its own task: the Lease, the node status, the API's pod watch,
-InterLink's status stream, the pod workers, the Services cache and the rotation of the node's
-client certificate. vk_bridge talks to the API server as its node (`system:node:<node>`, see
+InterLink's status stream, the pod workers, the Services cache, the live volumes and the rotation
+of the node's client certificate. vk_bridge talks to the API server as its node (`system:node:<node>`, see
 vk_bridge/identity.py) when a bootstrap is configured, else with `kube.kubeconfig`'s credentials
 as they are (with a warning when those are not the node's). SIGTERM/SIGINT set the stop
 event; the tasks are cancelled with a timeout, the node is marked NotReady, and the servers and
@@ -35,12 +35,14 @@ from vk_bridge.events import EventRecorder
 from vk_bridge.identity import SELF_REVIEW, SELF_REVIEW_PATH, NodeIdentity, bootstrap_connection, node_user
 from vk_bridge.kubelet_api import Authenticator, create_app, start_server
 from vk_bridge.lease import LeaseRenewer
+from vk_bridge.live_volumes import LiveVolumes, running_pods
 from vk_bridge.node import NodeController, check_ownership, detect_address
 from vk_bridge.pods import PodController
-from vk_bridge.provider import InterLinkProvider, Provider
+from vk_bridge.provider import InterLinkProvider, Provider, VolumeUpdates
 from vk_bridge.references import KubeReferences
 from vk_bridge.resolve import NodeFacts, Resolver
 from vk_bridge.settings import DEFAULT_CONFIG, ENV_PREFIX, VkSettings
+from vk_bridge.token_manager import TokenManager
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -163,8 +165,13 @@ async def serve(
         lease.node_uid = node.uid
 
         services = ObjectCache()
+        refs = KubeReferences(kube, services)
+        refs.tokens = TokenManager(
+            refs.request_token, refresh_fraction=settings.volumes.token_refresh_fraction,
+            max_age_seconds=settings.volumes.token_max_age_seconds,
+        )
         resolver = Resolver(
-            KubeReferences(kube, services),
+            refs,
             NodeFacts(name=settings.node.name, host_ips=node.host_ips, allocatable=node.allocatable),
             enable_service_links_default=settings.pods.enable_service_links,
         )
@@ -191,6 +198,12 @@ async def serve(
             "interlink-watch": pods.run_remote_watch(),
             "pod-workers": pods.run_workers(),
         }
+        if isinstance(provider, VolumeUpdates):  # an optional extra of a provider
+            loops["live-volumes"] = LiveVolumes(
+                kube, provider, resolver, refs, refs.tokens, running=lambda: running_pods(pods.pods, pods.remote),
+                known=lambda: pods.pods.keys(), resync_seconds=settings.volumes.resync_seconds,
+                watch_timeout_seconds=settings.kube.watch_timeout_seconds,
+            ).run()
         if identity is not None:
             loops["client-certificate"] = identity.run(kube)
         tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]

@@ -9,6 +9,7 @@ The interface is split by its caller, as virtual-kubelet's is:
     ContainerStreams exec, attach, port-forward       the kubelet API (an optional extra too)
     ResourceUsage    stats: CPU time and memory        the kubelet API's /stats/summary and
                                                       /metrics/resource (optional: `kubectl top`)
+    VolumeUpdates    update_volumes                    the live volumes (live_volumes.py)
 
 Each caller is typed against the narrow protocol it uses (`PodSync` for the pod controller,
 `LogsSource` for the kubelet API); `Provider` is all of them, what `main` wires in.
@@ -136,6 +137,18 @@ class ResourceUsage(Protocol):
 
 
 @runtime_checkable
+class VolumeUpdates(Protocol):
+    """New contents for a running pod's Secret, ConfigMap, projected and downwardAPI volumes."""
+
+    async def update_volumes(self, namespace: str, name: str, update: wire.VolumeUpdate) -> wire.VolumeUpdateResult:
+        """Swap each named volume's files for the given ones, atomically (a reader sees the old
+        files or the new ones). `NotFound`: no such pod (uid); `InvalidInput`: not a content
+        volume, or the runtime cannot update volumes (nothing will change by retrying);
+        `Unavailable`: the pod's volumes are not set up now."""
+        ...
+
+
+@runtime_checkable
 class PodSync(PodLifecycle, StatusNotifier, Protocol):
     """What the pod controller uses: the lifecycle, and the pushed status that drives it."""
 
@@ -214,6 +227,13 @@ class InterLinkProvider:
             )
         except errors.NotFound:
             return None
+        return result
+
+    async def update_volumes(self, namespace: str, name: str, update: wire.VolumeUpdate) -> wire.VolumeUpdateResult:
+        # Not retried here: the live volumes send the latest contents again on their next round.
+        result: wire.VolumeUpdateResult = await self._api.request(
+            "PUT", f"{wire.API_PREFIX}/pods/{namespace}/{name}/volumes", body=update, model=wire.VolumeUpdateResult
+        )
         return result
 
     async def get_pod_status(self, namespace: str, name: str) -> wire.PodStatus:

@@ -15,8 +15,10 @@ that the sidecar never needs Kubernetes credentials. Covered, with the kubelet's
   makes storage only for claims that exist, one per claim uid.
 
 Limits, said plainly: `status.podIP`/`status.podIPs` are not known before the sidecar creates the
-pod's network namespace, so they resolve to "" (as on a kubelet before the sandbox exists);
-volume contents are resolved once, at creation (no live update of ConfigMap/Secret/token files).
+pod's network namespace, so they resolve to "" (as on a kubelet before the sandbox exists).
+Environment variables are resolved once, at creation (as on a kubelet); volume contents are
+resolved again while the pod runs (`volume_contents`, by vk_bridge/live_volumes.py), so that
+ConfigMap, Secret, downward API and token files follow their sources like a kubelet's do.
 """
 
 from __future__ import annotations
@@ -263,8 +265,8 @@ def _decode_secret_value(data: str) -> str:
 
 
 class Resolver:
-    """Builds `PodCreateRequest`s. One per process; caches nothing between pods (a pod is
-    resolved once, when it starts)."""
+    """Builds `PodCreateRequest`s, and a running pod's volume contents again. One per process;
+    caches nothing between pods (tokens are cached by the references' token manager)."""
 
     def __init__(self, refs: References, node: NodeFacts, *, enable_service_links_default: bool = True) -> None:
         self._refs = refs
@@ -286,12 +288,20 @@ class Resolver:
             pod=wire.Pod.model_validate(pod), containers=containers, volumes=volumes, claims=_unique(claims)
         )
 
+    async def volume_contents(self, pod: Mapping[str, Any], refs: References | None = None) -> list[wire.ResolvedVolume]:
+        """The contents of `pod`'s Secret, ConfigMap, downwardAPI and projected volumes now, read
+        through `refs` (default: this resolver's). Raises as `pod_create_request` does."""
+        ctx = _PodContext(self, pod, refs)
+        spec = pod.get("spec") or {}
+        return [v for v in [await ctx.volume(vol) for vol in spec.get("volumes") or []] if v is not None]
+
 
 class _PodContext:
     """Resolution of one pod: the objects it references are fetched once each."""
 
-    def __init__(self, resolver: Resolver, pod: Mapping[str, Any]) -> None:
+    def __init__(self, resolver: Resolver, pod: Mapping[str, Any], refs: References | None = None) -> None:
         self.r = resolver
+        self.refs = refs or resolver._refs
         self.pod = pod
         self.meta = pod.get("metadata") or {}
         self.spec = pod.get("spec") or {}
@@ -302,12 +312,12 @@ class _PodContext:
 
     async def secret(self, name: str) -> Mapping[str, Any] | None:
         if name not in self._secrets:
-            self._secrets[name] = await self.r._refs.secret(self.ns, name)
+            self._secrets[name] = await self.refs.secret(self.ns, name)
         return self._secrets[name]
 
     async def config_map(self, name: str) -> Mapping[str, Any] | None:
         if name not in self._config_maps:
-            self._config_maps[name] = await self.r._refs.config_map(self.ns, name)
+            self._config_maps[name] = await self.refs.config_map(self.ns, name)
         return self._config_maps[name]
 
     async def services(self) -> dict[str, str]:
@@ -492,7 +502,7 @@ class _PodContext:
         if source.get("serviceAccountToken") is not None:
             s = source["serviceAccountToken"]
             audience = s.get("audience") or ""
-            token = await self.r._refs.service_account_token(
+            token = await self.refs.service_account_token(
                 self.ns,
                 self.spec.get("serviceAccountName") or "default",
                 audiences=[audience] if audience else [],

@@ -194,6 +194,25 @@ class PodSettings(Section):
     )
 
 
+class VolumeSettings(Section):
+    """Live Secret, ConfigMap, downwardAPI and projected volumes (vk_bridge/live_volumes.py), and
+    the projected service-account tokens' refresh (vk_bridge/token_manager.py)."""
+
+    resync_seconds: float = Field(
+        default=10.0, gt=0, description="How often every running pod's content volumes are resolved again "
+        "(from the watched ConfigMaps and Secrets, so in memory) and changes sent; a watched object's "
+        "change is sent at once.",
+    )
+    token_refresh_fraction: float = Field(
+        default=0.8, gt=0, lt=1, description="A projected token is requested again once this fraction of its "
+        "lifetime has passed (the kubelet's 80 %); lower it only to test the refresh.",
+    )
+    token_max_age_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="A projected token is requested again at this age at the latest "
+        "(the kubelet's 24 h).",
+    )
+
+
 class AdmissionSettings(Section):
     """Which pods bound to the node may run on the desktop (vk_bridge/admission.py). Everything
     not allowed here ends Failed (reason NotAllowedByOwner) without touching Docker."""
@@ -237,6 +256,7 @@ class VkSettings(Section):
     kubelet_api: KubeletApiSettings = Field(default_factory=KubeletApiSettings)
     pods: PodSettings = Field(default_factory=PodSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    volumes: VolumeSettings = Field(default_factory=VolumeSettings)
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, description="How long tasks get to stop on SIGTERM.")
 

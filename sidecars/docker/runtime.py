@@ -15,6 +15,7 @@
     probes.py     startup, liveness and readiness probes (grpc_health.py: the grpc ones)
     hooks.py      postStart and preStop hooks;  termination.py  termination messages
     create.py     admitting a pod and setting it up (volumes, infra container, contents)
+    volume_updates.py, atomic_writer.py   live updates of Secret/ConfigMap/token volumes
     claims.py     PersistentVolumeClaims as Docker volumes: made for confirmed claims, collected
     policy.py, ceilings.py   what the desktop admits (checked at create and again at adoption)
     mounter.py    host paths and writable subPaths, opened safely and staged (hostfs, staging)
@@ -53,6 +54,7 @@ from sidecars.docker.engine import Engine, EngineError
 from sidecars.docker.events import EventStream
 from sidecars.docker.images import ImageCache
 from sidecars.docker.mounter import Mounter
+from sidecars.docker.netns import SANDBOXES, Sandbox
 from sidecars.docker.network import HostRulesMissing, PodNetwork
 from sidecars.docker.node import host_memory, node_info
 from sidecars.docker.pod_logs import open_logs
@@ -62,6 +64,7 @@ from sidecars.docker.settings import DockerSidecarSettings
 from sidecars.docker.table import PodTable
 from sidecars.docker.tasks import Background
 from sidecars.docker.usage import Usage
+from sidecars.docker.volume_updates import VolumeUpdater
 from sidecars.docker.worker import Worker
 
 
@@ -97,6 +100,7 @@ class Runtime:
         self.events = EventStream(settings, engine, self.table, self.images, self.worker, self.adoption)
         self._events_task: asyncio.Task[None] | None = None
         self.usage_reader = Usage(engine)
+        self.volume_updater = VolumeUpdater(self.table, self.mounter)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,6 +169,11 @@ class Runtime:
         May be called more than once; NotFound when the pod is (already) gone."""
         return await self.deleter.delete(namespace, name, uid=uid, grace=grace)
 
+    async def update_volumes(self, namespace: str, name: str, update: wire.VolumeUpdate) -> wire.VolumeUpdateResult:
+        """Swap in new contents of the pod's content volumes (volume_updates.py)."""
+        await self.wait_ready()
+        return await self.volume_updater.update(namespace, name, update)
+
     def list(self) -> list[wire.PodStatus]:
         """The status of every pod (including pods being deleted)."""
         return [self.worker.status_of(p) for p in self.table]
@@ -195,23 +204,15 @@ class Runtime:
             raise errors.InvalidInput(f'container "{container}" in pod "{name}" is not running')
         return run.id, slot.spec
 
-    async def sandbox_pid(self, namespace: str, name: str) -> int:
-        """The process id of the pod's infra container (whose network namespace the pod's
-        containers share), for port-forward. NotFound, or InvalidInput when it does not run."""
+    async def sandbox(self, namespace: str, name: str) -> Sandbox:
+        """The pod's network namespace (its infra container's, which the pod's containers
+        share), for port-forward. NotFound, InvalidInput when its sandbox does not run, or
+        Unavailable when its namespace is not known for sure (netns.py)."""
         await self.wait_ready()
         pod = self.table.lookup(namespace, name)
         if pod.infra_id is None:
             raise errors.InvalidInput(f'pod "{name}" has no running sandbox')
-        try:
-            data = await self.engine.inspect_container(pod.infra_id)
-        except EngineError as exc:
-            if exc.not_found:
-                raise errors.InvalidInput(f'pod "{name}" has no running sandbox') from exc
-            raise exc.as_kod_error("inspecting the pod's sandbox") from exc
-        pid = int((data.get("State") or {}).get("Pid") or 0)
-        if pid <= 0:
-            raise errors.InvalidInput(f'pod "{name}" has no running sandbox')
-        return pid
+        return await SANDBOXES.of_container(self.engine, pod.infra_id)
 
     # ------------------------------------------------------------------ node
 

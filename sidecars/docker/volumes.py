@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from kod import wire
 from kod.quantity import to_bytes
-from sidecars.docker import naming, termination
+from sidecars.docker import atomic_writer, naming, termination
 from sidecars.docker.ceilings import Ceilings
 from sidecars.docker.policy import match_host_path
 from sidecars.docker.settings import HostPathKind, PolicySettings
@@ -152,7 +152,8 @@ def memory_area_size(
     """Bytes of the pod's tmpfs: its content files (each rounded up to a page) plus, for each
     memory emptyDir, its sizeLimit, else the largest memory limit of the containers that mount
     it (every container has one: the desktop's default if it sets none). `cap` (the
-    `memory_volume_size` setting) bounds the emptyDirs' share; the contents always fit."""
+    `memory_volume_size` setting) bounds the emptyDirs' share; the contents always fit, twice:
+    a live update (atomic_writer.py) holds the old and the new files for an instant."""
     files = sum(
         (len(base64.b64decode(f.data)) + _PAGE - 1) // _PAGE * _PAGE + _PAGE for rv in contents for f in rv.files
     )
@@ -169,7 +170,7 @@ def memory_area_size(
             dirs += max((ceilings.limits_of(c)[0] for c in users), default=0)
     if cap is not None:
         dirs = min(dirs, to_bytes(cap))
-    return files + dirs + _TMPFS_SLACK
+    return 2 * files + dirs + _TMPFS_SLACK
 
 
 def infra_path(pv: PlannedVolume, sub_path: str | None = None) -> str:
@@ -319,6 +320,14 @@ class _Tar:
         info.mtime = self.now
         self.tar.addfile(info, io.BytesIO(data))
 
+    def symlink(self, path: str, target: str) -> None:
+        info = tarfile.TarInfo(path)
+        info.type = tarfile.SYMTYPE
+        info.linkname = target
+        info.mode = 0o777
+        info.mtime = self.now
+        self.tar.addfile(info)
+
     def close(self) -> bytes:
         self.tar.close()
         return self.buf.getvalue()
@@ -328,6 +337,18 @@ def _parents(path: str) -> Iterable[str]:
     parts = path.split("/")[:-1]
     for i in range(1, len(parts) + 1):
         yield "/".join(parts[:i])
+
+
+def payload(rv: wire.ResolvedVolume, *, fs_group: int | None) -> dict[str, atomic_writer.Payload]:
+    """A content volume's files as the kubelet writes them: each file's mode, else the volume's
+    default; with an fsGroup, readable by the group too. (Population and updates alike.)"""
+    out: dict[str, atomic_writer.Payload] = {}
+    for f in rv.files:
+        mode = f.mode if f.mode is not None else rv.defaultMode
+        if fs_group:
+            mode |= 0o440
+        out[f.path] = atomic_writer.Payload(base64.b64decode(f.data), mode)
+    return out
 
 
 def population_tar(
@@ -355,13 +376,17 @@ def population_tar(
         rv = by_name.get(pv.name)
         if rv is None:
             continue
-        for f in rv.files:
-            for parent in _parents(f.path):
-                tar.dir(f"{root}/{parent}", _DIR_MODE | (0o2550 if fs_group else 0), gid)
-            mode = f.mode if f.mode is not None else rv.defaultMode
-            if fs_group:
-                mode |= 0o440
-            tar.file(f"{root}/{f.path}", base64.b64decode(f.data), mode, gid)
+        # The kubelet's layout (atomic_writer.py): the files in a timestamped directory that
+        # `..data` names, a symlink per top-level name, so that updates swap them in one rename.
+        data_dir = f"{root}/{atomic_writer.new_dir_name()}"
+        tar.dir(data_dir, _DIR_MODE | (0o2550 if fs_group else 0), gid)
+        for path, item in payload(rv, fs_group=fs_group).items():
+            for parent in _parents(path):
+                tar.dir(f"{data_dir}/{parent}", _DIR_MODE | (0o2550 if fs_group else 0), gid)
+            tar.file(f"{data_dir}/{path}", item.data, item.mode, gid)
+        tar.symlink(f"{root}/{atomic_writer.DATA}", data_dir.rsplit("/", 1)[1])
+        for top in sorted({f.path.split("/", 1)[0] for f in rv.files}):
+            tar.symlink(f"{root}/{top}", f"{atomic_writer.DATA}/{top}")
     for c in [*spec.initContainers, *spec.containers]:
         for m in c.volumeMounts:
             target = planned.get(m.name)

@@ -103,6 +103,13 @@ async def not_offered(request: web.Request) -> web.Response:
                                                "(pods run as batch jobs)"))
 
 
+async def volumes_not_updated(request: web.Request) -> web.Response:
+    """PUT .../volumes -> 400: a job's volumes are staged once, before sbatch (kod.routes: a sidecar
+    that cannot update volumes answers 400)."""
+    raise errors.InvalidInput("the Slurm sidecar does not update a running pod's volumes (they are staged once, "
+                              "before the job is submitted)")
+
+
 HANDLERS = {
     "healthz": healthz,
     "ping": ping,
@@ -110,6 +117,7 @@ HANDLERS = {
     "listPods": list_pods,
     "getPod": get_pod,
     "deletePod": delete_pod,
+    "updateVolumes": volumes_not_updated,
     "podLogs": pod_logs,
     "watch": watch,
     "execContainer": not_offered,

@@ -56,11 +56,49 @@ def _entries(tar_bytes: bytes) -> list[tarfile.TarInfo]:
         return tf.getmembers()
 
 
+def _resolve(entries: list[tarfile.TarInfo], name: str) -> str:
+    """The entry a container reads at `name`: through the kubelet layout's `<key> -> ..data/<key>`
+    and `..data -> ..<timestamp>` symlinks of a content volume."""
+    links = {e.name: e.linkname for e in entries if e.issym()}
+    parts = name.split("/")
+    for i in range(len(parts), 0, -1):
+        head = "/".join(parts[:i])
+        if head in links:
+            base = head.rsplit("/", 1)[0]
+            return _resolve(entries, "/".join([base, links[head], *parts[i:]]))
+    return name
+
+
+def _by_name(tar_bytes: bytes) -> dict[str, tarfile.TarInfo]:
+    entries = _entries(tar_bytes)
+    plain = {e.name.rstrip("/"): e for e in entries}
+    out = dict(plain)
+    for e in entries:
+        if e.issym() and not e.name.endswith("/..data"):
+            prefix = e.name
+            for name, member in plain.items():
+                target = _resolve(entries, prefix)
+                if name == target or name.startswith(target + "/"):
+                    out[prefix + name[len(target):]] = member
+    return out
+
+
 def _read(tar_bytes: bytes, name: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
-        member = tf.extractfile(name)
+        member = tf.extractfile(_resolve(tf.getmembers(), name))
         assert member is not None
         return member.read()
+
+
+def test_content_volumes_have_the_kubelets_data_layout() -> None:
+    s = spec([{"name": "cm", "configMap": {"name": "c"}}], [])
+    raw = volumes.population_tar(s, volumes.plan(s, POLICY), [wire.ResolvedVolume(name="cm", files=[
+        wire.FileItem(path="a", data=b64(b"1")), wire.FileItem(path="d/b", data=b64(b"2"))])])
+    links = {e.name: e.linkname for e in _entries(raw) if e.issym()}
+    data = links["mem/cm/..data"]
+    assert data.startswith("..") and "/" not in data
+    assert links["mem/cm/a"] == "..data/a" and links["mem/cm/d"] == "..data/d"
+    assert _read(raw, "mem/cm/d/b") == b"2"
 
 
 def test_contents_are_written_byte_for_byte_with_items_modes_and_directories() -> None:
@@ -74,7 +112,7 @@ def test_contents_are_written_byte_for_byte_with_items_modes_and_directories() -
         wire.ResolvedVolume(name="cm", files=[wire.FileItem(path="app.conf", data=b64(b"a=1\n"))]),
     ]
     raw = volumes.population_tar(s, planned, contents, new_claims=["home"])
-    by_name = {e.name.rstrip("/"): e for e in _entries(raw)}
+    by_name = _by_name(raw)
     assert _read(raw, "mem/sec/token") == b"\x00\xffbinary\n"
     assert by_name["mem/sec/token"].mode == 0o400
     assert by_name["mem/sec/nested/dir/key"].mode == 0o640
@@ -84,7 +122,7 @@ def test_contents_are_written_byte_for_byte_with_items_modes_and_directories() -
     assert by_name["disk/scratch"].mode == 0o777 and by_name["mem/fast"].mode == 0o777
     assert by_name["disk/scratch/a/b"].isdir() and by_name["disk/scratch/a/b"].mode == 0o777
     assert by_name["pvc/home"].mode == 0o777
-    assert all(e.uid == 0 and e.gid == 0 for e in by_name.values())
+    assert all(e.uid == 0 and e.gid == 0 for e in _entries(raw))
     # The marker is the last entry: its presence proves the rest was extracted.
     assert _entries(raw)[-1].name == f"mem/{naming.POPULATED_MARKER}"
     assert volumes.marker_path(planned) == f"{naming.INFRA_MEM}/{naming.POPULATED_MARKER}"
@@ -96,7 +134,7 @@ def test_fs_group_makes_volumes_group_owned_and_readable_like_the_kubelet() -> N
     planned = volumes.plan(s, POLICY)
     raw = volumes.population_tar(s, planned, [wire.ResolvedVolume(name="sec", defaultMode=0o400, files=[
         wire.FileItem(path="k", data=b64(b"v"))])])
-    by_name = {e.name.rstrip("/"): e for e in _entries(raw)}
+    by_name = _by_name(raw)
     assert by_name["mem/sec/k"].gid == 2000 and by_name["mem/sec/k"].mode == 0o440
     assert by_name["disk/e"].gid == 2000 and by_name["disk/e"].mode & 0o2000
 
@@ -164,10 +202,11 @@ def test_the_pods_tmpfs_is_bounded_by_its_contents_and_memory_empty_dirs() -> No
     planned = volumes.plan(s, POLICY)
     contents = [wire.ResolvedVolume(name="sec", files=[wire.FileItem(path="k", data=b64(b"x" * 5000))])]
     size = volumes.memory_area_size(s, planned, contents, ceilings)
-    # fast: the largest limit of its containers (512Mi), sized: its sizeLimit, the file: 2 pages + 1.
-    assert size == 512 * 2**20 + 10 * 2**20 + 3 * 4096 + 2**20
+    # fast: the largest limit of its containers (512Mi), sized: its sizeLimit, the file: 2 pages + 1,
+    # twice (a live update holds the old and the new files for an instant).
+    assert size == 512 * 2**20 + 10 * 2**20 + 2 * 3 * 4096 + 2**20
     capped = volumes.memory_area_size(s, planned, contents, ceilings, cap="64Mi")
-    assert capped == 64 * 2**20 + 3 * 4096 + 2**20
+    assert capped == 64 * 2**20 + 2 * 3 * 4096 + 2**20
 
 
 def test_infra_mounts_private_volumes_and_claims() -> None:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from kod.routes import SIDECAR
 from kod.routes import add_routes as add_table_routes
-from sidecars.docker.handlers import create, delete, exec_attach, get, health, logs, pods, ping, portforward, stats, watch
+from sidecars.docker.handlers import create, delete, exec_attach, get, health, logs, pods, ping, portforward, stats, volumes, watch
 
 #: Operation id (kod.routes) -> handler.
 HANDLERS = {
@@ -18,6 +18,7 @@ HANDLERS = {
     "listPods": pods.handle,
     "getPod": get.handle,
     "deletePod": delete.handle,
+    "updateVolumes": volumes.handle,
     "podLogs": logs.handle,
     "watch": watch.handle,
     "execContainer": exec_attach.handle_exec,
