@@ -16,6 +16,8 @@ outgoing frames, flow control beyond the defaults (the answer is a few bytes), T
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import struct
 from urllib.parse import unquote
 
@@ -384,22 +386,52 @@ async def call(host: str, port: int, service: str, *, dial: Dial) -> tuple[int, 
     return code, message, serving
 
 
+#: grpc-go's connection backoff (its default: 1 s, x1.6, jitter 0.2), with which the kubelet's
+#: blocking dial redials a refused connection until the probe's deadline.
+REDIAL_FIRST, REDIAL_FACTOR, REDIAL_JITTER = 1.0, 1.6, 0.2
+#: A redial that would end this close to the deadline is not tried: the dial fails instead, so
+#: that its message, not the rpc's, is the one the probe reports.
+REDIAL_MARGIN = 0.05
+
+
+def _redialing(dial: Dial, deadline: float, dialled: list[bool]) -> Dial:
+    """`dial`, redialled after a refusal (the server not listening yet) until `deadline` (loop
+    time), as grpc-go's blocking dial does; `dialled` becomes [True] once a connection is made."""
+    async def redial(host: str, port: int) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        delay = REDIAL_FIRST
+        while True:
+            try:
+                sock = await dial(host, port)
+            except OSError:
+                pause = delay * random.uniform(1 - REDIAL_JITTER, 1 + REDIAL_JITTER)
+                if loop.time() + pause > deadline - REDIAL_MARGIN:
+                    raise
+                await asyncio.sleep(pause)
+                delay *= REDIAL_FACTOR
+                continue
+            dialled.append(True)
+            return sock
+    return redial
+
+
 async def check(host: str, port: int, service: str, timeout: float, *, dial: Dial) -> tuple[bool, str]:
     """A grpc probe: (healthy, the kubelet's message). kod errors from `dial` (the pod's
     namespace cannot be used) are the caller's."""
     addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    failed_to_connect = (
+        f'timeout: failed to connect service "{addr}" within {go_duration(timeout)}: context deadline exceeded'
+    )
+    dialled: list[bool] = []
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
         async with asyncio.timeout(timeout):
             try:
-                code, message, serving = await call(host, port, service, dial=dial)
-            except OSError as exc:
-                # grpc-go's blocking dial keeps trying until the deadline; the end is the same.
-                del exc
-                return False, (
-                    f'timeout: failed to connect service "{addr}" within {go_duration(timeout)}: context deadline exceeded'
-                )
+                code, message, serving = await call(host, port, service, dial=_redialing(dial, deadline, dialled))
+            except OSError:
+                return False, failed_to_connect
     except TimeoutError:
-        return False, f"timeout: health rpc did not complete within {go_duration(timeout)}"
+        return False, failed_to_connect if not dialled else f"timeout: health rpc did not complete within {go_duration(timeout)}"
     except (ProtocolError, asyncio.IncompleteReadError) as exc:
         return False, f"error: health rpc probe failed: rpc error: code = Unavailable desc = {exc}"
     if code == UNIMPLEMENTED:

@@ -455,7 +455,7 @@ def grpc_server_reply(trailers: list[tuple[str, str]], serving: int | None) -> b
     return out + f(grpc_health.HEADERS, grpc_health.END_HEADERS | grpc_health.END_STREAM, 1, grpc_health.encode_headers(trailers))
 
 
-async def grpc_server(reply: bytes, received: list[bytes]) -> tuple[asyncio.AbstractServer, int]:
+async def grpc_server(reply: bytes, received: list[bytes], *, port: int = 0) -> tuple[asyncio.AbstractServer, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.readexactly(len(grpc_health.PREFACE))
         while True:  # until the request's DATA frame with END_STREAM
@@ -470,7 +470,7 @@ async def grpc_server(reply: bytes, received: list[bytes]) -> tuple[asyncio.Abst
         await reader.read()  # until the client closes
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
     return server, int(server.sockets[0].getsockname()[1])
 
 
@@ -499,6 +499,26 @@ async def test_grpc_health_check_of_a_closed_port_fails_as_a_dial_timeout() -> N
     port = await free_port()
     assert await grpc_health.check("127.0.0.1", port, "", 1.0, dial=direct) == (
         False, f'timeout: failed to connect service "127.0.0.1:{port}" within 1s: context deadline exceeded')
+
+
+async def test_grpc_health_check_redials_a_refused_port_until_the_server_listens_as_grpc_go() -> None:
+    # The kubelet's blocking dial redials a refused connection (1 s, x1.6) until the deadline: a
+    # server that starts listening 1.5 s into a 5-s probe answers it.
+    port = await free_port()
+    received: list[bytes] = []
+    handle_reply = grpc_server_reply([("grpc-status", "0")], 1)
+
+    async def late_server() -> asyncio.AbstractServer:
+        await asyncio.sleep(1.5)
+        server, _ = await grpc_server(handle_reply, received, port=port)
+        return server
+
+    starting = asyncio.create_task(late_server())
+    try:
+        assert await grpc_health.check("127.0.0.1", port, "", 5.0, dial=direct) == (True, "service is healthy")
+    finally:
+        (await starting).close()
+    assert received
 
 
 async def test_the_event_stream_asks_only_for_the_actions_the_sidecar_uses_so_exec_probes_add_none() -> None:
