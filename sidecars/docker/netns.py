@@ -259,9 +259,13 @@ class Sandboxes:
                 return known
             self.forget(container_id)
         sandbox = await confirm(engine, container_id)
-        old = self._known.pop(container_id, None)
-        if old is not None:
-            old.close()  # a concurrent confirmation won the race
+        current = self._known.get(container_id)
+        if current is not None and current.alive():
+            # A concurrent confirmation (two probes of one pod starting together) got there
+            # first: keep the one its caller holds, which closing would break mid-dial.
+            sandbox.close()
+            return current
+        self.forget(container_id)
         self._known[container_id] = sandbox
         return sandbox
 

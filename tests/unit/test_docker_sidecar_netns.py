@@ -165,6 +165,29 @@ async def test_a_dial_for_the_pod_reaches_the_pods_loopback_never_the_desktops(
 
 
 @needs_root
+async def test_two_probes_starting_together_share_one_sandbox_and_both_dial(
+    desktop: Desktop, pod: subprocess.Popen[str]
+) -> None:
+    # Two confirmations at once (a pod's readiness and liveness probes starting together): the
+    # second must not close the sandbox the first one's caller is dialling with.
+    class Slow(Engine):
+        async def inspect_container(self, ref: str) -> dict[str, Any]:
+            await asyncio.sleep(0.01)  # as a real engine's answer: the other confirmation runs meanwhile
+            return await super().inspect_container(ref)
+
+    sandboxes = Sandboxes()
+    first, second = await asyncio.gather(
+        sandboxes.of_container(Slow(running(pod.pid)), "infra"),  # type: ignore[arg-type]
+        sandboxes.of_container(Slow(running(pod.pid)), "infra"),  # type: ignore[arg-type]
+    )
+    try:
+        assert first is second and len(sandboxes) == 1
+        assert await read_line(first, desktop.port) == b"inside the pod\n"
+    finally:
+        sandboxes.forget("infra")
+
+
+@needs_root
 async def test_a_sandbox_whose_process_ended_is_refused_at_once(desktop: Desktop, pod: subprocess.Popen[str]) -> None:
     sandboxes = Sandboxes()
     engine = Engine(running(pod.pid))
