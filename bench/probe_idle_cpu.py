@@ -8,8 +8,8 @@ Always) on the benchmark's private virtual node and on kod-worker, one node afte
 (--together: both at once, in one window):
 
 - none:      no probes (the baseline: what idle pods cost);
-- http-tcp:  httpGet readiness (GET /healthz) + tcpSocket liveness, periodSeconds 1;
-- http-exec: httpGet readiness + exec liveness (`cat /www/healthz`), periodSeconds 1.
+- http-tcp:  httpGet readiness (GET /healthz) + tcpSocket liveness, periodSeconds --period (1);
+- http-exec: httpGet readiness + exec liveness (`cat /www/healthz`), periodSeconds --period (1).
 
 Once every pod is Ready, the run settles --settle seconds (during which it checks
 that the probes really run about once a second: the kubelet's prober_probe_total, and the exec
@@ -68,16 +68,30 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORT = 8080
 SERVE = f"mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p {PORT} -h /www"
 SCENARIO_LABEL = "kod.io/probe-scenario"
-#: A probe every second; the other fields at the kubelet's defaults (timeout 1 s, failure 3).
+#: A probe every second by default (--period); the other fields at the kubelet's defaults (timeout 1 s, failure 3).
 PERIOD = 1
-READINESS = {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": PERIOD}
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "http-tcp": {"readinessProbe": READINESS,
-                 "livenessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": PERIOD}},
-    "http-exec": {"readinessProbe": READINESS,
-                  "livenessProbe": {"exec": {"command": ["cat", "/www/healthz"]}, "periodSeconds": PERIOD}},
-}
+
+
+def scenarios(period: int) -> dict[str, dict[str, Any]]:
+    """The containers' probe fields of each scenario, probing every `period` seconds."""
+    readiness = {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": period}
+    return {
+        "none": {},
+        "http-tcp": {"readinessProbe": readiness, "livenessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": period}},
+        "http-exec": {"readinessProbe": readiness,
+                      "livenessProbe": {"exec": {"command": ["cat", "/www/healthz"]}, "periodSeconds": period}},
+    }
+
+
+def set_period(period: int) -> None:
+    """Probe every `period` seconds in this run (main() calls it once, before any pod exists)."""
+    global PERIOD, SCENARIOS, PROBE_RATE
+    PERIOD = period
+    SCENARIOS = scenarios(period)
+    PROBE_RATE = {name: len(probes) / period for name, probes in SCENARIOS.items()}
+
+
+SCENARIOS: dict[str, dict[str, Any]] = scenarios(PERIOD)
 #: Probes per pod and second in each scenario.
 PROBE_RATE = {name: len(probes) / PERIOD for name, probes in SCENARIOS.items()}
 VIRTUAL, WORKER = "virtual", "kod-worker"
@@ -633,6 +647,8 @@ async def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds between all pods Ready and the window; the probe-rate check runs in it (default 10)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between readings within a window (default 5)")
+    parser.add_argument("--period", type=int, default=1,
+                        help="periodSeconds of every probe (default 1; the kubelet's default is 10)")
     parser.add_argument("--together", action="store_true",
                         help="pods on both nodes at once and one window for both (half the time; the nodes then "
                         "compete for the CPUs, which exec probes at 1 s can saturate); default: one node at a time")
@@ -644,13 +660,17 @@ async def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for all pods of a scenario to be Ready (default 180)")
     parser.add_argument("--keep-stack", action="store_true", help="leave the private bench stack running at the end")
     args = parser.parse_args()
+    if args.period < 1:
+        parser.error("--period must be at least 1 (seconds)")
+    set_period(args.period)
     if args.pods is None:
         args.pods = 5 if args.quick else 20
     if args.seconds is None:
         args.seconds = 15.0 if args.quick else 60.0
     names = [n for n in SCENARIOS if n in set(args.only or SCENARIOS)]
     windows: list[tuple[str, ...]] = [(VIRTUAL, WORKER)] if args.together else [(VIRTUAL,), (WORKER,)]
-    run = Run("probe_idle_cpu_quick" if args.quick else "probe_idle_cpu")
+    # Each period has a results file of its own: a 10-s run never replaces the 1-s numbers.
+    run = Run(("probe_idle_cpu_quick" if args.quick else "probe_idle_cpu") + (f"_p{args.period}" if args.period != 1 else ""))
     results: dict[str, Any] = {}
     payload: dict[str, Any] = {
         "settings": {"pods_per_node": args.pods, "window_s": args.seconds, "settle_s": args.settle, "interval_s": args.interval,
