@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 
 from kod import errors, streams
@@ -51,7 +52,9 @@ async def dial(sandbox: Sandbox, port: int, *, timeout: float = DIAL_TIMEOUT_SEC
     assert first is not None
     if isinstance(first, (ConnectionRefusedError, TimeoutError)):
         # Worded as the kubelet's runtime words it (Go's dial error).
-        reason = (getattr(first, "strerror", None) or str(first) or "timed out").lower()
+        # From the errno: asyncio's strerror is "Connect call failed (address)", not the reason.
+        code = getattr(first, "errno", None)
+        reason = (os.strerror(code) if code else str(first) or "timed out").lower()
         raise errors.InvalidInput(
             f"failed to connect to localhost:{port} inside the pod's network namespace: "
             f"dial tcp4 127.0.0.1:{port}: connect: {reason}"

@@ -112,8 +112,8 @@ def test_config_map_and_secret_volumes_and_env_are_byte_for_byte(virtual_node: V
     raw = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "raw"},
            "data": {"raw": base64.b64encode(secret_bytes).decode(), "other": base64.b64encode(b"not mounted").decode()}}
     script = (
-        "cd /cfg && sha256sum sub/multi.txt blob color && stat -c '%n %a' sub/multi.txt blob color && "
-        "cd /sec && sha256sum raw-file && stat -c '%n %a' raw-file && ls /sec && "
+        "cd /cfg && sha256sum sub/multi.txt blob color && stat -L -c '%n %a' sub/multi.txt blob color && "
+        "cd /sec && sha256sum raw-file && stat -L -c '%n %a' raw-file && ls /sec && "
         "printf '%s|' \"$COLOR\" \"$PASSWORD\" \"$CFG_size\" \"$user\" \"$GREETING\" \"$MULTI\""
     )
     main = {

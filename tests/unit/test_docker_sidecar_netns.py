@@ -152,7 +152,7 @@ async def test_a_dial_for_the_pod_reaches_the_pods_loopback_never_the_desktops(
         assert await asyncio.wait_for(reader.readline(), 2) == b"inside the pod\n"
         writer.close()
         # Nothing listens on the pod's 127.0.0.1:1: refused, worded as the kubelet's runtime.
-        with pytest.raises(errors.InvalidInput, match=r"localhost:1 inside the pod's network namespace"):
+        with pytest.raises(errors.InvalidInput, match=r"localhost:1 inside the pod.s network namespace: dial tcp4 127.0.0.1:1: connect: connection refused$"):
             await portforward.dial(sandbox, 1)
         # An httpGet against a server that is not HTTP fails with its first bytes in the message:
         # they are the pod's, never the desktop's secret.
