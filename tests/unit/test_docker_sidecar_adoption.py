@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from kod import wire
-from kod.hub import Hub
 from sidecars.docker import naming
 from sidecars.docker.runtime import Runtime
-from sidecars.docker.settings import DockerSidecarSettings
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-
-
-def settings() -> DockerSidecarSettings:
-    # The fake engine has no host file system: staging off (tests/unit/test_docker_sidecar_staging.py
-    # and the e2e tests use the real one).
-    return DockerSidecarSettings(name="adopt", docker_url="unix:///nonexistent.sock", infra_image="kod/pause:3.10",
-                                 ready_timeout_seconds=5, host_access={"mode": "off"})
+from tests.unit.docker_sidecar_runtime_support import started, within
 
 
 def request(uid: str = "u-1", *, secret: bool = True) -> wire.PodCreateRequest:
@@ -40,21 +32,6 @@ def request(uid: str = "u-1", *, secret: bool = True) -> wire.PodCreateRequest:
     return wire.PodCreateRequest.model_validate(
         {"pod": {"metadata": {"name": "web", "namespace": "ns", "uid": uid}, "spec": spec}, "volumes": contents}
     )
-
-
-async def started(engine: FakeEngine) -> Runtime:
-    rt = Runtime(settings(), engine, Hub(64))  # type: ignore[arg-type]
-    await rt.start()
-    await rt.wait_ready()
-    return rt
-
-
-async def within(seconds: float, until: Callable[[], bool]) -> None:
-    async def poll() -> None:
-        while not until():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), seconds)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from kod import errors, wire
 from sidecars.docker import naming
 from sidecars.docker.runtime import Runtime
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import started, within
+from tests.unit.docker_sidecar_runtime_support import started, within
 
 
 def claim_pod(name: str, uid: str, claim_uid: str | None) -> wire.PodCreateRequest:

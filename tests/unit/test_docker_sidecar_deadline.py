@@ -12,7 +12,7 @@ tests/e2e/test_virtual_node_deadline.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from sidecars.docker import naming, status
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.state import PodState
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import started, within
+from tests.unit.docker_sidecar_runtime_support import engine, rt, within  # noqa: F401 - fixtures by name
 
 DEADLINE = 60
 GRACE = 2
@@ -41,18 +41,6 @@ def request(restart_policy: str, *, init: bool) -> wire.PodCreateRequest:
     return wire.PodCreateRequest.model_validate(
         {"pod": {"metadata": {"name": "web", "namespace": "ns", "uid": "u-1"}, "spec": spec}, "volumes": []}
     )
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-async def rt(engine: FakeEngine) -> AsyncIterator[Runtime]:
-    runtime = await started(engine)
-    yield runtime
-    await runtime.stop()
 
 
 @pytest.fixture

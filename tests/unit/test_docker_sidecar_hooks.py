@@ -6,7 +6,6 @@ stop signal, inside the grace period, and not at all when the pod is killed with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,19 +15,7 @@ from sidecars.docker import hooks
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.state import PodState
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import started, within
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-async def rt(engine: FakeEngine) -> AsyncIterator[Runtime]:
-    runtime = await started(engine)
-    yield runtime
-    await runtime.stop()
+from tests.unit.docker_sidecar_runtime_support import engine, rt, within  # noqa: F401 - fixtures by name
 
 
 def pod_request(lifecycle: dict[str, Any], restart: str = "Always", grace: int = 9) -> wire.PodCreateRequest:

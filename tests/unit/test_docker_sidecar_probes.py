@@ -22,7 +22,7 @@ from sidecars.docker.probes import Decision, ProbeSpec, Prober, Result, Tracker
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.state import PodState, Run
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import started, within
+from tests.unit.docker_sidecar_runtime_support import started, within
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -7,7 +7,6 @@ tests/e2e/test_docker_sidecar*.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,19 +15,8 @@ from sidecars.docker import naming
 from sidecars.docker.runtime import Runtime
 from sidecars.docker.state import PodState
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import request, started, within
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-async def rt(engine: FakeEngine) -> AsyncIterator[Runtime]:
-    runtime = await started(engine)
-    yield runtime
-    await runtime.stop()
+from tests.unit.test_docker_sidecar_adoption import request
+from tests.unit.docker_sidecar_runtime_support import engine, rt, within  # noqa: F401 - fixtures by name
 
 
 async def idle(pod: PodState) -> None:

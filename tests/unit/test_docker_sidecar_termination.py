@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,19 +18,7 @@ from sidecars.docker.runtime import Runtime
 from sidecars.docker.state import PodState
 from sidecars.docker.settings import PolicySettings
 from tests.unit.docker_sidecar_fake_engine import FakeEngine
-from tests.unit.test_docker_sidecar_adoption import started, within
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-async def rt(engine: FakeEngine) -> AsyncIterator[Runtime]:
-    runtime = await started(engine)
-    yield runtime
-    await runtime.stop()
+from tests.unit.docker_sidecar_runtime_support import engine, rt, within  # noqa: F401 - fixtures by name
 
 
 def container(name: str = "main", **fields: Any) -> dict[str, Any]:
