@@ -16,7 +16,6 @@ infra container is killed meanwhile never reaches the desktop's service of that 
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pytest
 from localenv import desktop_stack
 from tests.e2e.test_security_network import host_address
 from tests.e2e.test_virtual_node_probes import condition, events, status_of, wait_until
+from tests.fixtures.listeners import answering
 from tests.fixtures.virtual_node import VirtualNode, kubectl_stream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -64,28 +64,9 @@ def desktop_service(host: str, host_allow: list[str]) -> Iterator[Service]:
             break
         server.close()
     server.listen(16)
-    server.settimeout(0.2)
     service = Service(port=int(server.getsockname()[1]), secret=f"kod-desktop-secret-{uuid.uuid4().hex}")
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = server.accept()
-            except OSError:
-                continue
-            service.peers.append(peer)
-            with conn:
-                conn.sendall(service.secret.encode() + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with answering(server, service.secret.encode() + b"\n", service.peers, poll=0.2):
         yield service
-    finally:
-        stop.set()
-        thread.join(2)
-        server.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from sidecars.docker import hooks, netns, portforward, probes
 from sidecars.docker.netns import Sandbox, Sandboxes
 from sidecars.docker.record import PodRecord
 from sidecars.docker.state import PodState, Run, Slot
+from tests.fixtures.listeners import answering
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,26 +70,9 @@ def desktop() -> Iterator[Desktop]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
-    server.settimeout(0.05)
     found = Desktop(server)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = server.accept()
-            except OSError:
-                continue
-            found.connections.append(peer)
-            with conn:
-                conn.sendall(b"desktop secret\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield found
-    stop.set()
-    thread.join(2)
-    server.close()
+    with answering(server, b"desktop secret\n", found.connections, poll=0.05):
+        yield found
 
 
 @pytest.fixture
