@@ -51,7 +51,7 @@ from localenv import desktop_stack, node_join, users
 from localenv.handle import ClusterHandle
 from localenv.progress import Progress
 from tests.fixtures.users import KubectlAs
-from tests.fixtures.virtual_node import VirtualNode
+from tests.fixtures.virtual_node import VirtualNode, kubectl_stream
 from tests.unit.spdy_client import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -382,9 +382,11 @@ def test_a_execs_copies_forwards_and_reads_logs_of_as_own_pod(a_pod: tuple[str, 
     finally:
         forward.terminate()
         forward.wait(timeout=30)
-    attach = subprocess.run([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "attach", "-i", name, "-n", ns,
-                             "-c", "main"], input="hello\n", capture_output=True, text=True, timeout=60)
-    assert "attached: hello" in attach.stdout, attach.stderr
+    attach = kubectl_stream(cluster, "attach", "-i", name, "-n", ns, "-c", "main", stdin=True)
+    try:
+        attach.say_until_echoed("hello\n", "attached: hello", timeout=30)
+    finally:
+        attach.kill()
 
 
 # --- 2. straight at the kubelet port ----------------------------------------------------------

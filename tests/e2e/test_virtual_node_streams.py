@@ -41,7 +41,7 @@ import pytest
 from localenv import desktop_stack
 from localenv.handle import ClusterHandle
 from localenv.progress import Progress
-from tests.fixtures.virtual_node import VirtualNode
+from tests.fixtures.virtual_node import VirtualNode, kubectl_stream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -220,35 +220,11 @@ def test_cp_copies_files_both_ways_byte_for_byte(streams_node: VirtualNode, pods
 @pytest.mark.parametrize("where", WHERE)
 def test_attach_reaches_the_main_process(streams_node: VirtualNode, pods: Any, where: str) -> None:
     ns, name = pods[where]
-    proc = subprocess.Popen([str(streams_node.cluster.kubectl_path), f"--kubeconfig={streams_node.cluster.kubeconfig}",
-                             "attach", "-i", name, "-n", ns, "-c", "main"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    attach = kubectl_stream(streams_node.cluster, "attach", "-i", name, "-n", ns, "-c", "main", stdin=True)
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        time.sleep(2)
-        proc.stdin.write(b"hello\n")
-        proc.stdin.flush()
-        line = _read_line(proc.stdout, 20)
-        assert line == b"attached: hello\n"
+        attach.say_until_echoed("hello\n", "attached: hello", timeout=30)
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
-
-
-def _read_line(stream: Any, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    out = b""
-    fd = stream.fileno()
-    while not out.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no line; got {out!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 1)
-            if not chunk:
-                break
-            out += chunk
-    return out
+        attach.kill()
 
 
 class PortForward:
