@@ -71,8 +71,14 @@ def test_a_staged_socket_still_answers_and_writable_staging_is_writable(staging:
         with open_host_path(str(sock), expect="socket", trusted=()) as opened:
             path = staging.stage("pod-2", "host/pulse", opened, read_only=True)
         client = socket.socket(socket.AF_UNIX)
-        client.connect(path)  # connecting needs no write access to the mount
-        client.close()
+        # Through an O_PATH descriptor: the staged path under a test's tmp_path can exceed
+        # sun_path's 108 bytes. Connecting needs no write access to the mount.
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            client.connect(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+            client.close()
     finally:
         server.close()
     rw = host / "rw"
