@@ -4,7 +4,7 @@ Every case is a pod spec (without node selection: the harness adds it for each n
 the test image, `kod/testbox:0.1.0` (busybox applets, httpd, nc, wget), plus the ConfigMap and
 Secret of `SHARED_OBJECTS`. A case's `settle` says when its pod shows what it is about:
 
-- `terminal`: phase Succeeded or Failed;
+- `terminal`: phase Succeeded or Failed, and the sandbox torn down (PodReadyToStartContainers not True);
 - `ready`: the Ready condition is True;
 - `running`: every container runs (`started`), for pods meant not to become Ready;
 - `restarted`: some container (or init container) restarted at least once;
@@ -226,10 +226,12 @@ def _termination_cases() -> list[Case]:
 
 def _probe(kind: str, **timing: Any) -> dict[str, Any]:
     """A probe every second; one failure counts. Probes meant to succeed start a second after the
-    container and allow for a loaded machine, so that no node sees them fail by chance."""
+    container and allow for a loaded machine, so that no node sees them fail by chance: 15 s, as
+    a Docker exec of `true` took over 5 s on the virtual node while the whole corpus started
+    there beside the home suite (every failed probe is an Unhealthy event, which is compared)."""
     base: dict[str, Any] = {"periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1}
     if kind in ("exec-ok", "http", "tcp"):
-        base.update(initialDelaySeconds=1, timeoutSeconds=5, failureThreshold=3)
+        base.update(initialDelaySeconds=1, timeoutSeconds=15, failureThreshold=3)
     base.update(timing)
     if kind == "exec-ok":
         return {"exec": {"command": ["true"]}, **base}

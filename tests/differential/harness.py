@@ -82,7 +82,10 @@ def settled(case: Case, pod: Mapping[str, Any]) -> bool:
     phase = status.get("phase")
     kind, _, arg = case.settle.partition(":")
     if kind == "terminal":
-        return phase in ("Succeeded", "Failed")
+        # And its sandbox gone: a kubelet reports the phase first and PodReadyToStartContainers
+        # False once it has torn the sandbox down, which took seconds on a loaded kod-worker.
+        sandbox = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "PodReadyToStartContainers"]
+        return phase in ("Succeeded", "Failed") and sandbox != ["True"]
     if kind == "ready":
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     if kind == "running":

@@ -166,6 +166,10 @@ def test_settle_predicates_read_the_pods_state() -> None:
     running["status"]["containerStatuses"][0].update(state={"running": {}}, restartCount=2)
     assert harness.settled(case("restarted"), running) and harness.settled(case("running"), running)
     assert not harness.settled(case("terminal"), running)
+    # Finished, but the kubelet has not torn the sandbox down yet: not settled.
+    finishing = copy.deepcopy(pod)
+    next(c for c in finishing["status"]["conditions"] if c["type"] == "PodReadyToStartContainers")["status"] = "True"
+    assert not harness.settled(case("terminal"), finishing)
     waiting = copy.deepcopy(pod)
     waiting["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "CreateContainerConfigError"}}
     assert harness.settled(case("waiting:CreateContainerConfigError"), waiting)
