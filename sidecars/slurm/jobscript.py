@@ -325,15 +325,22 @@ stopping() { [ -e "$D/state/.stopping" ]; }
 # except bubblewrap's init there): bubblewrap itself would die of it and SIGKILL its sandbox.
 # SIGUSR2 (the sidecar, once the grace period is over) SIGKILLs every container at once, inits
 # included: Slurm's own cancel would give them KillWait more seconds.
-mycg=$(cat /proc/self/cgroup)
-ownns=$(readlink /proc/self/ns/pid)
+# Builtins only, no process per entry: a loaded machine has hundreds of processes, and forking
+# three per entry made one pass take seconds there, which held the SIGKILL of USR2 back (bash
+# runs a trap only once the one it is in has returned).
+mapfile -t mycg < /proc/self/cgroup
 signal_containers() {  # SIGNAL
-  local d
+  local d cg line nspid
   for d in /proc/[0-9]*; do
-    [ "$(readlink "$d/ns/pid" 2>/dev/null)" != "$ownns" ] || continue
-    [ "$(cat "$d/cgroup" 2>/dev/null)" = "$mycg" ] || continue
-    if [ "$1" != KILL ] && awk '$1=="NSpid:" && $NF=="1" {f=1} END {exit !f}' "$d/status" 2>/dev/null; then
-      continue
+    [ "$d/ns/pid" -ef /proc/self/ns/pid ] && continue
+    mapfile -t cg 2>/dev/null < "$d/cgroup" || continue
+    [ "${cg[*]}" = "${mycg[*]}" ] || continue
+    if [ "$1" != KILL ]; then
+      nspid=
+      while read -r -a line; do
+        if [ "${line[0]}" = NSpid: ]; then nspid=${line[-1]}; break; fi
+      done 2>/dev/null < "$d/status"
+      [ "$nspid" = 1 ] && continue
     fi
     kill "-$1" "${d#/proc/}" 2>/dev/null
   done

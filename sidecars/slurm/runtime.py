@@ -338,6 +338,9 @@ class Runtime:
         if job_id is None:
             return
         t = self.settings.command_timeout_seconds
+        # The grace period counts from the delete, as a kubelet counts it from the kill's start:
+        # not from when scancel (a process, slow on a loaded machine) returned.
+        deadline = time.monotonic() + grace
         self._fast += 1
         try:
             job = entry.job
@@ -349,14 +352,15 @@ class Runtime:
                 await slurmcli.scancel(job_id, signal="USR2", batch=True, timeout=t)
             else:
                 await slurmcli.scancel(job_id, signal="TERM", batch=True, timeout=t)
-            deadline = time.monotonic() + grace
             killed = grace == 0 or job is None or job.state == "PENDING"
             cancelled = job is None or job.state == "PENDING"
-            if grace == 0:
-                deadline = time.monotonic()
             while True:
                 self._wake.set()
-                await self._next_poll()
+                # Until the next poll, but never past the next step's time: the kill is sent
+                # when the grace period ends, not when a slow squeue happens to return.
+                due = None if cancelled else deadline if not killed else deadline + CANCEL_AFTER_KILL_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._next_poll(), None if due is None else max(0.0, due - time.monotonic()))
                 if entry.job is not None and not entry.job.active or entry.lost:
                     return
                 now = time.monotonic()
