@@ -329,10 +329,12 @@ def hpc_stack_settings(base: desktop_stack.StackSettings | None = None) -> deskt
     """The HPC node's stack: the desktop's settings with its own node, directory and ports, and
     the Slurm sidecar (on interLink's Slurm port, 4001) behind its interlink."""
     base = base or desktop_stack.load_stack_settings()
+    # +900: the test suites' private stacks take +100 to +800 (tests/fixtures, bench/), and the
+    # Slurm suite runs beside them (tests/suites.py): +100 was the crash tests' interlink port.
     return base.model_copy(update={
         "node_name": HPC_NODE, "sidecar_kind": "slurm", "sidecar_name": "slurm", "directory": "hpc",
-        "interlink_port": base.interlink_port + 100, "sidecar_port": 4001, "kubelet_port": base.kubelet_port + 20,
-        "tunnel_health_port": base.tunnel_health_port + 100, "tunnel_admin_port": base.tunnel_admin_port + 100,
+        "interlink_port": base.interlink_port + 900, "sidecar_port": 4001, "kubelet_port": base.kubelet_port + 20,
+        "tunnel_health_port": base.tunnel_health_port + 900, "tunnel_admin_port": base.tunnel_admin_port + 900,
         "slurm": {"partition": PARTITION, **base.slurm},
     })
 

@@ -28,7 +28,7 @@ from kod import labels
 from localenv import desktop_stack, node_registry, users
 from localenv.progress import Progress
 from tests.fixtures.users import KubectlAs, policy_refuses, wait_until
-from tests.fixtures.virtual_node import VirtualNode, crash_settings
+from tests.fixtures.virtual_node import TEST_LABELS, VirtualNode, crash_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -276,7 +276,7 @@ def test_a_pod_of_the_owner_that_exceeds_the_desktops_allocatable_is_refused(
     body = virtual_node.pod(name, [{"name": "main", "command": ["sleep", "60"],
                                     "resources": {"requests": {resource: amount}, "limits": {resource: amount}}}],
                             nodeName=virtual_node.name)
-    body["metadata"]["labels"] = {"kod.io/test": "virtual-node"}  # owner_namespace removes it
+    body["metadata"]["labels"] = dict(TEST_LABELS)  # owner_namespace removes it
     proc = kubectl_as(user_a).create({**body, "metadata": {**body["metadata"], "namespace": owner_namespace}})
     assert proc.returncode == 0, proc.stderr  # A may: it is A's desktop
     pod = virtual_node.wait_phase(owner_namespace, name, "Failed", "Running", timeout=60)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.e2e.slurm_support import hpc_node, jobs, wait_for  # noqa: F401 - hpc_node is a fixture
-from tests.fixtures.virtual_node import VirtualNode
+from tests.fixtures.virtual_node import RUN_LABEL, VirtualNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
@@ -27,7 +27,7 @@ def test_kill_9_of_the_sidecar_during_20_pods_converges_without_duplicates_or_or
     hpc_node.create(ns, *objects)
 
     def pods() -> dict[str, dict]:
-        items = hpc_node.cluster.kubectl_json("get", "pods", "-n", ns, "-l", "kod.io/test=virtual-node")["items"]
+        items = hpc_node.cluster.kubectl_json("get", "pods", "-n", ns, "-l", f"{RUN_LABEL[0]}={RUN_LABEL[1]}")["items"]
         return {p["metadata"]["name"]: p for p in items if p["metadata"]["name"].startswith("crash-")}
 
     wait_for(lambda: len(pods()) == PODS and all(p["status"].get("phase") == "Running" for p in pods().values()), 180,
@@ -57,4 +57,5 @@ def test_kill_9_of_the_sidecar_during_20_pods_converges_without_duplicates_or_or
     assert not duplicates, f"pods without exactly one job: {duplicates}"
     orphans = [j for j in jobs() if j.pod_uid not in uids.values()]
     assert not orphans, f"jobs of no pod: {orphans}"
-    assert sum(1 for j in jobs() if j.pod_uid in uids.values()) == PODS - len(short)
+    active = [j for j in jobs() if j.pod_uid in uids.values()]
+    assert len(active) == PODS - len(short), f"active: {active}; every job of the pods: {[j for j in jobs(active_only=False) if j.pod_uid in uids.values()]}"
