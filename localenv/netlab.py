@@ -410,10 +410,13 @@ class Netlab:
             procs.ensure(toxiproxy.daemon(self.paths.cache_dir, self.run_dir, self.logs_dir))
             for name, (port, proxy_port) in self.delayed_ports().items():
                 api.proxy(name, listen=f"0.0.0.0:{proxy_port}", upstream=f"{self.cluster_address}:{port}")
-                api.remove(name, "home")
-                api.remove(name, "slow")
+                # Only what changes is touched (toxiproxy.Api.latency says why).
                 if self.state.home:
                     api.latency(name, "home", ms=self.topology.rtt_ms / 2)
+                else:
+                    api.remove(name, "home")
+                if name != "apiserver" or self.state.slow_api <= 0:
+                    api.remove(name, "slow")
             if self.state.slow_api > 0:
                 api.latency("apiserver", "slow", ms=self.state.slow_api * 1000, streams=("downstream",))
 

@@ -97,12 +97,26 @@ class Api:
 
     def latency(self, proxy: str, name: str, *, ms: float, streams: tuple[str, ...] = STREAMS) -> None:
         """Delay every chunk by `ms` in each of `streams` (a toxic per stream, `<name>-<stream>`);
-        replaces toxics of the same name."""
-        self.remove(proxy, name)
-        for stream in streams:
+        replaces toxics of the same name. A toxic that is already so is left alone and one with
+        another delay is updated in place: toxiproxy 2.12 changes each live connection's chain
+        of toxics in a goroutine of its own, and a toxic added while a removal is still going
+        through a connection crashes it (index out of range in ToxicLink.AddToxic), which
+        took the home desktop's API server path down mid-suite."""
+        attributes = {"latency": int(round(ms)), "jitter": 0}
+        wanted = {f"{name}-{stream}": stream for stream in streams}
+        existing = {t["name"]: t for t in self.toxics(proxy)
+                    if t["name"] == name or t["name"].startswith(f"{name}-")}
+        for toxic_name, toxic in existing.items():
+            if toxic_name not in wanted or toxic.get("stream") != wanted[toxic_name] or toxic.get("type") != "latency":
+                self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic_name}")
+            elif {k: toxic.get("attributes", {}).get(k) for k in attributes} != attributes:
+                self._call("POST", f"/proxies/{proxy}/toxics/{toxic_name}", {"attributes": attributes, "toxicity": 1.0})
+        for toxic_name, stream in wanted.items():
+            if toxic_name in existing and existing[toxic_name].get("stream") == stream \
+                    and existing[toxic_name].get("type") == "latency":
+                continue
             self._call("POST", f"/proxies/{proxy}/toxics", {
-                "name": f"{name}-{stream}", "type": "latency", "stream": stream, "toxicity": 1.0,
-                "attributes": {"latency": int(round(ms)), "jitter": 0},
+                "name": toxic_name, "type": "latency", "stream": stream, "toxicity": 1.0, "attributes": attributes,
             })
 
     def remove(self, proxy: str, name: str) -> int:
