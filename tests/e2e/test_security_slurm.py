@@ -27,6 +27,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,3 +309,33 @@ def test_a_job_directory_left_with_planted_symlinks_is_made_afresh(
     finally:
         if not jobs_of(pod_uid):
             shutil.rmtree(d, ignore_errors=True)  # never submitted: the sidecar does not know it
+
+
+@pytest.mark.timeout(180)
+def test_a_deleted_pods_kill_pass_reaches_only_its_own_job(hpc_node: VirtualNode, owner_namespace: str) -> None:
+    """The job script's SIGTERM and SIGKILL passes (sidecars/slurm/jobscript.py) walk every
+    process of the machine and signal those of the job's own cgroup: a sibling pod of the same
+    user, and a process of that user outside Slurm, live through the delete of a pod whose
+    container ignores SIGTERM (so both passes run)."""
+    ns = owner_namespace
+    uid, gid = site_user()
+    outside = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "sleep", "300"])
+    try:
+        as_user = {"securityContext": {"runAsUser": uid, "runAsGroup": gid}, "terminationGracePeriodSeconds": 2}
+        hpc_node.create(ns, hpc_node.pod("kill-victim", [{"name": "main", "command": [
+            "sh", "-c", "trap '' TERM; while :; do sleep 1; done"]}], **as_user))
+        hpc_node.create(ns, hpc_node.pod("bystander", [{"name": "main", "command": [
+            "sh", "-c", "while :; do echo alive; sleep 1; done"]}], **as_user))
+        victim = hpc_node.wait_phase(ns, "kill-victim", "Running", timeout=90)
+        bystander = hpc_node.wait_phase(ns, "bystander", "Running", timeout=90)
+        hpc_node.cluster.kubectl("delete", "pod", "kill-victim", "-n", ns, "--wait=false")
+        wait_for(lambda: not jobs_of(victim["metadata"]["uid"], active_only=True), 30, "the victim's job gone")
+        lines = hpc_node.logs(ns, "bystander").count("alive")
+        time.sleep(3)
+        assert outside.poll() is None, "the kill pass reached a process of the same user outside the job"
+        assert jobs_of(bystander["metadata"]["uid"], active_only=True), "the kill pass ended the sibling pod's job"
+        assert hpc_node.wait_phase(ns, "bystander", "Running", timeout=5)["status"]["phase"] == "Running"
+        assert hpc_node.logs(ns, "bystander").count("alive") > lines, "the sibling pod's container stopped"
+    finally:
+        outside.kill()
+        outside.wait(timeout=10)
