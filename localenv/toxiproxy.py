@@ -106,14 +106,16 @@ class Api:
         wanted = {f"{name}-{stream}": stream for stream in streams}
         existing = {t["name"]: t for t in self.toxics(proxy)
                     if t["name"] == name or t["name"].startswith(f"{name}-")}
+        kept = set()
         for toxic_name, toxic in existing.items():
             if toxic_name not in wanted or toxic.get("stream") != wanted[toxic_name] or toxic.get("type") != "latency":
                 self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic_name}")
-            elif {k: toxic.get("attributes", {}).get(k) for k in attributes} != attributes:
+                continue
+            kept.add(toxic_name)
+            if {k: toxic.get("attributes", {}).get(k) for k in attributes} != attributes:
                 self._call("POST", f"/proxies/{proxy}/toxics/{toxic_name}", {"attributes": attributes, "toxicity": 1.0})
         for toxic_name, stream in wanted.items():
-            if toxic_name in existing and existing[toxic_name].get("stream") == stream \
-                    and existing[toxic_name].get("type") == "latency":
+            if toxic_name in kept:
                 continue
             self._call("POST", f"/proxies/{proxy}/toxics", {
                 "name": toxic_name, "type": "latency", "stream": stream, "toxicity": 1.0, "attributes": attributes,
