@@ -135,6 +135,10 @@ class PodController:
         self._terminating: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._reported: set[str] = set()
+        #: Pod uid -> the message of the last unresolved-reference Warning recorded for it. Kept
+        #: apart from the retry count: a first try that failed for another reason (an API call
+        #: that timed out under load) must not silence the FailedMount a user looks for.
+        self._unresolved: dict[str, str] = {}
         #: Pod uid -> (type, reason, message) -> the count of the sidecar's event last recorded.
         self._event_counts: dict[str, dict[tuple[str, str, str], int]] = {}
         #: Pod uid -> (tokens, loop time they were counted): the event spam filter's buckets.
@@ -304,6 +308,7 @@ class PodController:
                 self._terminate(uid, remote.namespace, remote.name, None, ORPHAN_GRACE_SECONDS)
             self._failures.pop(uid, None)
             self._reported.discard(uid)
+            self._unresolved.pop(uid, None)
             self._event_counts.pop(uid, None)
             self._event_tokens.pop(uid, None)
             self._admitted.discard(uid)
@@ -346,9 +351,13 @@ class PodController:
             try:
                 request = await self.resolver.pod_create_request(pod)
             except UnresolvedReference as exc:
-                await self._patch_status(pod, st.waiting_status(pod, reason=exc.reason, message=exc.message, host_ips=self.host_ips))
-                if self._failures.get(uid, 0) == 0:
+                # The event first: it is sent in the background, so a status patch that fails
+                # (and is retried) does not lose it; once per distinct message, like the
+                # kubelet's correlator folds repeats.
+                if self._unresolved.get(uid) != exc.message:
+                    self._unresolved[uid] = exc.message
                     self.events.record(pod, type_="Warning", reason=exc.event_reason, message=exc.message)
+                await self._patch_status(pod, st.waiting_status(pod, reason=exc.reason, message=exc.message, host_ips=self.host_ips))
                 raise
             except errors.InvalidInput as exc:
                 await self._fail(pod, "InvalidPod", str(exc))

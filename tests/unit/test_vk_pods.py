@@ -204,6 +204,22 @@ async def test_a_pod_waits_for_its_secret_and_starts_when_it_appears(harness: Ha
     assert (env_var.name, env_var.value) == ("PW", "hunter2")
 
 
+async def test_a_missing_secret_is_reported_once_even_when_the_first_status_write_fails(harness: Harness) -> None:
+    harness.sync()
+    harness.api.failing_status_patches = 3  # more than the client's own retries: the sync fails
+    env = [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "pw"}}}]
+    harness.event("ADDED", api_pod("gone", "u-gone", env=env))
+    await until(lambda: (harness.status_of("gone").get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {}).get("reason")
+                == "CreateContainerConfigError")
+    await until(lambda: any(e["reason"] == "Failed" for e in harness.api.events))
+    for _ in range(3):  # more retries, same missing Secret: still one event
+        harness.controller.queue.add("u-gone")
+        await asyncio.sleep(0.05)
+    await harness.controller.events.drain()
+    assert [e["reason"] for e in harness.api.events].count("Failed") == 1
+    assert 'secret "gone" not found' in next(e["message"] for e in harness.api.events if e["reason"] == "Failed")
+
+
 async def test_interlink_restart_resyncs_without_duplicates(harness: Harness) -> None:
     harness.sync()
     harness.event("ADDED", api_pod("web", "u1"))

@@ -246,6 +246,8 @@ class FakeKubeApi:
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.deletes: list[tuple[str, dict[str, Any]]] = []
         self.events: list[dict[str, Any]] = []
+        #: The next this-many status PATCHes fail with 500 (an API server under load).
+        self.failing_status_patches = 0
         self._rv = 100
         self.app = self._app()
 
@@ -273,6 +275,9 @@ class FakeKubeApi:
         body = await request.json()
         key = (request.match_info["ns"], request.match_info["name"])
         self.patches.append((request.path, body))
+        if self.failing_status_patches > 0:
+            self.failing_status_patches -= 1
+            return self._status(500, "etcdserver: request timed out")
         pod = self.pods.get(key)
         if pod is None:
             return self._status(404, "pods not found")
