@@ -16,7 +16,9 @@ Contracts:
 - A create that fails or is cancelled (its caller went away) before its set-up completed is
   rolled back: what it made is removed, and only then does the uid leave the table, so a retry of
   the same uid waits for the rollback instead of racing with it; if a status of the pod was
-  published meanwhile (a list during the set-up), a DELETED follows it. Secret and ConfigMap
+  published meanwhile (a list during the set-up), a DELETED follows it. One cancelled after its
+  set-up completed still finishes its first round (the containers' create and start), so that no
+  container is started twice. Secret and ConfigMap
   bytes live in memory only until they are written into the pod's tmpfs.
 - A pod in the table whose lock is free is set up; a set-up a crash interrupted is rolled back
   by the next process (`adoption.py`), whose caller, never answered, creates the pod again.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from kod import errors, wire
 from kod.hub import Hub
@@ -134,22 +137,34 @@ class Creator:
                 if isinstance(exc, EngineError):
                     raise exc.as_kod_error("setting up the pod") from exc
                 raise
-            # The first round of the pod's worker, here: everything is fresh, so the containers
-            # start without a detour through the event stream (the answer may already say
-            # Running). Later rounds are driven by events.
+            # The pod exists from here on: its first round finishes even if the caller goes away
+            # (InterLink gave up on a slow answer). Cut off inside a container start, the round
+            # would leave the run recorded as never started, and the next round would start the
+            # container again, which the engine does by running its exited process a second time.
+            first = asyncio.ensure_future(self._first_round(pod, ctx))
             try:
-                self.worker.schedule(pod, await self.reconciler.reconcile(pod))
-                await self.worker.refresh(pod)
-            except (EngineError, errors.Unavailable) as exc:
-                log.warning("starting the pod's containers failed; retrying on the next event", error=str(exc), **ctx)
-            finally:
-                # Also when the caller went away meanwhile: the pod exists, its worker goes on.
-                pod.dirty = True
-                self.worker.kick(pod)
-            self.worker.publish(pod)
+                await asyncio.shield(first)
+            except asyncio.CancelledError:
+                await _finish(first)  # still under the lock, which the round needs
+                log.info("pod created; its caller went away before the answer", pod_ip=pod.last_ip, **ctx)
+                raise
         log.info("pod created", pod_ip=pod.last_ip, **ctx)
         assert pod.status is not None
         return pod.status, True
+
+    async def _first_round(self, pod: PodState, ctx: dict[str, Any]) -> None:
+        """The first round of the pod's worker, here (its lock held): everything is fresh, so the
+        containers start without a detour through the event stream (the answer may already say
+        Running). Later rounds are driven by events."""
+        try:
+            self.worker.schedule(pod, await self.reconciler.reconcile(pod))
+            await self.worker.refresh(pod)
+        except (EngineError, errors.Unavailable) as exc:
+            log.warning("starting the pod's containers failed; retrying on the next event", error=str(exc), **ctx)
+        finally:
+            pod.dirty = True
+            self.worker.kick(pod)
+        self.worker.publish(pod)
 
     async def _create_again(self, pod: PodState) -> wire.PodStatus | None:
         """Create for a known uid: its status (it is set up once its lock is free). None when
@@ -250,3 +265,15 @@ class Creator:
             await self.engine.put_archive(pod.infra_id, naming.INFRA_ROOT, tar)
         pod.populated = True
         pod.contents = None  # secrets live in the pod's tmpfs only from now on
+
+
+async def _finish(task: asyncio.Future[None]) -> None:
+    """Wait for `task` to end, through any number of cancellations of the caller (who then
+    re-raises its own). Its outcome was logged by the task itself."""
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            continue
+    if not task.cancelled():
+        task.exception()  # retrieved: never "exception was never retrieved"

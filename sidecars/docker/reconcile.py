@@ -200,6 +200,9 @@ class Reconciler:
         if self._too_late(pod, "starting"):
             await self._discard(pod, run)
             return
+        # Stale before the call: whatever becomes of it, the next round inspects the container
+        # rather than trusting "created" (a second start would run an exited process again).
+        pod.stale.add(run.id)
         try:
             await self.engine.start_container(run.id)
         except EngineError as exc:
@@ -211,7 +214,6 @@ class Reconciler:
             if found is not None and found[0].spec.lifecycle is not None and found[0].spec.lifecycle.postStart is not None:
                 found[0].post_start = run.id
                 self.background.spawn(self._post_start(pod, found[0], run), f"post-start-{pod.uid}-{found[0].name}")
-        pod.stale.add(run.id)
         pod.dirty = True
 
     async def run(self, pod: PodState, slot: Slot, attempt: int, *, start: bool = True) -> float | None:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
+from sidecars.docker import naming
 from sidecars.docker.engine import EngineError
 
 ZERO = "0001-01-01T00:00:00Z"
@@ -46,8 +47,15 @@ class FakeEngine:
         self.networks: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
         #: Operation ("create", "start", "stop", "archive") -> an event the operation waits for first: a
-        #: test holds a set-up or a stop half-way with it.
+        #: test holds a set-up or a stop half-way with it; "start:main" holds the start of the pods'
+        #: main containers on the engine's side.
         self.gates: dict[str, asyncio.Event] = {}
+        #: "start:<role>" in `gates` holds a start engine-side instead: these are those starts.
+        self._engine_side: set[asyncio.Future[None]] = set()
+        #: Container id -> how many times its process was started.
+        self.runs: dict[str, int] = {}
+        #: The pods' processes end as soon as they start (`echo hello`), with exit code 0.
+        self.exit_at_once = False
         #: Answers `exec_run` (probes, hooks): (container id, argv) -> (exit code, output); an
         #: exception it raises is raised (TimeoutError: the command timed out).
         self.exec_handler: Callable[[str, list[str]], tuple[int, bytes]] = lambda cid, cmd: (0, b"")
@@ -140,10 +148,33 @@ class FakeEngine:
                                   network_mode=host.get("NetworkMode", "bridge"))
 
     async def start_container(self, ref: str) -> None:
+        c = self._get(ref)
+        held = self.gates.get(f"start:{c['Labels'].get(naming.ROLE, '')}")
+        if held is not None:
+            # The request reached the engine, which carries it out even if its caller gives up
+            # (as dockerd does with a start whose HTTP client went away).
+            task = asyncio.ensure_future(self._start_when(held, ref))
+            self._engine_side.add(task)
+            task.add_done_callback(self._engine_side.discard)
+            await asyncio.shield(task)
+            return
         await self._gate("start")
+        self._start(ref)
+
+    async def _start_when(self, gate: asyncio.Event, ref: str) -> None:
+        await gate.wait()
+        self._start(ref)
+
+    def _start(self, ref: str) -> None:
         self.calls.append(f"start {ref}")
         c = self._get(ref)
+        if c["State"] == "running":
+            return  # dockerd: 304, nothing happens
+        # Started again after it ended, the process runs a second time (dockerd restarts it).
+        self.runs[c["Id"]] = self.runs.get(c["Id"], 0) + 1
         c["State"], c["StartedAt"] = "running", now()
+        if self.exit_at_once and c["Labels"].get(naming.ROLE) != "infra":
+            self.exit(c["Id"], 0)
 
     async def stop_container(self, ref: str, grace_seconds: int) -> None:
         self.calls.append(f"stop {ref} {grace_seconds}")

@@ -106,6 +106,29 @@ async def test_a_create_retried_while_its_first_attempt_rolls_back_waits_and_set
     assert [p.uid for p in rt.list()] == ["u-1"]
 
 
+async def test_a_create_whose_caller_goes_away_while_its_container_starts_runs_the_process_once(
+    rt: Runtime, engine: FakeEngine
+) -> None:
+    engine.exit_at_once = True  # `echo hello`: exited by the time anyone looks again
+    engine.gates["start:main"] = asyncio.Event()
+    creating = asyncio.ensure_future(rt.create(request(secret=False)))
+    await within(5, lambda: any(c["Labels"][naming.ROLE] == "main" for c in engine.of_pod("u-1")))
+    await asyncio.sleep(0.1)  # the main container's start is with the engine now
+    creating.cancel()  # InterLink gave up on a slow answer
+    await asyncio.sleep(0.1)
+    engine.gates["start:main"].set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(creating, 5)
+    pod = rt.table.get("u-1")
+    assert pod is not None  # set up: the pod stays, its worker goes on
+    await idle(pod)
+    (first, *_) = main_ids(engine)
+    # Once per container: a restart (restartPolicy Always) is a new container, never the old
+    # container's process run again.
+    assert engine.runs[first] == 1, engine.calls
+    assert all(n == 1 for n in engine.runs.values()), engine.runs
+
+
 async def test_crash_loop_back_off_waits_10_s_before_the_second_restart(rt: Runtime, engine: FakeEngine) -> None:
     pod = await created(rt)
     (first,) = main_ids(engine)
