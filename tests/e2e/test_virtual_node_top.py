@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -28,8 +29,12 @@ WORKER = "kod-worker"
 HELD_BYTES = 100_000_000
 BURN = "while :; do :; done"
 HOLD = f'x=$(head -c {HELD_BYTES} /dev/zero | tr "\\0" a); echo held; sleep 3600'
-#: metrics-server needs two scrapes (15 s apart) of a container before it reports it.
+#: metrics-server needs two scrapes (15 s apart) of a container before it reports it; a reading
+#: whose window began after the holder's allocation takes up to two more.
 TOP_TIMEOUT = 150
+#: (namespace, pod) -> when (time.time()) its holder said "held": filling 100 MB through a shell
+#: variable costs the holder seconds of CPU, which a window that began before is right to show.
+HELD_AT: dict[tuple[str, str], float] = {}
 
 
 def _pod(vn: VirtualNode, name: str) -> dict[str, Any]:
@@ -76,6 +81,7 @@ def pods(virtual_node: VirtualNode, reference_namespace: str) -> Iterator[dict[s
             while "held" not in vn.cluster.kubectl("logs", pod_name, "-n", namespace, "-c", "hold", check=False).stdout:
                 assert time.monotonic() < deadline, f"{namespace}/{pod_name} never held its memory"
                 time.sleep(0.5)
+            HELD_AT[(namespace, pod_name)] = time.time()
         yield where
     finally:
         vn.cluster.kubectl("delete", "pod", name, "-n", ns, "--wait=false", check=False)
@@ -106,14 +112,36 @@ def top_containers(cluster: ClusterHandle, namespace: str, name: str) -> dict[st
     return out
 
 
+_DURATION = re.compile(r"(?:(\d+)m)?(\d+(?:\.\d+)?)s")
+
+
+def window_start(cluster: ClusterHandle, namespace: str, name: str) -> float | None:
+    """When the window of the pod's current metrics began (time.time()), from the metrics API
+    (`timestamp` is the window's end, `window` its length); None while there is none."""
+    proc = cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
+                           check=False, timeout=30)
+    if proc.returncode != 0:
+        return None
+    metrics = json.loads(proc.stdout)
+    length = _DURATION.fullmatch(metrics.get("window") or "")
+    if length is None:
+        return None
+    end = datetime.fromisoformat(metrics["timestamp"].replace("Z", "+00:00")).timestamp()
+    return end - (int(length.group(1) or 0) * 60 + float(length.group(2)))
+
+
 def wait_top(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, tuple[int, int]]:
-    """The first reading in which the burner shows more than half a core (the machine is shared:
-    one reading may catch it starved), or the last one seen."""
+    """The first reading of a window that began after the holder held its memory, in which the
+    burner shows more than half a core (the machine is shared: one reading may catch it
+    starved), or the last one seen."""
+    since = HELD_AT[(namespace, name)]
     deadline, seen = time.monotonic() + TOP_TIMEOUT, {}
     while time.monotonic() < deadline:
-        seen = top_containers(cluster, namespace, name) or seen
-        if seen.get("burn", (0, 0))[0] > 500 and "hold" in seen:
-            return seen
+        start = window_start(cluster, namespace, name)
+        if start is not None and start >= since:
+            seen = top_containers(cluster, namespace, name) or seen
+            if seen.get("burn", (0, 0))[0] > 500 and "hold" in seen:
+                return seen
         time.sleep(3)
     return seen
 
