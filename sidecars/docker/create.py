@@ -18,8 +18,8 @@ Contracts:
   the same uid waits for the rollback instead of racing with it; if a status of the pod was
   published meanwhile (a list during the set-up), a DELETED follows it. One cancelled after its
   set-up completed still finishes its first round (the containers' create and start), so that no
-  container is started twice. Secret and ConfigMap
-  bytes live in memory only until they are written into the pod's tmpfs.
+  container is started twice. Secret and ConfigMap bytes live in memory only until they are
+  written into the pod's tmpfs.
 - A pod in the table whose lock is free is set up; a set-up a crash interrupted is rolled back
   by the next process (`adoption.py`), whose caller, never answered, creates the pod again.
 """
