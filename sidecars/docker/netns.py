@@ -19,17 +19,25 @@ How: the pod's namespace is that of its infra container. `Sandboxes.of` asks the
 infra container's PID once, opens a pidfd on it, reads the namespace's identity (st_dev, st_ino
 of /proc/<pid>/ns/net) and asks the engine again: only when the same container still runs with
 the same PID is the identity the pod's (a PID the engine reported can have been reused by the
-time it is opened). Each dial then starts a fresh thread that checks the process is alive
-(pidfd), opens /proc/<pid>/ns/net, checks the process is still alive (so the file opened was
-its own, not a reused PID's), compares the identity with the recorded one and with the sidecar's
-own namespace, enters it (setns), creates the socket and goes back; a socket stays in the
-namespace it was created in, so the connect itself runs on the event loop. The thread is a fresh
-one per socket, so that a thread that could not go back is never reused. No process is started
-and nothing is given to a shell. Any doubt is an Unavailable (a sandbox that does not run, an
-InvalidInput), never a dial elsewhere.
+time it is opened). Each dial then checks the process is alive (pidfd), opens /proc/<pid>/ns/net,
+checks the process is still alive (so the file opened was its own, not a reused PID's), compares
+the identity with the recorded one and with the sidecar's own namespace, enters it (setns),
+creates the socket and goes back; a socket stays in the namespace it was created in, so the
+connect itself is an ordinary non-blocking one on the event loop.
 
-Names in `host` are resolved by the desktop's resolver (as the kubelet resolves them on its
-node); the addresses are dialled from the pod's namespace.
+The switch happens on the event loop's own thread, synchronously: setns of a network namespace
+acts on the calling thread only, and between the two setns calls nothing runs on that thread but
+socket(2) (and the interpreter's signal hooks, which in the sidecar only wake the loop), so no
+other code of the sidecar ever runs in the pod's namespace. A fresh thread per
+socket would cost a thread start and two hops through the loop, about half a millisecond of CPU
+per probe on a 2-core desktop (bench/probe_idle_cpu.py). If the thread cannot go back, the
+sidecar exits at once rather than run on in a pod's namespace (its containers keep running, and
+a sidecar started again adopts them). No process is started and nothing is given to a shell. Any doubt is
+an Unavailable (a sandbox that does not run, an InvalidInput), never a dial elsewhere.
+
+An address literal in `host` is dialled as it is; a name is resolved by the desktop's resolver
+(as the kubelet resolves them on its node), and its addresses are dialled from the pod's
+namespace.
 """
 
 from __future__ import annotations
@@ -37,11 +45,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import ipaddress
 import os
 import select
 import socket
+import _socket
 import ssl as ssl_module
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,8 +64,6 @@ from sidecars.docker.state import PodState, parse_docker_time
 log = get_logger(__name__)
 
 CLONE_NEWNET = 0x40000000
-#: How long the socket's thread may take (it does no I/O; this only bounds a wedged kernel call).
-THREAD_TIMEOUT_SECONDS = 5.0
 #: What the sidecar tells a user who runs it without the right to enter namespaces.
 NEEDS_ROOT = "run the sidecar as root (localenv does) so that it can dial inside pods' network namespaces"
 
@@ -71,6 +78,30 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _return_home(own: int) -> None:
+    """Put the calling thread back into its own namespace (`own`: an fd of it), or end the
+    process: a sidecar whose event loop stayed in a pod's namespace would make every later
+    connection of the desktop (to the engine, to interlink) from inside that pod."""
+    try:
+        _setns(own)
+    except BaseException as exc:  # noqa: BLE001 - nothing may run on in the pod's namespace
+        os.write(2, f"kod sidecar: cannot leave a pod's network namespace ({exc}); exiting\n".encode())
+        os._exit(70)
+
+
+async def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    """(family, address) to dial for `host`: an address literal as it is (no resolver round
+    trip, which asyncio runs on a thread of its pool), a name as the desktop's resolver has it."""
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        return [(family, address) for family, _, _, _, address in infos]
+    if literal.version == 6:
+        return [(socket.AF_INET6, (str(literal), port, 0, 0))]
+    return [(socket.AF_INET, (str(literal), port))]
 
 
 def identity(st: os.stat_result) -> NsId:
@@ -135,8 +166,9 @@ class Sandbox:
 
     # -- the socket ------------------------------------------------------------------------------
 
-    def _socket_in(self, family: int) -> socket.socket:
-        """A new TCP socket of the pod's namespace (blocking; run on a thread of its own)."""
+    def new_socket(self, family: int) -> socket.socket:
+        """A new non-blocking TCP socket of the pod's namespace, made on the calling thread
+        (the event loop's), which is back in its own namespace when this returns or raises."""
         if not self.alive():
             raise _gone()
         try:
@@ -161,40 +193,15 @@ class Sandbox:
                 except PermissionError as exc:
                     raise errors.Unavailable(f"the sidecar cannot enter the pod's network namespace: {exc}", hint=NEEDS_ROOT) from exc
                 try:
-                    return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                    # The C socket type: no Python code of socket.py runs in the pod's namespace.
+                    raw = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
                 finally:
-                    _setns(own)  # raises: the thread ends anyway, and it is never reused
+                    _return_home(own)
             finally:
                 os.close(own)
         finally:
             os.close(target)
-
-    async def new_socket(self, family: int) -> socket.socket:
-        """A new non-blocking TCP socket of the pod's namespace (Unavailable: see `_socket_in`)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[socket.socket] = loop.create_future()
-
-        def settle(sock: socket.socket | None, exc: BaseException | None) -> None:
-            if future.done():
-                if sock is not None:
-                    sock.close()  # the caller gave up
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(sock)  # type: ignore[arg-type]
-
-        def work() -> None:
-            try:
-                sock = self._socket_in(family)
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop
-                loop.call_soon_threadsafe(settle, None, exc)
-                return
-            loop.call_soon_threadsafe(settle, sock, None)
-
-        threading.Thread(target=work, name=f"netns-socket-{self.pid}", daemon=True).start()
-        async with asyncio.timeout(THREAD_TIMEOUT_SECONDS):
-            sock = await future
+        sock = socket.socket(family, socket.SOCK_STREAM, fileno=raw.detach())
         sock.setblocking(False)
         return sock
 
@@ -204,10 +211,9 @@ class Sandbox:
         dial in the desktop's namespace raises it), or Unavailable when the namespace cannot be
         used. The caller bounds the time (cancellation closes the socket)."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         first: OSError | None = None
-        for family, _, _, _, address in infos:
-            sock = await self.new_socket(family)
+        for family, address in await _addresses(host, port):
+            sock = self.new_socket(family)
             try:
                 await loop.sock_connect(sock, address)
             except OSError as exc:

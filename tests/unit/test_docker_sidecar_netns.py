@@ -148,6 +148,56 @@ async def test_a_dial_for_the_pod_reaches_the_pods_loopback_never_the_desktops(
 
 
 @needs_root
+async def test_after_a_dial_the_loop_thread_is_back_in_the_desktops_namespace(
+    desktop: Desktop, pod: subprocess.Popen[str]
+) -> None:
+    # The socket is made on the event loop's own thread: once it is made, that thread's own
+    # connections (to the engine, to interlink) go to the desktop again, not into the pod.
+    before = netns.identity(os.stat("/proc/thread-self/ns/net"))
+    sandboxes = Sandboxes()
+    sandbox = await sandboxes.of_container(Engine(running(pod.pid)), "infra")  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            assert await read_line(sandbox, desktop.port) == b"inside the pod\n"
+        assert netns.identity(os.stat("/proc/thread-self/ns/net")) == before
+        reader, writer = await asyncio.open_connection("127.0.0.1", desktop.port)
+        assert await asyncio.wait_for(reader.readline(), 2) == b"desktop secret\n"
+        writer.close()
+    finally:
+        sandboxes.forget("infra")
+
+
+#: A sidecar whose thread cannot leave the pod's namespace: entering works, going back fails.
+STUCK = r"""
+import asyncio, errno, os, sys
+from sidecars.docker import netns
+pid = int(sys.argv[1])
+calls = []
+real = netns._setns
+def setns(fd):
+    calls.append(fd)
+    if len(calls) > 1:
+        raise OSError(errno.EPERM, "refused by the test")
+    real(fd)
+netns._setns = setns
+sandbox = netns.Sandbox(container_id="infra", pid=pid, netns=netns.identity(os.stat(f"/proc/{pid}/ns/net")))
+sock = sandbox.new_socket(2)
+print("still running, socket made", flush=True)
+"""
+
+
+@needs_root
+def test_a_sidecar_that_cannot_leave_a_pods_namespace_exits_instead_of_running_on(
+    pod: subprocess.Popen[str],
+) -> None:
+    done = subprocess.run([sys.executable, "-c", STUCK, str(pod.pid)], capture_output=True, text=True, timeout=20,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 70, done
+    assert "still running" not in done.stdout
+    assert "cannot leave a pod's network namespace" in done.stderr
+
+
+@needs_root
 async def test_two_probes_starting_together_share_one_sandbox_and_both_dial(
     desktop: Desktop, pod: subprocess.Popen[str]
 ) -> None:
