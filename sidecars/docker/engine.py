@@ -296,17 +296,25 @@ class Engine:
         `timeout` seconds raises TimeoutError (the process is left to finish in the container, as
         the kubelet's exec probes leave it); the engine's refusals raise EngineError (409: the
         container is not running; 404: no such container), an engine out of reach
-        `kod.errors.Unavailable`."""
+        `kod.errors.Unavailable`.
+
+        Exec probes call this every periodSeconds per pod, so it asks as little as it can: the
+        exec is created and started on one connection of its own (two requests, the second one
+        hijacked), and its exit code is read once the stream ended."""
         async with asyncio.timeout(timeout):
-            exec_id = await self.create_exec(ref, cmd, stdin=False, stdout=True, stderr=True, tty=False)
-            stream = await self.start_exec(exec_id, tty=False)
+            reader, writer = await self._open()
             try:
+                body = {"Cmd": list(cmd), "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Tty": False}
+                _, created = await self._exchange(reader, writer, "POST", f"/containers/{_q(ref)}/exec", body, upgrade=False)
+                exec_id = str(json.loads(created)["Id"])
+                await self._exchange(reader, writer, "POST", f"/exec/{_q(exec_id)}/start", {"Detach": False, "Tty": False}, upgrade=True)
+                stream = Hijacked(reader, writer)
                 stream.close_write()
                 out = bytearray()
                 async for _, payload in demux_frames(stream.reader):
                     out += payload
             finally:
-                stream.close()
+                writer.close()
             # The stream ends when the process does; the engine may take a moment to record it.
             while True:
                 info = await self.inspect_exec(exec_id)
@@ -314,44 +322,64 @@ class Engine:
                     return int(info["ExitCode"]), bytes(out)
                 await asyncio.sleep(0.01)
 
-    async def _hijack(self, method: str, path: str, body: Any, *, api: str = API_VERSION) -> Hijacked:
-        """One request on a connection of its own that the engine then hands over to the stream
-        (`Upgrade: tcp`, answered 101, or 200 by older engines): raw bytes both ways from there.
-        aiohttp's client cannot write once the answer came, so this speaks HTTP/1.1 itself."""
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection of its own to the engine (for requests whose stream is hijacked)."""
         try:
-            if self.url.startswith("unix://"):
-                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.url[len("unix://"):]), 10)
-            else:
+            async with asyncio.timeout(10):
+                if self.url.startswith("unix://"):
+                    return await asyncio.open_unix_connection(self.url[len("unix://"):])
                 host, _, port = self.url.split("://", 1)[1].rstrip("/").rpartition(":")
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 10)
+                return await asyncio.open_connection(host, int(port))
         except (OSError, TimeoutError) as exc:
             raise errors.Unavailable(f"cannot reach the Docker engine at {self.url}: {exc}") from exc
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str, body: Any,
+        *, upgrade: bool, api: str = API_VERSION,
+    ) -> tuple[int, bytes]:
+        """One HTTP/1.1 request on `reader`/`writer`: (status, body). With `upgrade`, the engine
+        hands the connection over to the stream (`Upgrade: tcp`, answered 101, or 200 by older
+        engines) and the body is left unread: raw bytes both ways from there. Without it, the
+        connection stays open for the next request (keep-alive). A refusal raises EngineError
+        (the connection is closed), a broken answer Unavailable."""
         payload = json.dumps(body).encode() if body is not None else b""
+        connection = "Connection: Upgrade\r\nUpgrade: tcp" if upgrade else "Connection: keep-alive"
         head = (
-            f"{method} /{api}{path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"{method} /{api}{path} HTTP/1.1\r\nHost: docker\r\n{connection}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         try:
-            writer.write(head.encode() + payload)
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), self._timeout)
-            headers: dict[str, str] = {}
-            while True:
-                line = await asyncio.wait_for(reader.readline(), self._timeout)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                key, _, value = line.decode("latin-1").partition(":")
-                headers[key.strip().lower()] = value.strip()
-            parts = status_line.decode("latin-1").split(" ", 2)
-            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            if status >= 400 or status == 0:
-                size = int(headers.get("content-length") or 0)
-                raw = await asyncio.wait_for(reader.readexactly(size), self._timeout) if size else b""
-                writer.close()
-                raise EngineError(status or 502, _message(raw, status))
-        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            # One deadline for the whole answer: a wait_for per line would be a task per line.
+            async with asyncio.timeout(self._timeout):
+                writer.write(head.encode() + payload)
+                await writer.drain()
+                status_line = await reader.readline()
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    key, _, value = line.decode("latin-1").partition(":")
+                    headers[key.strip().lower()] = value.strip()
+                parts = status_line.decode("latin-1").split(" ", 2)
+                status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                answer = b""
+                if status >= 400 or status == 0 or not upgrade:
+                    answer = await _read_body(reader, headers)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             writer.close()
             raise errors.Unavailable(f"the Docker engine broke off {method} {path}: {exc}") from exc
+        if status >= 400 or status == 0:
+            writer.close()
+            raise EngineError(status or 502, _message(answer, status))
+        return status, answer
+
+    async def _hijack(self, method: str, path: str, body: Any, *, api: str = API_VERSION) -> Hijacked:
+        """One request on a connection of its own that the engine then hands over to the stream:
+        raw bytes both ways from there. aiohttp's client cannot write once the answer came, so
+        this speaks HTTP/1.1 itself (`_exchange`)."""
+        reader, writer = await self._open()
+        await self._exchange(reader, writer, method, path, body, upgrade=True, api=api)
         return Hijacked(reader, writer)
 
     # ---------------------------------------------------------------- images
@@ -453,6 +481,21 @@ async def demux_frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int,
         except (ConnectionResetError, BrokenPipeError):
             return
         yield kind, payload
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes:
+    """The body of an answer whose headers were read: by Content-Length, or chunked."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            size = int((await reader.readline()).split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readline()  # the blank line after the last chunk (no trailers from the engine)
+                return bytes(body)
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    size = int(headers.get("content-length") or 0)
+    return await reader.readexactly(size) if size else b""
 
 
 def _flag(value: bool) -> str:
