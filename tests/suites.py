@@ -55,7 +55,9 @@ LANES: tuple[tuple[Suite, ...], ...] = (
         Suite("home", "e2e and home"),
         # the Slurm sidecar against this machine's real Slurm (localenv.slurm)
         Suite("slurm", "e2e and slurm and not home"),
-        Suite("fast", "not e2e"),
+        # tests/unit only: collecting the 58 end-to-end modules just to deselect them cost
+        # each run seconds of CPU (tests/unit/test_layout.py keeps every fast test there).
+        Suite("fast", "not e2e", ("tests/unit",)),
     ),
 )
 
