@@ -28,12 +28,12 @@ connect itself is an ordinary non-blocking one on the event loop.
 The switch happens on the event loop's own thread, synchronously: setns of a network namespace
 acts on the calling thread only, and between the two setns calls nothing runs on that thread but
 socket(2) (and the interpreter's signal hooks, which in the sidecar only wake the loop), so no
-other code of the sidecar ever runs in the pod's namespace. A fresh thread per
-socket would cost a thread start and two hops through the loop, about half a millisecond of CPU
-per probe on a 2-core desktop (bench/probe_idle_cpu.py). If the thread cannot go back, the
-sidecar exits at once rather than run on in a pod's namespace (its containers keep running, and
-a sidecar started again adopts them). No process is started and nothing is given to a shell. Any doubt is
-an Unavailable (a sandbox that does not run, an InvalidInput), never a dial elsewhere.
+other code of the sidecar ever runs in the pod's namespace. A fresh thread per socket would cost
+a thread start and two hops through the loop, about half a millisecond of CPU per probe on a
+2-core desktop (bench/probe_idle_cpu.py). If the thread cannot go back, the sidecar exits at once
+rather than run on in a pod's namespace (its containers keep running, and a sidecar started
+again adopts them). No process is started and nothing is given to a shell. Any doubt is an
+Unavailable (a sandbox that does not run, an InvalidInput), never a dial elsewhere.
 
 An address literal in `host` is dialled as it is; a name is resolved by the desktop's resolver
 (as the kubelet resolves them on its node), and its addresses are dialled from the pod's

@@ -30,8 +30,9 @@ Cost: a pod without probes has no worker, no timer, nothing. A worker is one asy
 sleeps on one timer per tick (`loop.call_at`); a probe is one HTTP request or TCP connect, whose
 socket is made inside the pod's namespace on the loop's own thread (`netns.py`; the namespace is
 looked up in the engine once per sandbox, not per probe), or one Docker exec (exec probes; as the
-kubelet does through the runtime). No process runs per probe. Results live in the pod's `Slot.probe_results` (the results managers) and reach the
-status (`status.py`: `started`, `ready`) through a kick of the pod's worker when they change.
+kubelet does through the runtime). No process runs per probe. Results live in the pod's
+`Slot.probe_results` (the results managers) and reach the status (`status.py`: `started`,
+`ready`) through a kick of the pod's worker when they change.
 """
 
 from __future__ import annotations
