@@ -33,6 +33,7 @@ from tests.e2e.cloudify_support import (  # noqa: F401 - fixtures
     wait_gone,
 )
 from tests.e2e.test_cloudify_session import close_firefox, see_firefox
+from tests.fixtures.desktop import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -167,6 +168,15 @@ def listening(host: str) -> Iterator[int]:
         server.close()
 
 
+def answers(host: str, port: int) -> bool:
+    """True when a TCP connection from the desktop to host:port opens within 2 s."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def host_address() -> str:
     """This machine's address on its LAN (the interface of the default route)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -246,6 +256,10 @@ def test_pods_cannot_reach_the_desktops_services_but_reach_the_cluster(
     node_ip = next(a["address"] for a in cluster.kubectl_json("get", "node", cluster.node_name)["status"]["addresses"]
                    if a["type"] == "InternalIP")
     kubelet_port = virtual_node.stack.settings.kubelet_port
+    # The cluster's side is ready first: kube-proxy programs a new NodePort a moment after the
+    # Service exists (in one loaded CI run, later than the pod's single 3 s try), and what this
+    # test attacks is the pod's path, not kube-proxy's delay.
+    wait_for(lambda: answers(node_ip, node_port), 90, f"NodePort {node_ip}:{node_port} to answer the desktop", interval=0.5)
     with listening("0.0.0.0") as anywhere, listening(docker0) as on_docker0, listening(gateway) as on_gateway:
         # The desktop's services answer the desktop itself: the refusals below are the rules'.
         for host, port in ((lan, anywhere), (docker0, on_docker0), (gateway, on_gateway), (lan, kubelet_port)):
